@@ -1,0 +1,1 @@
+"""Gradio demo: a quality <-> diversity slider over live-merged weights."""

@@ -1,0 +1,41 @@
+"""The `musicgen-cfg` console script: one entry point, one subcommand per module.
+
+Each module listed in SUBCOMMAND_MODULES exposes `register(subparsers)`, which adds its parser and
+sets `func` to a callable taking the parsed args. Run `musicgen-cfg --help` for the list.
+"""
+
+import argparse
+import importlib
+import sys
+
+from musicgen_cfg.errors import UserError
+
+# Imported lazily inside main() so that `--help` on one command does not import torch for all.
+SUBCOMMAND_MODULES = [
+    "musicgen_cfg.generate",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="musicgen-cfg", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Codecs: codes [B, K, T] <-> waveform. encodec.py for real MusicGen, symbolic.py for the default model."""
