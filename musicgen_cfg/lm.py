@@ -1,0 +1,219 @@
+"""Compact MusicGen decoder LM: loads transformers' MusicGen decoder weights, adds a static KV cache.
+
+Same architecture and parameter names as transformers' `MusicgenForConditionalGeneration` decoder
+part (`decoder.model.decoder.*`, `decoder.lm_heads.*`, `enc_to_dec_proj.*`), so a state dict moves
+between the two unchanged (tests/test_lm_equivalence.py proves the logits equal). What it adds is a
+lean forward for training and a preallocated KV cache for sampling (musicgen_cfg/sampler.py).
+
+    tokens [B, K, L] (delayed, BOS first) + text states [B, S, Dt] -> logits [B, K, L, V]
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import MusicgenDecoderConfig
+from transformers.activations import ACT2FN
+
+from musicgen_cfg.cfg import Condition
+
+
+def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
+    """[num_positions, dim]: cos half then sin half, as transformers' MusicGen (tensor2tensor style)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.int64).float() * -(math.log(10000) / (half - 1)))
+    angles = torch.arange(num_positions, dtype=torch.int64).float()[:, None] * freqs[None, :]
+    table = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    if dim % 2 == 1:
+        table = torch.cat([table, torch.zeros(num_positions, 1)], dim=1)
+    return table
+
+
+class Attention(nn.Module):
+    """Multi-head attention without biases (MusicGen's), over SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads, self.head_dim, self.dropout = num_heads, dim // num_heads, dropout
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] -> [B, H, L, hd]"""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def attend(self, q, k, v, mask=None, causal=False) -> torch.Tensor:
+        """q [B, H, Lq, hd], k/v [B, H, Lk, hd], additive mask broadcastable to [B, H, Lq, Lk]."""
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        return self.out_proj(out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN block: causal self-attention, cross-attention to the text, GELU MLP."""
+
+    def __init__(self, config: MusicgenDecoderConfig):
+        super().__init__()
+        dim = config.hidden_size
+        self.self_attn = Attention(dim, config.num_attention_heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(dim)
+        self.encoder_attn = Attention(dim, config.num_attention_heads, config.attention_dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, config.ffn_dim, bias=False)
+        self.fc2 = nn.Linear(config.ffn_dim, dim, bias=False)
+        self.final_layer_norm = nn.LayerNorm(dim)
+        self.activation = ACT2FN[config.activation_function]
+        self.dropout, self.activation_dropout = config.dropout, config.activation_dropout
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.activation(self.fc1(self.final_layer_norm(x)))
+        h = F.dropout(h, self.activation_dropout, self.training)
+        return x + F.dropout(self.fc2(h), self.dropout, self.training)
+
+    def forward(self, x, cross_k, cross_v, cross_mask) -> torch.Tensor:
+        """Full-sequence pass (training / scoring). x [B, L, D]."""
+        h = self.self_attn_layer_norm(x)
+        sa = self.self_attn
+        h = sa.attend(sa.heads(sa.q_proj(h)), sa.heads(sa.k_proj(h)), sa.heads(sa.v_proj(h)), causal=True)
+        x = x + F.dropout(h, self.dropout, self.training)
+        h = self.encoder_attn_layer_norm(x)
+        h = self.encoder_attn.attend(self.encoder_attn.heads(self.encoder_attn.q_proj(h)), cross_k, cross_v, cross_mask)
+        x = x + F.dropout(h, self.dropout, self.training)
+        return self.feed_forward(x)
+
+    def step(self, x, position, self_mask, cache_k, cache_v, cross_k, cross_v, cross_mask) -> torch.Tensor:
+        """One decoding step with the static cache. x [B, 1, D]; position [1] long tensor.
+
+        The new key/value is written at `position` in place; attention runs over the whole
+        preallocated cache with `self_mask` hiding the future, so shapes never change (CUDA graphs).
+        """
+        h = self.self_attn_layer_norm(x)
+        sa = self.self_attn
+        cache_k.index_copy_(2, position, sa.heads(sa.k_proj(h)))
+        cache_v.index_copy_(2, position, sa.heads(sa.v_proj(h)))
+        x = x + sa.attend(sa.heads(sa.q_proj(h)), cache_k, cache_v, self_mask)
+        h = self.encoder_attn_layer_norm(x)
+        x = x + self.encoder_attn.attend(self.encoder_attn.heads(self.encoder_attn.q_proj(h)), cross_k, cross_v, cross_mask)
+        return self.feed_forward(x)
+
+
+class DecoderStack(nn.Module):
+    """transformers' MusicgenDecoder: K summed token embeddings + sinusoidal positions + layers."""
+
+    def __init__(self, config: MusicgenDecoderConfig):
+        super().__init__()
+        self.embed_tokens = nn.ModuleList(
+            nn.Embedding(config.vocab_size + 1, config.hidden_size) for _ in range(config.num_codebooks)
+        )
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layer_norm = nn.LayerNorm(config.hidden_size)
+        table = sinusoidal_positions(config.max_position_embeddings, config.hidden_size)
+        self.register_buffer("positions", table, persistent=False)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, K, L] -> [B, L, D] (sum over codebooks; transformers applies no embed scale)."""
+        return sum(emb(tokens[:, k]) for k, emb in enumerate(self.embed_tokens))
+
+
+class MusicgenLM(nn.Module):
+    """The trainable part of MusicGen: decoder stack, K LM heads and the text projection.
+
+    `text_hidden_size` is the text encoder's width; when it differs from the decoder's (and the
+    config sets no cross_attention_hidden_size) an `enc_to_dec_proj` Linear maps it, as transformers does.
+    """
+
+    def __init__(self, config: MusicgenDecoderConfig, text_hidden_size: int):
+        super().__init__()
+        self.config = config
+        self.num_codebooks, self.vocab_size = config.num_codebooks, config.vocab_size
+        self.pad_id = config.pad_token_id if config.pad_token_id is not None else config.vocab_size
+        stack = DecoderStack(config)
+        heads = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.vocab_size, bias=False) for _ in range(config.num_codebooks)
+        )
+        # Nested containers only to reproduce transformers' parameter names.
+        self.decoder = nn.ModuleDict({"model": nn.ModuleDict({"decoder": stack}), "lm_heads": heads})
+        needs_proj = text_hidden_size != config.hidden_size and config.cross_attention_hidden_size is None
+        self.enc_to_dec_proj = nn.Linear(text_hidden_size, config.hidden_size) if needs_proj else None
+        self.text_hidden_size = text_hidden_size
+
+    @property
+    def stack(self) -> DecoderStack:
+        return self.decoder["model"]["decoder"]
+
+    @property
+    def device(self) -> torch.device:
+        return self.stack.layer_norm.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.stack.layer_norm.weight.dtype
+
+    def project_condition(self, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition -> (text states [B, S, D] in decoder width, additive mask [B, 1, 1, S])."""
+        states = cond.hidden.to(self.dtype)
+        if self.enc_to_dec_proj is not None:
+            states = self.enc_to_dec_proj(states)
+        states = states * cond.mask[..., None].to(states.dtype)  # transformers zeroes padded states
+        additive = (1.0 - cond.mask.to(states.dtype)) * torch.finfo(states.dtype).min
+        return states, additive[:, None, None, :]
+
+    def cross_keys_values(self, states: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer cross-attention (K, V) [B, H, S, hd]: computed once per request."""
+        return [
+            (layer.encoder_attn.heads(layer.encoder_attn.k_proj(states)), layer.encoder_attn.heads(layer.encoder_attn.v_proj(states)))
+            for layer in self.stack.layers
+        ]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] -> [B, K, L, V]"""
+        hidden = self.stack.layer_norm(hidden)
+        return torch.stack([head(hidden) for head in self.decoder["lm_heads"]], dim=1)
+
+    def forward(self, tokens: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Teacher-forced pass. tokens [B, K, L] (BOS-prefixed delayed codes) -> logits [B, K, L, V]."""
+        stack = self.stack
+        length = tokens.shape[-1]
+        if length > stack.positions.shape[0]:
+            raise ValueError(f"sequence of {length} steps exceeds max_position_embeddings {stack.positions.shape[0]}")
+        states, cross_mask = self.project_condition(cond)
+        x = stack.embed(tokens) + stack.positions[:length].to(self.dtype)
+        x = F.dropout(x, self.config.dropout, self.training)
+        for layer, (ck, cv) in zip(stack.layers, self.cross_keys_values(states)):
+            x = layer(x, ck, cv, cross_mask)
+        return self.logits(x)
+
+    def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: "KVCache") -> torch.Tensor:
+        """One decoding step. tokens [B, K] at `position` ([1] long tensor) -> logits [B, K, V]."""
+        stack = self.stack
+        x = stack.embed(tokens[:, :, None]) + stack.positions.index_select(0, position).to(self.dtype)
+        self_mask = cache.future_mask(position)
+        for i, layer in enumerate(stack.layers):
+            x = layer.step(x, position, self_mask, cache.keys[i], cache.values[i], *cache.cross[i], cache.cross_mask)
+        return self.logits(x)[:, :, 0]
+
+
+class KVCache:
+    """Preallocated self-attention cache [B, H, max_steps, hd] per layer, plus the cross-attention K/V.
+
+    Sized once per request: memory does not grow per step.
+    """
+
+    def __init__(self, lm: MusicgenLM, cond: Condition, max_steps: int):
+        config = lm.config
+        batch = len(cond)
+        head_dim = config.hidden_size // config.num_attention_heads
+        shape = (batch, config.num_attention_heads, max_steps, head_dim)
+        self.keys = [torch.zeros(shape, device=lm.device, dtype=lm.dtype) for _ in lm.stack.layers]
+        self.values = [torch.zeros(shape, device=lm.device, dtype=lm.dtype) for _ in lm.stack.layers]
+        states, self.cross_mask = lm.project_condition(cond)
+        self.cross = lm.cross_keys_values(states)
+        self.steps = torch.arange(max_steps, device=lm.device)
+        self.max_steps = max_steps
+
+    def future_mask(self, position: torch.Tensor) -> torch.Tensor:
+        """Additive mask [1, 1, 1, max_steps]: 0 up to `position`, -inf after."""
+        return torch.where(self.steps <= position, 0.0, float("-inf")).to(self.keys[0].dtype)[None, None, None, :]

@@ -1,0 +1,187 @@
+"""The MusicGen bundle behind one interface: trainable LM + frozen text encoder + codec.
+
+    model = load_model("default")                  # the embedded default (musicgen_cfg/assets/default)
+    model = load_model("facebook/musicgen-small")  # real MusicGen: hub id or local dir (transformers format)
+    out = model.generate(["a joyful Irish jig"], seeds=[0], duration=8.0, sampling=SamplingConfig())
+    model.save("runs/my-model")                    # same format, atomic, safetensors only
+
+Real checkpoints are read with transformers' MusicgenForConditionalGeneration (honours
+HF_HUB_OFFLINE); the decoder weights move into our compact `MusicgenLM` unchanged.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import MusicgenDecoderConfig
+
+from musicgen_cfg.cfg import Condition
+from musicgen_cfg.checkpoint import atomic_directory, load_tensors, read_json, save_tensors, state_sha256, write_json
+from musicgen_cfg.errors import UserError
+from musicgen_cfg.lm import MusicgenLM
+from musicgen_cfg.sampler import SamplingConfig, sample
+
+ASSETS = Path(__file__).resolve().parent / "assets" / "default"
+DEFAULT_MODELS = {"default": "base", "default-base": "base", "default-quality": "quality", "default-diversity": "diversity"}
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Generation:
+    prompt: str
+    seed: int
+    codes: torch.Tensor  # [K, T]
+    audio: np.ndarray  # float32 [N] in [-1, 1]
+    sample_rate: int
+    render: dict = field(default_factory=dict)
+
+
+@dataclass
+class MusicGen:
+    lm: MusicgenLM
+    text_encoder: object  # conditioning.TextEncoder
+    codec: object  # a codec (codecs/)
+    config: dict  # the checkpoint's config.json
+    source: str
+    generation_config: object | None = None  # real checkpoints: transformers GenerationConfig, saved back
+    _sha: str | None = field(default=None, repr=False)
+
+    @property
+    def is_symbolic(self) -> bool:
+        return self.config.get("musicgen_cfg", {}).get("codec") == "symbolic"
+
+    @property
+    def default_guidance_scale(self) -> float:
+        return float(self.config.get("musicgen_cfg", {}).get("guidance_scale", 3.0))
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.device
+
+    def to(self, device) -> "MusicGen":
+        self.lm.to(device)
+        self.text_encoder.to(device)
+        if hasattr(self.codec, "model"):
+            self.codec.model.to(device)
+        return self
+
+    def weights_sha256(self, refresh: bool = False) -> str:
+        """Identity of the trainable weights (LM); cached, pass refresh=True after changing them."""
+        if self._sha is None or refresh:
+            self._sha = state_sha256(self.lm.state_dict())
+        return self._sha
+
+    def condition(self, prompts: list[str]) -> Condition:
+        return self.text_encoder.encode(list(prompts)).to(self.device)
+
+    def num_frames(self, duration: float, prompt: str) -> int:
+        return self.codec.frames_for_duration(duration, prompt)
+
+    def generate(
+        self, prompts: list[str], seeds: list[int], duration: float, sampling: SamplingConfig, max_batch: int = 64
+    ) -> list[Generation]:
+        """One Generation per (prompt, seed) pair, in order. Rows with the same length are batched."""
+        if len(prompts) != len(seeds):
+            raise ValueError("one seed per prompt")
+        if not prompts:
+            raise UserError("no prompts to generate")
+        frames = [self.num_frames(duration, p) for p in prompts]
+        results: list[Generation | None] = [None] * len(prompts)
+        for length in sorted(set(frames)):
+            rows = [i for i, f in enumerate(frames) if f == length]
+            for start in range(0, len(rows), max_batch):
+                chunk = rows[start : start + max_batch]
+                chunk_prompts = [prompts[i] for i in chunk]
+                codes = sample(self.lm, self.condition(chunk_prompts), length, sampling, [seeds[i] for i in chunk])
+                audio = self.codec.decode(codes.cpu(), chunk_prompts).numpy()
+                for j, i in enumerate(chunk):
+                    results[i] = Generation(prompts[i], seeds[i], codes[j].cpu(), audio[j], self.codec.sample_rate,
+                                            self.codec.render_info(prompts[i]))
+        return results
+
+    def save(self, path: str | Path, extra_config: dict | None = None):
+        """Write a checkpoint directory atomically (config.json + model.safetensors [+ side files])."""
+        config = json.loads(json.dumps(self.config))
+        if extra_config:
+            config.setdefault("musicgen_cfg", {}).update(extra_config)
+        state = dict(self.lm.state_dict())
+        if not self.is_symbolic:  # a real checkpoint keeps its frozen towers so transformers can load it
+            state.update({f"text_encoder.{k}": v for k, v in self.text_encoder.encoder.state_dict().items()})
+            state.update({f"audio_encoder.{k}": v for k, v in self.codec.model.state_dict().items()})
+        with atomic_directory(path) as tmp:
+            save_tensors(state, tmp / WEIGHTS, metadata={"format": "pt"})
+            write_json(config, tmp / "config.json")
+            if not self.is_symbolic:
+                self.text_encoder.tokenizer.save_pretrained(tmp)
+                if self.generation_config is not None:
+                    self.generation_config.save_pretrained(tmp)
+
+
+def resolve_spec(spec: str) -> str:
+    """'default', 'default-quality', ... -> the shipped directory; anything else unchanged."""
+    if spec in DEFAULT_MODELS:
+        path = ASSETS / DEFAULT_MODELS[spec]
+        if not (path / "config.json").is_file():
+            raise UserError(f"the shipped model {spec!r} is missing at {path} (rebuild: see README, 'Default model')")
+        return str(path)
+    return spec
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> MusicGen:
+    """Load `default[-quality|-diversity]`, a checkpoint directory, or a hub id (real MusicGen)."""
+    source = resolve_spec(spec)
+    path = Path(source)
+    if path.is_dir():
+        config = read_json(path / "config.json")
+        if config.get("musicgen_cfg", {}).get("codec") == "symbolic":
+            return _load_symbolic(path, config).to(device)
+        return _load_transformers(source).to(device)
+    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise UserError(f"model directory not found: {source}")
+    return _load_transformers(source).to(device)
+
+
+def _load_symbolic(path: Path, config: dict) -> MusicGen:
+    from musicgen_cfg.codecs.symbolic import SymbolicCodec
+    from musicgen_cfg.conditioning import minilm_text_encoder
+
+    text_encoder = minilm_text_encoder(cache_size=4096)
+    lm = MusicgenLM(MusicgenDecoderConfig(**config["decoder"]), text_encoder.hidden_size)
+    _load_lm_state(lm, load_tensors(path / WEIGHTS), path)
+    return MusicGen(lm.eval(), text_encoder, SymbolicCodec(), config, str(path))
+
+
+def _load_transformers(source: str) -> MusicGen:
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    from musicgen_cfg.codecs.encodec import EncodecCodec
+    from musicgen_cfg.conditioning import TextEncoder
+
+    try:
+        hf = MusicgenForConditionalGeneration.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot load MusicGen checkpoint {source!r}: {str(err).strip().splitlines()[0]}") from None
+    lm = MusicgenLM(hf.decoder.config, hf.text_encoder.config.d_model if hasattr(hf.text_encoder.config, "d_model")
+                    else hf.text_encoder.config.hidden_size)
+    state = {k: v for k, v in hf.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    _load_lm_state(lm, state, source)
+    text_encoder = TextEncoder(hf.text_encoder, tokenizer, name=source)
+    return MusicGen(lm.eval(), text_encoder, EncodecCodec(hf.audio_encoder), hf.config.to_dict(), source,
+                    hf.generation_config)
+
+
+def _load_lm_state(lm: MusicgenLM, state: dict[str, torch.Tensor], where) -> None:
+    expected = lm.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith(("text_encoder.", "audio_encoder.")))
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise UserError(f"checkpoint {where} does not match the model config: {'missing' if missing else 'unexpected'} tensor {first}")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise UserError(f"checkpoint {where}: tensor {name} has shape {list(state[name].shape)}, config expects {list(tensor.shape)}")
+    lm.load_state_dict({k: state[k] for k in expected})
+

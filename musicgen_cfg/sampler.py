@@ -1,0 +1,150 @@
+"""Autoregressive sampling with a preallocated KV cache, CFG, temperature / top-k / top-p, seeds.
+
+    sample(lm, cond [B], num_frames, SamplingConfig(...), seeds [B]) -> codes [B, K, T]
+
+Randomness is a counter-based hash of (seed, step, codebook, token): a row's codes depend only on
+its own seed and request, never on what else is in the batch, so batched generation is exactly
+reproducible item by item (and resumable). Sampling is Gumbel-max over the filtered logits, which
+draws from the same distribution as multinomial sampling.
+
+On CUDA the per-step work (forward, CFG, filtering, sampling) is captured once in a CUDA graph and
+replayed: at batch 1 the step is bound by launch overhead, not by reading the weights.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from musicgen_cfg.cfg import Condition, split_and_combine, with_null
+from musicgen_cfg.delay import num_steps, revert_delay_pattern, valid_step_mask
+from musicgen_cfg.errors import UserError
+from musicgen_cfg.lm import KVCache, MusicgenLM
+
+
+@dataclass
+class SamplingConfig:
+    guidance_scale: float = 1.0  # CFG strength gamma; 1 = plain conditional sampling (one pass)
+    temperature: float = 1.0  # softmax temperature (> 0)
+    top_k: int | None = 250  # keep the k most likely tokens per codebook; None = all
+    top_p: float = 1.0  # nucleus: smallest set with probability >= top_p; 1 = off
+    greedy: bool = False  # argmax instead of sampling (ignores temperature / top-k / top-p)
+    use_cuda_graph: bool = True  # capture the decoding step on CUDA devices
+
+    def __post_init__(self):
+        if not self.guidance_scale >= 0:
+            raise UserError(f"guidance scale must be >= 0, got {self.guidance_scale}")
+        if not self.temperature > 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k <= 0:
+            raise UserError(f"top-k must be a positive integer, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale != 1.0
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer on int64 tensors holding values < 2^32 (products stay < 2^63)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, num_codebooks: int, vocab: int) -> torch.Tensor:
+    """Deterministic uniforms in (0, 1) of shape [B, K, V] from seeds [B] and step [1]."""
+    row = _hash32(_hash32(seeds & _MASK32) ^ step)[:, None, None]
+    cell = torch.arange(num_codebooks * vocab, device=seeds.device).view(1, num_codebooks, vocab)
+    bits = _hash32(_hash32(row ^ cell) + 0x9E3779B)
+    return ((bits >> 8).float() + 0.5) / float(1 << 24)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k / top-p set to -inf. logits [..., V]."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """logits [B, K, V] (already guided) -> tokens [B, K]."""
+    if config.greedy:
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[1], logits.shape[2])))
+    return (logits + gumbel).argmax(-1)
+
+
+def guided_step_logits(lm: MusicgenLM, cache: KVCache, tokens, position, guidance_scale: float | None):
+    """One LM step -> logits [B, K, V]; with CFG the cond and null rows share ONE batched step."""
+    if guidance_scale is None:
+        return lm.step(tokens, position, cache)
+    return split_and_combine(lm.step(torch.cat([tokens, tokens]), position, cache), guidance_scale)[1]
+
+
+@torch.no_grad()
+def sample(
+    lm: MusicgenLM, cond: Condition, num_frames: int, config: SamplingConfig, seeds: list[int] | torch.Tensor
+) -> torch.Tensor:
+    """Generate codes [B, K, T] for conditions [B]; seeds [B] (one per row)."""
+    device, num_codebooks, pad = lm.device, lm.num_codebooks, lm.pad_id
+    seeds = torch.as_tensor(seeds, dtype=torch.long, device=device)
+    if seeds.shape != (len(cond),):
+        raise ValueError(f"need one seed per row: {len(cond)} rows, seeds of shape {tuple(seeds.shape)}")
+    steps = num_steps(num_frames, num_codebooks)
+    if steps > lm.stack.positions.shape[0]:
+        raise UserError(f"{num_frames} frames exceed the model's maximum of {lm.stack.positions.shape[0] - num_codebooks + 1}")
+    guidance = config.guidance_scale if config.uses_cfg else None
+    cache = KVCache(lm, with_null(cond.to(device)) if guidance is not None else cond.to(device), steps)
+    valid = valid_step_mask(num_frames, num_codebooks, device)  # [K, steps]
+    positions = torch.arange(steps, device=device)
+
+    def decode_step(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        logits = guided_step_logits(lm, cache, tokens, position, guidance)
+        chosen = pick_tokens(logits, config, seeds, position)
+        return torch.where(valid.index_select(1, position).T, chosen, pad)  # pad outside the delay window
+
+    if config.use_cuda_graph and device.type == "cuda":
+        decode_step = _capture(decode_step, len(cond), num_codebooks, device)
+    tokens = torch.full((len(cond), num_codebooks), pad, dtype=torch.long, device=device)
+    delayed = torch.empty((len(cond), num_codebooks, steps), dtype=torch.long, device=device)
+    for s in range(steps):
+        tokens = decode_step(tokens, positions[s : s + 1])
+        delayed[:, :, s] = tokens
+    return revert_delay_pattern(delayed)
+
+
+def _capture(decode_step, batch: int, num_codebooks: int, device):
+    """Record decode_step in a CUDA graph over static input buffers; returns a replaying callable."""
+    static_tokens = torch.zeros((batch, num_codebooks), dtype=torch.long, device=device)
+    static_position = torch.zeros(1, dtype=torch.long, device=device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):  # warm-up (allocations, kernel selection) outside the graph
+        for _ in range(2):
+            decode_step(static_tokens, static_position)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = decode_step(static_tokens, static_position)
+
+    def replay(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        static_tokens.copy_(tokens)
+        static_position.copy_(position)
+        graph.replay()
+        return static_out.clone()
+
+    return replay

@@ -1,0 +1,65 @@
+"""Tiny randomly initialised real-MusicGen checkpoints (T5 + EnCodec + decoder), for tests and benchmarks.
+
+Nothing is downloaded: configs are built in code, the tokenizer is a word-level one made here, and
+the result is saved in transformers' format so it loads back through the same path as
+facebook/musicgen-*.
+
+    .venv/bin/python -m musicgen_cfg.tiny OUT_DIR     # write one
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+TINY_WORDS = ["<pad>", "</s>", "<unk>"] + (
+    "a an the joyful sad calm fast slow jig reel hymn song piano organ fiddle guitar drums bass "
+    "rock jazz pop folk lofi ambient beat melody with and for in of minor major happy dark bright"
+).split()
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(TINY_WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_musicgen(
+    seed: int = 0, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, vocab_size: int = 64,
+    num_codebooks: int = 4, text_hidden_size: int = 48, ffn_dim: int | None = None, max_positions: int = 2048,
+):
+    """(MusicgenForConditionalGeneration with random weights, tokenizer); EnCodec at 16 kHz, 50 frames/s, 4 codebooks."""
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
+                              MusicgenForConditionalGeneration, T5Config)
+
+    torch.manual_seed(seed)
+    text = T5Config(vocab_size=len(TINY_WORDS), d_model=text_hidden_size, d_kv=12, d_ff=64, num_layers=1,
+                    num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    audio = EncodecConfig(target_bandwidths=[2.0], sampling_rate=16000, audio_channels=1, num_filters=4,
+                          hidden_size=16, codebook_size=vocab_size, upsampling_ratios=[8, 5, 4, 2], codebook_dim=16,
+                          num_lstm_layers=1, num_residual_layers=1)
+    decoder = MusicgenDecoderConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                                    num_attention_heads=num_heads, ffn_dim=ffn_dim or 4 * hidden_size,
+                                    num_codebooks=num_codebooks, max_position_embeddings=max_positions,
+                                    pad_token_id=vocab_size, bos_token_id=vocab_size, dropout=0.0)
+    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    model = MusicgenForConditionalGeneration(config).eval()
+    model.generation_config.decoder_start_token_id = vocab_size
+    model.generation_config.pad_token_id = vocab_size
+    model.generation_config.bos_token_id = vocab_size
+    return model, tiny_tokenizer()
+
+
+def save_tiny_musicgen(path: str | Path, **kwargs) -> Path:
+    model, tokenizer = tiny_musicgen(**kwargs)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
+if __name__ == "__main__":
+    print(save_tiny_musicgen(sys.argv[1]))

@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny random real-MusicGen checkpoint saved to a temp dir (no network)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from musicgen_cfg.tiny import save_tiny_musicgen
+
+    return save_tiny_musicgen(tmp_path_factory.mktemp("tiny") / "musicgen")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tiny_dir):
+    from transformers import MusicgenForConditionalGeneration
+
+    return MusicgenForConditionalGeneration.from_pretrained(tiny_dir).eval()
+
+
+@pytest.fixture()
+def tiny_model(tiny_dir):
+    from musicgen_cfg.model import load_model
+
+    return load_model(str(tiny_dir))
