@@ -758,17 +758,16 @@ class LiveMerge:
                 "diversity": {n: (tuple(t.shape), t.dtype) for n, t in diversity.items()},
             }
         )
-        targets = module.state_dict(keep_vars=True)
+        targets = {name: t.detach() for name, t in module.state_dict(keep_vars=True).items()}  # share storage
         for name, _ in module.named_parameters():
             if name not in quality:
                 raise UserError(f"module parameter {name} is missing from the quality/diversity state dicts")
-        self._triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for name, q in quality.items():
-            if name not in targets:
+        for name, q in quality.items():  # check everything before the module is touched
+            target = targets.get(name)
+            if target is None:
                 raise UserError(
                     f"tensor {name} of the state dicts is not a parameter or buffer of the module"
                 )
-            target = targets[name].detach()  # shares storage with the parameter
             if tuple(target.shape) != tuple(q.shape):
                 raise UserError(
                     f"tensor {name} has shape {list(q.shape)} in the state dicts but {list(target.shape)} in the module"
@@ -777,13 +776,18 @@ class LiveMerge:
                 raise UserError(
                     f"tensor {name} is {_dtype_name(q.dtype)} in the state dicts but {_dtype_name(target.dtype)} in the module"
                 )
-            if not q.is_floating_point():  # integer/bool entries cannot move with lam: equal, set once
+            if not q.is_floating_point():
                 _check_equal_non_float(name, {"quality": q, "diversity": diversity[name]})
+        self._triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for name, q in quality.items():
+            target = targets[name]
+            if not q.is_floating_point():  # integer/bool entries cannot move with lam: set once
                 target.copy_(q)
                 continue
             place = {"device": target.device, "dtype": target.dtype}
-            # clone: the held endpoints must never alias the tensors the caller passed in.
-            self._triples.append((target, q.to(**place).clone(), diversity[name].to(**place).clone()))
+            # copy=True: the held endpoints must never alias the caller's tensors (which may be the
+            # module's own weights, e.g. its state_dict() as theta_q), yet cost only one copy each.
+            self._triples.append((target, q.to(**place, copy=True), diversity[name].to(**place, copy=True)))
         self.allow_extrapolation = allow_extrapolation
         self._lam: float | None = None
         self.set_lambda(lam)

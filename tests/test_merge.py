@@ -363,6 +363,15 @@ def test_live_merge_matches_offline_merge_in_the_same_storage():
     assert live.lam == 1.0
 
 
+def test_live_merge_accepts_the_modules_own_weights_as_an_endpoint():
+    module = tiny_live_module()
+    quality = {name: t.clone() for name, t in module.state_dict().items()}
+    diversity = random_like(module, 1)
+    live = LiveMerge(module, module.state_dict(), diversity, lam=1.0)  # aliases the live weights
+    live.set_lambda(0.0)
+    assert_state_equal(module.state_dict(), quality)
+
+
 def test_live_merge_validates_at_construction():
     module = tiny_live_module()
     quality, diversity = random_like(module, 0), random_like(module, 1)
