@@ -24,8 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries():
+    """Users see our progress and errors, not transformers' weight-loading bars and config warnings."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         result = args.func(args)
     except UserError as err:

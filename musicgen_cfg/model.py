@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import Condition
@@ -162,7 +163,7 @@ def _load_transformers(source: str) -> MusicGen:
     try:
         hf = MusicgenForConditionalGeneration.from_pretrained(source)
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise UserError(f"cannot load MusicGen checkpoint {source!r}: {str(err).strip().splitlines()[0]}") from None
     lm = MusicgenLM(hf.decoder.config, hf.text_encoder.config.d_model if hasattr(hf.text_encoder.config, "d_model")
                     else hf.text_encoder.config.hidden_size)

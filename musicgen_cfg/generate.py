@@ -1,0 +1,199 @@
+"""`musicgen-cfg generate`: batch text-to-music generation with a provenance manifest.
+
+    musicgen-cfg generate --model default --prompt "a joyful Irish jig on the fiddle in D major" \
+        --num-samples 4 --duration 8 --out outputs/jig
+    musicgen-cfg generate --model DIR --prompts-file prompts.txt --num-samples 4 --guidance-scale 3 --out runs/x
+
+Writes one audio file per (prompt, sample) and `manifest.jsonl` (prompt, seed, model source + weights
+sha256, gamma / beta / lambda, sampling settings, render settings, wall time). Rerunning the same
+command skips items already in the manifest whose file exists, so an interrupted run resumes.
+Item seeds are `--seed + prompt_index * num_samples + sample_index`; a row's codes depend only on
+its own seed, so resumed and batched runs give the same files.
+"""
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from musicgen_cfg.errors import UserError
+from musicgen_cfg.sampler import SamplingConfig
+
+MANIFEST = "manifest.jsonl"
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass
+class GenerateConfig:
+    model: str = "default"  # model spec: default[-quality|-diversity], checkpoint dir or hub id
+    num_samples: int = 1  # samples per prompt
+    duration: float = 8.0  # seconds per sample
+    seed: int = 0  # base seed
+    batch_size: int = 32  # rows sampled together
+    audio_format: str = "wav"  # wav or flac
+    device: str = "auto"  # auto, cpu, cuda
+
+    def __post_init__(self):
+        if self.num_samples < 1:
+            raise UserError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if not self.duration > 0:
+            raise UserError(f"--duration must be positive, got {self.duration}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.audio_format not in ("wav", "flac"):
+            raise UserError(f"--format must be wav or flac, got {self.audio_format!r}")
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a .txt (one per line; blank lines and '#' comments skipped) or .jsonl ({"prompt": ...})."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"prompts file not found: {path}")
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                prompts.append(str(json.loads(line)["prompt"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path}:{number}: expected a JSON object with a 'prompt' field") from None
+        else:
+            prompts.append(line)
+    return prompts
+
+
+def validate_prompts(prompts: list[str]) -> list[str]:
+    if not prompts:
+        raise UserError("no prompts given (empty prompt list)")
+    for p in prompts:
+        if len(p) > MAX_PROMPT_CHARS:
+            raise UserError(f"prompt of {len(p)} characters exceeds the {MAX_PROMPT_CHARS}-character limit")
+    return prompts
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA device is available")
+    return device
+
+
+def slug(text: str, length: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length] or "prompt"
+
+
+def model_provenance(model) -> dict:
+    """What identifies the weights and how they were made: source, sha256, beta, lambda, teacher gamma."""
+    info = model.config.get("musicgen_cfg", {})
+    return {
+        "model": model.source,
+        "model_sha256": model.weights_sha256(),
+        "beta": info.get("beta"),
+        "lambda": info.get("lambda"),
+        "teacher_guidance_scale": info.get("guidance_scale"),
+    }
+
+
+def load_manifest(out_dir: Path) -> list[dict]:
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{number} is not valid JSON; move the file away to start over") from None
+    return entries
+
+
+def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig, out_dir: Path,
+                   progress=None) -> list[dict]:
+    """Generate all (prompt, sample) items not already done; append their manifest entries; return all entries."""
+    validate_prompts(prompts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    provenance = model_provenance(model)
+    settings = {**asdict(sampling), "duration": config.duration}
+    done = {}
+    for entry in load_manifest(out_dir):
+        if (out_dir / entry["file"]).is_file():
+            done[(entry["prompt"], entry["seed"], entry["model_sha256"], json.dumps(entry["sampling"], sort_keys=True))] = entry
+    items = [(i, j, p, config.seed + i * config.num_samples + j) for i, p in enumerate(prompts) for j in range(config.num_samples)]
+    key = lambda p, s: (p, s, provenance["model_sha256"], json.dumps(settings, sort_keys=True))  # noqa: E731
+    todo = [item for item in items if key(item[2], item[3]) not in done]
+    with open(out_dir / MANIFEST, "a") as manifest:
+        for start in range(0, len(todo), config.batch_size):
+            chunk = todo[start : start + config.batch_size]
+            began = time.perf_counter()
+            outputs = model.generate([c[2] for c in chunk], [c[3] for c in chunk], config.duration, sampling,
+                                     max_batch=config.batch_size)
+            wall = (time.perf_counter() - began) / len(chunk)
+            for (i, j, prompt, seed), out in zip(chunk, outputs):
+                name = f"{i:04d}_{j:02d}_{slug(prompt)}_s{seed}.{config.audio_format}"
+                sf.write(out_dir / name, np.clip(out.audio, -1, 1), out.sample_rate)
+                entry = {"file": name, "prompt": prompt, "prompt_index": i, "sample_index": j, "seed": seed,
+                         **provenance, "sampling": settings, "num_frames": int(out.codes.shape[-1]),
+                         "sample_rate": out.sample_rate, "render": out.render, "wall_time_s": round(wall, 4),
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                manifest.write(json.dumps(entry) + "\n")
+                done[key(prompt, seed)] = entry
+            manifest.flush()
+            if progress is not None:
+                progress(min(start + config.batch_size, len(todo)), len(todo))
+    return [done[key(p, s)] for _, _, p, s in items]
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("generate", help="generate audio from text prompts (writes WAVs + manifest.jsonl)",
+                                   description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default", help="default[-quality|-diversity], checkpoint dir or hub id")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", action="append", help="a text prompt (repeat for several)")
+    source.add_argument("--prompts-file", help=".txt (one prompt per line) or .jsonl ({'prompt': ...})")
+    parser.add_argument("--num-samples", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per sample")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="CFG gamma (1 = no CFG, one pass); default: 1")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=250)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--format", dest="audio_format", default="wav", choices=["wav", "flac"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.set_defaults(func=main)
+
+
+def main(args) -> int:
+    from musicgen_cfg.model import load_model
+
+    prompts = validate_prompts(args.prompt if args.prompt else read_prompts(args.prompts_file))
+    config = GenerateConfig(args.model, args.num_samples, args.duration, args.seed, args.batch_size,
+                            args.audio_format, args.device)
+    sampling = SamplingConfig(guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
+                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    model = load_model(args.model, device=pick_device(config.device))
+    max_seconds = _max_duration(model, prompts)
+    if config.duration > max_seconds:
+        raise UserError(f"--duration {config.duration} s is too long for this model (at most {max_seconds:.1f} s)")
+    began = time.perf_counter()
+    entries = run_generation(model, prompts, config, sampling, Path(args.out),
+                             progress=lambda done, total: print(f"  {done}/{total} generated", flush=True))
+    print(f"{len(entries)} files in {args.out} ({time.perf_counter() - began:.1f} s); manifest: {Path(args.out) / MANIFEST}")
+    return 0
+
+
+def _max_duration(model, prompts: list[str]) -> float:
+    """Longest duration every prompt can take within the model's position table."""
+    max_frames = model.lm.stack.positions.shape[0] - model.lm.num_codebooks + 1
+    return min(max_frames / model.num_frames(1.0, p) for p in prompts)
