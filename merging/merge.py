@@ -98,10 +98,15 @@ def slerp(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
 def task_arithmetic(
     base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float]
 ) -> torch.Tensor:
-    """theta_0 + sum_i w_i (theta_i - theta_0): add weighted task vectors to the shared base."""
-    merged = base.clone()
+    """theta_0 + sum_i w_i (theta_i - theta_0): add weighted task vectors to the shared base.
+
+    Computed as the equal affine combination (1 - sum_i w_i) theta_0 + sum_i w_i theta_i, in place:
+    one output-sized buffer, and a single model with weight 1 comes back exactly (no rounding of
+    theta_i - theta_0).
+    """
+    merged = base * (1.0 - sum(weights))
     for model, weight in zip(models, weights, strict=True):
-        merged += weight * (model - base)
+        merged.add_(model, alpha=weight)
     return merged
 
 
@@ -179,18 +184,22 @@ def make_recipe(
 
 
 def _merge_tensor(recipe: Recipe, tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
-    """Merge one tensor of every model. Float math runs in float64 (exact endpoints, no bf16 drift);
-    non-float tensors were checked equal during validation and are copied."""
+    """Merge one tensor of every model; non-float tensors were checked equal and are copied.
+
+    Half-precision types are computed in float32 and rounded once; float32/64 are computed in their
+    own dtype, where `.to` is free, so memory stays at the inputs plus the output.
+    """
     first = tensors[0]
     if not first.is_floating_point():
         return first
-    wide = [t.to(torch.float64) for t in tensors]
+    compute = first.dtype if first.dtype.itemsize >= 4 else torch.float32
+    wide = [t.to(compute) for t in tensors]
     if recipe.method == "lerp":
         merged = lerp(wide[0], wide[1], recipe.lam)
     elif recipe.method == "slerp":
         merged = slerp(wide[0], wide[1], recipe.lam)
     else:
-        merged = task_arithmetic(base.to(torch.float64), wide, recipe.weights)
+        merged = task_arithmetic(base.to(compute), wide, recipe.weights)
     return merged.to(first.dtype)
 
 
