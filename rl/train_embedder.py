@@ -1,0 +1,425 @@
+"""Train the contrastive music embedder that scores diversity (`musicgen-cfg embedder train`).
+
+    musicgen-cfg embedder train --audio-dir DIR --out DIR [--steps N --batch-size B --chunk-seconds S ...]
+    musicgen-cfg embedder train --model default --out musicgen_cfg/assets/default/embedder
+
+As in the paper, the embedder learns "same music" vs "different music", not text: the positives of a
+clip are two non-overlapping chunks of it, the negatives are the other clips of the batch (InfoNCE, or
+a semi-hard triplet loss). Held-out clips measure top-1 retrieval: does a clip's first chunk find its
+own last chunk among all held-out last chunks? The output directory (config.json, model.safetensors,
+manifest.json with the exact rebuild command and the weights' sha256) is written atomically.
+
+Data: `--audio-dir` reads every .wav/.flac below DIR (one file = one clip, mixed to mono).
+`--model default` renders segments of the default world's dataset with the symbolic codec, each with a
+random instrument and tempo, so the embedder sees both the timbre and the notes.
+"""
+
+import argparse
+import hashlib
+import math
+import random
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from musicgen_cfg.errors import UserError
+from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample, sha256_file
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+TEMPO_RANGE_BPM = (60.0, 180.0)  # --model default: tempos of the rendered training clips
+LOSSES = ("infonce", "triplet")
+
+
+@dataclass
+class EmbedderTrainConfig:
+    """Optimisation settings of `musicgen-cfg embedder train` (the network is ContrastiveEmbedderConfig)."""
+
+    steps: int = field(default=800, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=32, metadata={"help": "clips per step; each gives one positive pair"})
+    chunk_seconds: float = field(default=2.0, metadata={"help": "chunk length (s); clips need two of them"})
+    lr: float = field(
+        default=1e-3, metadata={"help": "peak AdamW learning rate (linear warmup, cosine decay)"}
+    )
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps"})
+    loss: str = field(default="infonce", metadata={"help": "infonce or triplet (semi-hard negatives)"})
+    temperature: float = field(default=0.1, metadata={"help": "InfoNCE softmax temperature"})
+    margin: float = field(default=0.2, metadata={"help": "triplet margin in cosine distance"})
+    heldout: int = field(default=64, metadata={"help": "clips held out for retrieval accuracy"})
+    clips: int = field(default=1500, metadata={"help": "--model default: training clips to render"})
+    clip_seconds: float = field(default=8.0, metadata={"help": "--model default: length of a rendered clip"})
+    eval_every: int = field(default=100, metadata={"help": "steps between held-out evaluations"})
+    seed: int = field(default=0, metadata={"help": "seed for the split, chunk sampling and initialisation"})
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise UserError("--batch-size must be >= 2: the other clips of the batch are the negatives")
+        for name in ("chunk_seconds", "lr", "temperature", "margin", "clip_seconds"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise UserError("--warmup-steps and --weight-decay must be >= 0")
+        if self.heldout < 2 or self.clips < 2:
+            raise UserError(f"--heldout and --clips must be >= 2, got {self.heldout} and {self.clips}")
+        if self.clip_seconds < 2 * self.chunk_seconds:
+            raise UserError(
+                f"--clip-seconds {self.clip_seconds} must hold two chunks of {self.chunk_seconds} s"
+            )
+        if self.loss not in LOSSES:
+            raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+
+def info_nce_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE (NT-Xent). a, b: unit vectors [B, D], row i of a and b are a positive pair;
+    every other view in the batch (2B - 2 of them) is a negative."""
+    views = torch.cat([a, b])
+    logits = views @ views.T / temperature
+    logits = logits.masked_fill(torch.eye(len(views), dtype=torch.bool, device=views.device), float("-inf"))
+    batch = len(a)
+    targets = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(views.device)
+    return F.cross_entropy(logits, targets)
+
+
+def semi_hard_triplet_loss(a: torch.Tensor, b: torch.Tensor, margin: float) -> torch.Tensor:
+    """Triplet loss on cosine distance with FaceNet's semi-hard negatives. a, b: unit vectors [B, D].
+
+    Each view is an anchor with its pair as positive; its negative is the closest view of another clip
+    that is still farther than the positive, or the farthest one when none is (all negatives harder).
+    """
+    views = torch.cat([a, b])
+    batch = len(a)
+    distance = 1.0 - views @ views.T  # [2B, 2B]
+    clip = torch.arange(2 * batch, device=views.device) % batch
+    positive = distance[torch.arange(2 * batch), (torch.arange(2 * batch) + batch) % (2 * batch)]
+    is_negative = clip[:, None] != clip[None, :]
+    semi_hard = is_negative & (distance > positive[:, None])
+    closest_semi_hard = distance.masked_fill(~semi_hard, float("inf")).amin(dim=1)
+    farthest = distance.masked_fill(~is_negative, float("-inf")).amax(dim=1)
+    negative = torch.where(semi_hard.any(dim=1), closest_semi_hard, farthest)
+    return F.relu(positive - negative + margin).mean()
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def sample_positive_pairs(
+    mels: list[torch.Tensor], batch_size: int, chunk_frames: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two non-overlapping chunks of each of `batch_size` distinct clips.
+
+    mels: log-mel [n_mels, frames_i] per clip, every frames_i >= 2 * chunk_frames.
+    Returns (a, b), each [batch_size, n_mels, chunk_frames]; which chunk comes first is random.
+    """
+    firsts, seconds = [], []
+    for index in torch.randperm(len(mels), generator=generator)[:batch_size].tolist():
+        frames = mels[index].shape[1]
+        start_a = int(torch.randint(0, frames - 2 * chunk_frames + 1, (1,), generator=generator))
+        start_b = int(
+            torch.randint(start_a + chunk_frames, frames - chunk_frames + 1, (1,), generator=generator)
+        )
+        if torch.rand(1, generator=generator).item() < 0.5:
+            start_a, start_b = start_b, start_a
+        firsts.append(mels[index][:, start_a : start_a + chunk_frames])
+        seconds.append(mels[index][:, start_b : start_b + chunk_frames])
+    return torch.stack(firsts), torch.stack(seconds)
+
+
+@torch.no_grad()
+def retrieval_accuracy(model: ContrastiveMusicEmbedder, mels: list[torch.Tensor], chunk_frames: int) -> float:
+    """Top-1 accuracy of finding each clip's last chunk from its first chunk among all clips' last chunks."""
+    was_training = model.training
+    model.eval()
+    first = model.embed_log_mel(torch.stack([m[:, :chunk_frames] for m in mels]))
+    last = model.embed_log_mel(torch.stack([m[:, -chunk_frames:] for m in mels]))
+    model.train(was_training)
+    hits = (first @ last.T).argmax(dim=1) == torch.arange(len(mels))
+    return hits.float().mean().item()
+
+
+def train(
+    model: ContrastiveMusicEmbedder,
+    train_mels: list[torch.Tensor],
+    heldout: dict[str, list[torch.Tensor]],
+    config: EmbedderTrainConfig,
+    log=print,
+) -> dict:
+    """Optimise `model` in place on log-mel clips (each [n_mels, frames >= 2 chunks], at the model's
+    front end). `heldout` names sets of held-out clips, each scored by `retrieval_accuracy`.
+    Returns metrics: per-step losses, {set name: {step: accuracy}}, seconds."""
+    chunk_frames = model.config.chunk_frames
+    if len(train_mels) < 2:
+        raise UserError(f"need at least 2 training clips of >= 2 chunks, got {len(train_mels)}")
+    batch_size = min(config.batch_size, len(train_mels))
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    def lr_factor(step):  # linear warmup, then cosine decay to zero
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    losses, accuracies, started = [], {name: {} for name in heldout}, time.perf_counter()
+
+    def evaluate(step):
+        for name, mels in heldout.items():
+            accuracies[name][step] = retrieval_accuracy(model, mels, chunk_frames)
+            log(
+                f"step {step}: {name} retrieval top-1 {accuracies[name][step]:.3f} over {len(mels)} clips "
+                f"(chance {1 / len(mels):.3f})"
+            )
+
+    evaluate(0)
+    model.train()
+    for step in range(1, config.steps + 1):
+        a, b = sample_positive_pairs(train_mels, batch_size, chunk_frames, generator)
+        za, zb = model.embed_log_mel(a), model.embed_log_mel(b)
+        if config.loss == "infonce":
+            loss = info_nce_loss(za, zb, config.temperature)
+        else:
+            loss = semi_hard_triplet_loss(za, zb, config.margin)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if step % config.eval_every == 0 or step == config.steps:
+            recent = losses[-config.eval_every :]
+            log(
+                f"step {step}/{config.steps}: loss {sum(recent) / len(recent):.4f} ({time.perf_counter() - started:.0f}s)"
+            )
+            evaluate(step)
+    model.eval()
+    return {
+        "losses": losses,
+        "heldout_accuracy": accuracies,
+        "train_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def clips_to_log_mels(
+    model: ContrastiveMusicEmbedder, waveforms: list[torch.Tensor], sample_rate: int
+) -> tuple[list[torch.Tensor], int]:
+    """Log-mels of the clips long enough for two chunks ([n_mels, frames] each), and the number skipped."""
+    mels = []
+    with torch.no_grad():
+        for waveform in waveforms:
+            audio = resample(waveform.float()[None], sample_rate, model.sample_rate)
+            mel = model.log_mel(audio)[0]
+            if mel.shape[1] >= 2 * model.config.chunk_frames:
+                mels.append(mel)
+    return mels, len(waveforms) - len(mels)
+
+
+def read_audio_dir(directory: Path) -> tuple[list[tuple[torch.Tensor, int]], dict]:
+    """Every .wav/.flac below `directory` as (mono float32 [samples], sample_rate), and a data record."""
+    import soundfile
+
+    if not directory.is_dir():
+        raise UserError(f"--audio-dir {directory} is not a directory")
+    paths = sorted(p for p in directory.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not paths:
+        raise UserError(f"no .wav or .flac files found under {directory}")
+    clips, listing = [], hashlib.sha256()
+    for path in paths:
+        try:
+            data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except Exception as err:  # soundfile raises its own LibsndfileError and RuntimeError
+            raise UserError(f"cannot read audio file {path}: {err}") from None
+        clips.append((torch.from_numpy(data.mean(axis=1)), int(rate)))
+        listing.update(f"{path.relative_to(directory)}\t{path.stat().st_size}\n".encode())
+    record = {
+        "source": "audio-dir",
+        "audio_dir": str(directory),
+        "files": len(paths),
+        "listing_sha256": listing.hexdigest(),
+        "seconds": round(sum(len(w) / rate for w, rate in clips), 1),
+    }
+    return clips, record
+
+
+def render_default_world(
+    model: ContrastiveMusicEmbedder,
+    split: str,
+    count: int,
+    clip_seconds: float,
+    seed: int,
+    prompt: str | None = None,
+) -> tuple[list[torch.Tensor], list[str]]:
+    """Log-mels of `count` clips of the default world's `split`, and the prompts they were rendered with.
+
+    Each clip is a random crop of clip_seconds of a random segment, played with the symbolic codec. With
+    prompt=None each clip gets a random instrument (uniform over the synth's timbres) and tempo
+    (log-uniform in TEMPO_RANGE_BPM), so both timbre and notes separate clips; with a fixed prompt only the
+    notes do, as for the sibling generations the diversity reward compares. Crops with fewer than one
+    note onset per two beats are skipped: mostly silent audio says nothing about the music.
+    """
+    from musicgen_cfg.captions import INSTRUMENTS
+    from musicgen_cfg.codecs.symbolic import SymbolicCodec
+    from musicgen_cfg.corpus import load_dataset
+
+    dataset, codec = load_dataset(split), SymbolicCodec()
+    rng = random.Random(f"{seed}-{split}-{prompt}")
+    mels, prompts = [], []
+    for _ in range(50 * count):
+        if len(mels) == count:
+            break
+        if prompt is None:
+            bpm = math.exp(rng.uniform(*map(math.log, TEMPO_RANGE_BPM)))
+            clip_prompt = f"{rng.choice(sorted(INSTRUMENTS))} at {bpm:.0f} bpm"
+        else:
+            clip_prompt = prompt
+        codes, _ = dataset.get(rng.randrange(len(dataset)))
+        frames = min(codes.shape[1], codec.frames_for_duration(clip_seconds, clip_prompt))
+        start = rng.randrange(codes.shape[1] - frames + 1)
+        crop = codes[:, start : start + frames]
+        if (crop >= 2).sum() < frames / 8:  # codes >= 2 are note onsets; one frame is a 16th note
+            continue
+        wave = codec.decode(crop[None].astype("int64"), [clip_prompt])
+        mels.append(model.log_mel(wave)[0])
+        prompts.append(clip_prompt)
+    if len(mels) < count:
+        raise UserError(
+            f"found only {len(mels)} of {count} clips with notes in the default dataset's {split} split"
+        )
+    return mels, prompts
+
+
+def split_clips(mels: list[torch.Tensor], heldout: int, seed: int) -> tuple[list, list]:
+    """Random train / held-out split of the clips (held-out: `heldout` clips, at most half)."""
+    if len(mels) < 4:
+        raise UserError(f"need at least 4 clips long enough for two chunks, got {len(mels)}")
+    order = torch.randperm(len(mels), generator=torch.Generator().manual_seed(seed)).tolist()
+    count = min(heldout, len(mels) // 2)
+    return [mels[i] for i in order[count:]], [mels[i] for i in order[:count]]
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def rebuild_command(args: argparse.Namespace, config: EmbedderTrainConfig) -> str:
+    """The command line that reproduces this run, every setting explicit."""
+    source = ["--audio-dir", str(args.audio_dir)] if args.audio_dir else ["--model", args.model]
+    options = []
+    for name, value in asdict(config).items():
+        options += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(["musicgen-cfg", "embedder", "train", *source, "--out", str(args.out), *options])
+
+
+def default_world_data(
+    model: ContrastiveMusicEmbedder, config: EmbedderTrainConfig
+) -> tuple[list, dict, dict]:
+    """Training clips (train split) and two held-out sets (val split): random prompts, and one fixed prompt."""
+    from musicgen_cfg.captions import DEFAULT_BPM, DEFAULT_INSTRUMENT
+    from musicgen_cfg.corpus import DEFAULT_PATH
+
+    fixed_prompt = f"{DEFAULT_INSTRUMENT} at {DEFAULT_BPM:.0f} bpm"
+    with torch.no_grad():
+        train_mels, prompts = render_default_world(
+            model, "train", config.clips, config.clip_seconds, config.seed
+        )
+        heldout = {
+            "held-out": render_default_world(model, "val", config.heldout, config.clip_seconds, config.seed)[
+                0
+            ],
+            "same-prompt held-out": render_default_world(
+                model, "val", config.heldout, config.clip_seconds, config.seed, prompt=fixed_prompt
+            )[0],
+        }
+    record = {
+        "source": "default world",
+        "dataset": str(DEFAULT_PATH.relative_to(Path(__file__).resolve().parent.parent)),
+        "dataset_sha256": sha256_file(DEFAULT_PATH),
+        "train_split": "train",
+        "heldout_split": "val",
+        "instruments": sorted({p.split(" at ")[0] for p in prompts}),
+        "tempo_range_bpm": list(TEMPO_RANGE_BPM),
+        "same_prompt_heldout_prompt": fixed_prompt,
+    }
+    return train_mels, heldout, record
+
+
+def audio_dir_data(model: ContrastiveMusicEmbedder, config: EmbedderTrainConfig, directory: Path):
+    """Training clips and one held-out set from the audio files below `directory`."""
+    clips, record = read_audio_dir(directory)
+    mels, skipped = [], 0
+    for waveform, rate in clips:
+        kept, dropped = clips_to_log_mels(model, [waveform], rate)
+        mels += kept
+        skipped += dropped
+    record["skipped_short_clips"] = skipped
+    train_mels, heldout_mels = split_clips(mels, config.heldout, config.seed)
+    return train_mels, {"held-out": heldout_mels}, record
+
+
+def run_train(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)  # the machines are shared: one core unless asked otherwise
+    config = EmbedderTrainConfig(
+        **{name: getattr(args, name) for name in EmbedderTrainConfig.__dataclass_fields__}
+    )
+    torch.manual_seed(config.seed)
+    model = ContrastiveMusicEmbedder(ContrastiveEmbedderConfig(chunk_seconds=config.chunk_seconds))
+    started = time.perf_counter()
+    if args.audio_dir:
+        train_mels, heldout, data = audio_dir_data(model, config, args.audio_dir)
+    else:
+        train_mels, heldout, data = default_world_data(model, config)
+    data.update(train_clips=len(train_mels), heldout_clips={name: len(m) for name, m in heldout.items()})
+    data["prepare_seconds"] = round(time.perf_counter() - started, 1)
+    parameters = sum(p.numel() for p in model.parameters())
+    print(
+        f"{len(train_mels)} training clips ({data['prepare_seconds']}s to prepare); {parameters} parameters",
+        flush=True,
+    )
+    metrics = train(model, train_mels, heldout, config, log=lambda message: print(message, flush=True))
+    recent = metrics["losses"][-config.eval_every :]
+    manifest = {
+        "command": rebuild_command(args, config),
+        "config": asdict(config),
+        "embedder_config": asdict(model.config),
+        "data": data,
+        "seed": config.seed,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "parameters": parameters,
+        "train_seconds": metrics["train_seconds"],
+        "final_loss": sum(recent) / len(recent),
+        "heldout_accuracy": metrics["heldout_accuracy"],
+    }
+    digest = model.save(args.out, manifest=manifest)
+    print(f"saved {args.out} (model.safetensors sha256 {digest})", flush=True)
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("embedder", help="music embedders for the diversity reward")
+    actions = parser.add_subparsers(dest="embedder_command", required=True, metavar="ACTION")
+    train_parser = actions.add_parser(
+        "train", help=__doc__.splitlines()[0], description=__doc__.split("\n\n")[0]
+    )
+    source = train_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio-dir", type=Path, help="train on the .wav/.flac files below this directory")
+    source.add_argument("--model", choices=["default"], help="train on audio rendered from the default world")
+    train_parser.add_argument(
+        "--out", type=Path, required=True, help="output directory (replaced atomically)"
+    )
+    train_parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    for name, spec in EmbedderTrainConfig.__dataclass_fields__.items():
+        train_parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=type(spec.default),
+            default=spec.default,
+            help=spec.metadata["help"],
+        )
+    train_parser.set_defaults(func=run_train)
