@@ -13,6 +13,8 @@ from musicgen_cfg.errors import UserError
 # Imported lazily inside main() so that `--help` on one command does not import torch for all.
 SUBCOMMAND_MODULES = [
     "musicgen_cfg.generate",
+    "musicgen_cfg.pretrain",
+    "musicgen_cfg.distillation",
 ]
 
 
@@ -33,7 +35,13 @@ def quiet_libraries():
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    # Training commands take `--key value` config overrides; everything else must parse exactly.
+    if getattr(args, "accepts_overrides", False):
+        args.overrides = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     quiet_libraries()
     try:
         result = args.func(args)

@@ -103,7 +103,12 @@ class MusicGen:
         return results
 
     def save(self, path: str | Path, extra_config: dict | None = None):
-        """Write a checkpoint directory atomically (config.json + model.safetensors [+ side files])."""
+        """Write a checkpoint directory atomically (config.json + model.safetensors [+ tokenizer files])."""
+        with atomic_directory(path) as tmp:
+            self.write_files(tmp, extra_config)
+
+    def write_files(self, directory: Path, extra_config: dict | None = None):
+        """The checkpoint files, into an existing (temporary) directory."""
         config = json.loads(json.dumps(self.config))
         if extra_config:
             config.setdefault("musicgen_cfg", {}).update(extra_config)
@@ -111,13 +116,12 @@ class MusicGen:
         if not self.is_symbolic:  # a real checkpoint keeps its frozen towers so transformers can load it
             state.update({f"text_encoder.{k}": v for k, v in self.text_encoder.encoder.state_dict().items()})
             state.update({f"audio_encoder.{k}": v for k, v in self.codec.model.state_dict().items()})
-        with atomic_directory(path) as tmp:
-            save_tensors(state, tmp / WEIGHTS, metadata={"format": "pt"})
-            write_json(config, tmp / "config.json")
-            if not self.is_symbolic:
-                self.text_encoder.tokenizer.save_pretrained(tmp)
-                if self.generation_config is not None:
-                    self.generation_config.save_pretrained(tmp)
+        save_tensors(state, directory / WEIGHTS, metadata={"format": "pt"})
+        write_json(config, directory / "config.json")
+        if not self.is_symbolic:
+            self.text_encoder.tokenizer.save_pretrained(directory)
+            if self.generation_config is not None:
+                self.generation_config.save_pretrained(directory)
 
 
 def resolve_spec(spec: str) -> str:
@@ -186,3 +190,21 @@ def _load_lm_state(lm: MusicgenLM, state: dict[str, torch.Tensor], where) -> Non
             raise UserError(f"checkpoint {where}: tensor {name} has shape {list(state[name].shape)}, config expects {list(tensor.shape)}")
     lm.load_state_dict({k: state[k] for k in expected})
 
+
+
+def create_symbolic_model(decoder_config: MusicgenDecoderConfig, guidance_scale: float, seed: int = 0) -> MusicGen:
+    """A freshly initialised default-world model (MiniLM text encoder + symbolic codec), for pretraining."""
+    from musicgen_cfg.codecs.symbolic import SymbolicCodec
+    from musicgen_cfg.conditioning import MINILM_NAME, minilm_text_encoder
+
+    torch.manual_seed(seed)
+    text_encoder = minilm_text_encoder(cache_size=8192)
+    lm = MusicgenLM(decoder_config, text_encoder.hidden_size)
+    for module in lm.modules():  # transformers' MusicGen init: N(0, initializer_range), zero biases
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            module.weight.data.normal_(0.0, decoder_config.initializer_range)
+            if getattr(module, "bias", None) is not None:
+                module.bias.data.zero_()
+    config = {"decoder": decoder_config.to_dict(),
+              "musicgen_cfg": {"codec": "symbolic", "text_encoder": MINILM_NAME, "guidance_scale": guidance_scale}}
+    return MusicGen(lm, text_encoder, SymbolicCodec(), config, "new")

@@ -37,17 +37,20 @@ def score(
     cond: Condition,
     guidance_scale: float | None = None,
     lengths: torch.Tensor | None = None,
+    forward=None,
 ) -> Scores:
     """Teacher-force codes [B, K, T] (lengths [B] frames, optional) through the LM.
 
     With guidance_scale the conditional and null rows run as ONE batch [2B]; `logits` are then the
-    conditional half and `cfg_logits` the guided combination.
+    conditional half and `cfg_logits` the guided combination. `forward` is the callable that runs
+    the LM when it is wrapped (e.g. DistributedDataParallel); by default `lm` itself.
     """
+    forward = forward or lm
     inputs = teacher_forcing_inputs(codes, lm.pad_id)
     if guidance_scale is None:
-        logits, cfg_logits = lm(inputs, cond), None
+        logits, cfg_logits = forward(inputs, cond), None
     else:
-        logits, cfg_logits = split_and_combine(lm(torch.cat([inputs, inputs]), with_null(cond)), guidance_scale)
+        logits, cfg_logits = split_and_combine(forward(torch.cat([inputs, inputs]), with_null(cond)), guidance_scale)
         cfg_logits = revert_delay_pattern(cfg_logits)
     return Scores(revert_delay_pattern(logits), frame_mask(lengths, tuple(codes.shape), codes.device), cfg_logits)
 
