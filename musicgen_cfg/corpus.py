@@ -12,7 +12,8 @@ mode, meter, tempo, number of parts). Key: the notated key when its tonic is the
 last bass (or melody) note, otherwise music21's key analysis (KeySignatures without a mode, and Essen's
 many `K: C` headers, are not trusted). Pieces are cut into SEGMENT_FRAMES-frame segments every HOP_FRAMES
 frames (the last one padded with rests); the split (train/val/test, 90/5/5) is by piece, from a hash of
-the piece id, so every segment of a piece is in one split.
+the style and opening melody intervals (`split_key`), so every segment of a piece, and every copy of a tune
+that opens alike (in any key), is in one split. Pieces with identical codes are kept once.
 """
 
 from __future__ import annotations
@@ -283,10 +284,38 @@ def parse_collection(config: BuildConfig, collection: Collection, cache: PieceCa
 # ------------------------------------------------------------------------------------------- the dataset
 
 
-def split_of(piece_id: str) -> str:
-    """train/val/test (90/5/5) from a hash of the piece id: stable across builds and collections."""
-    bucket = int.from_bytes(hashlib.sha256(piece_id.encode()).digest()[:4], "big") % 100
+MELODY_KEY_NOTES = 16  # a tune is recognised by the intervals between its first 16 top-voice notes
+
+
+def split_key(piece: dict) -> str:
+    """What decides a piece's split: its style and the intervals of its opening melody.
+
+    Tunes that open alike (the same chorale melody harmonised twice, a tune in two O'Neill files or two
+    transcriptions, Essen variants, in any key) share a key, hence a split, so none leaks from train into
+    val/test. Pieces whose top voice has too few notes fall back to their piece id.
+    """
+    top = piece["codes"][0]
+    onsets = top[top >= 2].astype(np.int16)[: MELODY_KEY_NOTES + 1]
+    if len(onsets) <= MELODY_KEY_NOTES // 2:
+        return piece["piece_id"]
+    return piece["style"] + ":" + ",".join(str(i) for i in np.diff(onsets).tolist())
+
+
+def split_of(key: str) -> str:
+    """train/val/test (90/5/5) from a hash of a split key: stable across builds and collections."""
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % 100
     return "train" if bucket < 90 else "val" if bucket < 95 else "test"
+
+
+def drop_duplicates(pieces: list[dict]) -> tuple[list[dict], int]:
+    """Keep the first of pieces with identical codes (files in the corpus overlap); returns (kept, dropped)."""
+    seen, kept = set(), []
+    for piece in pieces:
+        digest = hashlib.sha256(piece["codes"].tobytes() + bytes(str(piece["codes"].shape), "ascii")).digest()
+        if digest not in seen:
+            seen.add(digest)
+            kept.append(piece)
+    return kept, len(pieces) - len(kept)
 
 
 def segment_starts(num_frames: int) -> list[int]:
@@ -323,10 +352,11 @@ def build(config: BuildConfig, log=print) -> dict:
     for name in config.collections:
         pieces += parse_collection(config, COLLECTIONS[name], cache, log=log)
     pieces.sort(key=lambda p: p["piece_id"])
+    pieces, duplicates = drop_duplicates(pieces)
     segments, segment_piece_index, starts = [], [], []
     for index, piece in enumerate(pieces):
         piece["num_frames"] = piece["codes"].shape[1]
-        piece["split"] = split_of(piece["piece_id"])
+        piece["split"] = split_of(split_key(piece))
         piece_segments, piece_starts = segment_piece(piece["codes"])
         segments.append(piece_segments)
         segment_piece_index += [index] * len(piece_starts)
@@ -362,6 +392,7 @@ def build(config: BuildConfig, log=print) -> dict:
                    "segments": int((arrays["piece_collection"][arrays["segment_piece"]] == name).sum())}
             for name in config.collections
         },
+        "duplicates_dropped": duplicates,
         "segments_per_split": {s: int((piece_split == s).sum()) for s in SPLITS},
         "pieces_per_split": {s: int((arrays["piece_split"] == s).sum()) for s in SPLITS},
         "segments_per_style": {s: int((piece_style == s).sum()) for s in sorted(set(piece_style.tolist()))},
@@ -411,6 +442,11 @@ class SegmentDataset:
     def styles(self) -> np.ndarray:
         """Style of each segment of this split, str [N]."""
         return self.arrays["piece_style"][self.arrays["segment_piece"][self.rows]]
+
+    def style_balanced_weights(self) -> np.ndarray:
+        """Sampling weights float64 [N] summing to 1 that give every style the same share (for samplers)."""
+        styles, inverse, counts = np.unique(self.styles, return_inverse=True, return_counts=True)
+        return 1.0 / (len(styles) * counts[inverse])
 
     def codes(self, indices=None) -> np.ndarray:
         """Untransposed codes uint8 [N, 4, SEGMENT_FRAMES] of this split (or of the given indices)."""

@@ -77,3 +77,13 @@ def test_bad_input_raises_user_errors():
         CODEC.decode(np.full((1, 4, 8), 64), ["x"])
     with pytest.raises(UserError, match="duration"):
         CODEC.frames_for_duration(0, "x")
+
+
+@pytest.mark.parametrize("instrument", sorted(synth.TIMBRES))
+def test_notes_sound_at_their_pitch(instrument):
+    codes = np.full((1, 4, 16), symbolic.REST, dtype=np.uint8)
+    codes[0, 0, 0], codes[0, 0, 1:] = symbolic.pitch_to_token(69), symbolic.HOLD  # A4 for 16 frames
+    wave = CODEC.decode(codes, [f"{instrument}, 60 bpm"])[0].numpy()
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    peak_hz = np.argmax(spectrum) * CODEC.sample_rate / len(wave)
+    assert peak_hz == pytest.approx(440, abs=3)

@@ -73,10 +73,36 @@ def test_segments_cover_each_piece_with_hop():
     assert segments[1, 0, 250 - 192] == symbolic.pitch_to_token(60)
 
 
-def test_split_is_by_piece_and_stable():
-    assert corpus.split_of("bach/bwv66.6.mxl") == corpus.split_of("bach/bwv66.6.mxl")
+def test_split_is_stable_and_90_5_5():
+    assert corpus.split_of("chorale:2,2,-4") == corpus.split_of("chorale:2,2,-4")
     splits = [corpus.split_of(f"piece-{i}") for i in range(2000)]
     assert 0.85 < splits.count("train") / 2000 < 0.95 and splits.count("val") > 40 and splits.count("test") > 40
+
+
+def _piece(piece_id, melody, style="irish_traditional"):
+    codes = np.zeros((4, 2 * len(melody)), np.uint8)
+    codes[0, ::2] = [symbolic.pitch_to_token(p) for p in melody]
+    return {"piece_id": piece_id, "style": style, "codes": codes}
+
+
+def test_copies_and_transposed_variants_share_a_split_and_exact_copies_are_dropped():
+    tune = [60, 62, 64, 65, 67, 65, 64, 62, 60, 67, 69, 71, 72, 71, 69, 67, 65, 64]
+    original, copy = _piece("a.abc#1", tune), _piece("b.abc#7", tune)
+    transposed_variant = _piece("c.abc#2", [p + 5 for p in tune[:17]] + [40])
+    other = _piece("a.abc#2", tune[::-1])
+    keys = [corpus.split_key(p) for p in (original, copy, transposed_variant, other)]
+    assert keys[0] == keys[1] == keys[2] != keys[3]
+    assert corpus.split_key(_piece("short#1", tune[:5])) == "short#1"
+    kept, dropped = corpus.drop_duplicates([original, copy, transposed_variant, other])
+    assert [p["piece_id"] for p in kept] == ["a.abc#1", "c.abc#2", "a.abc#2"] and dropped == 1
+
+
+def test_style_balanced_weights(small_build):
+    dataset = corpus.load_dataset("all", small_build[0][0].out)
+    weights = dataset.style_balanced_weights()
+    assert weights.shape == (len(dataset),) and np.isclose(weights.sum(), 1.0)
+    for style in ("chorale", "chinese_folk"):
+        assert np.isclose(weights[dataset.styles == style].sum(), 0.5)
 
 
 def test_bad_options_raise_user_errors(tmp_path):
