@@ -17,11 +17,11 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shlex
 import shutil
 import struct
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -191,7 +191,7 @@ def _merge_tensor(recipe: Recipe, tensors: Sequence[torch.Tensor], base: torch.T
     """
     first = tensors[0]
     if not first.is_floating_point():
-        return first
+        return first.clone()
     compute = first.dtype if first.dtype.itemsize >= 4 else torch.float32
     wide = [t.to(compute) for t in tensors]
     if recipe.method == "lerp":
@@ -464,6 +464,9 @@ def open_checkpoint(path: str | os.PathLike, label: str) -> Checkpoint:
                 f"{label}: {path / INDEX_FILE} is not a valid safetensors index ({err})"
             ) from None
         shard_files = sorted(set(weight_map.values()))
+        for shard in shard_files:  # the output reuses these names: they must stay inside the dir
+            if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+                raise UserError(f"{label}: {INDEX_FILE} names an invalid shard file {shard!r}")
     elif (path / WEIGHTS_FILE).is_file():
         weight_map = None
         shard_files = [WEIGHTS_FILE]
@@ -596,7 +599,7 @@ def _write_merged(sources: _Sources, recipe: Recipe, out: Path) -> Path:
     """Write the merge into a temp dir next to `out`, then rename it into place."""
     first = sources.models[0]
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    staging = _sibling_dir(out, "tmp")
     try:
         output_hashes = {}
         with ExitStack() as stack:
@@ -661,13 +664,21 @@ def _copy_non_weight_files(ckpt: Checkpoint, destination: Path) -> None:
             shutil.copy2(entry, destination / entry.name)
 
 
+def _sibling_dir(out: Path, purpose: str) -> Path:
+    """A fresh hidden dir next to `out` (same filesystem, so renames are atomic). Unlike
+    tempfile.mkdtemp it gets the umask's permissions, which the renamed output keeps."""
+    path = out.parent / f".{out.name}.{purpose}-{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir()
+    return path
+
+
 def _replace_directory(staging: Path, out: Path) -> None:
     """Rename the finished staging dir to `out`; an existing `out` is moved aside first, so at
     every moment `out` is either the old complete directory or the new complete one."""
     if not out.exists():
         staging.rename(out)
         return
-    retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    retired = _sibling_dir(out, "old")
     out.rename(retired / out.name)
     staging.rename(out)
     shutil.rmtree(retired, ignore_errors=True)
@@ -750,7 +761,8 @@ class LiveMerge:
     merged weights); `set_lambda` then writes torch.lerp(q, d, lam) into the existing parameter
     storage: no allocation, no reload, and anything holding the parameters (optimizers, compiled
     graphs, the sampler) keeps seeing them. Entries of the state dicts may be parameters or float
-    buffers of the module; every parameter of the module must be covered.
+    buffers of the module; every parameter of the module must be covered. Not thread-safe: call
+    `set_lambda` between generations, never while a forward pass is reading the weights.
     """
 
     def __init__(

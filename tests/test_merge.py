@@ -225,6 +225,16 @@ def test_not_a_checkpoint(tmp_path, pair):
         merge_checkpoints([pair[0], tmp_path / "missing"], tmp_path / "out", lam=0.5)
 
 
+def test_index_cannot_point_outside_the_checkpoint(tmp_path, pair, quality):
+    sharded = write_checkpoint(tmp_path / "sharded", quality, shards=2)
+    index_path = sharded / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"] = dict.fromkeys(index["weight_map"], "../elsewhere.safetensors")
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(UserError, match="A: model.safetensors.index.json names an invalid shard file"):
+        merge_checkpoints([sharded, pair[1]], tmp_path / "out", lam=0.5)
+
+
 def test_truncated_safetensors_gives_a_clear_error(tmp_path, pair):
     weights = pair[1] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])
