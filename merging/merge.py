@@ -12,12 +12,11 @@ the same base theta_0, so their weights can be mixed tensor by tensor. This file
 Command line: `musicgen-cfg merge --models Q D --lam 0.5 --out DIR` (merging/cli.py).
 """
 
+import copy
 import functools
-import hashlib
 import json
 import math
 import os
-import secrets
 import shlex
 import shutil
 import struct
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from musicgen_cfg.checkpoint import atomic_directory, state_sha256
 from musicgen_cfg.errors import UserError
 
 METHODS = ("lerp", "slerp", "task_arithmetic")
@@ -37,12 +37,18 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "merge_manifest.json"
+# Files of a source that describe that source alone (the distillation export's manifest: its
+# training run and sha256); copied into a merge they would be false, so they are not copied.
+SOURCE_ONLY_FILES = frozenset({MANIFEST_FILE, "manifest.json"})
 
 # config.json keys (at any depth) that describe how a file was written, not the architecture.
 NON_ARCHITECTURE_KEYS = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype"})
-# Sections of our own "musicgen_cfg" config block that record provenance (how the weights were
-# trained or merged); the quality and diversity models differ there by design.
-PROVENANCE_SECTIONS = frozenset({"training", "merge"})
+# Keys of our own "musicgen_cfg" config block that record provenance (how the weights were trained
+# or merged: distillation writes beta, teacher_guidance_scale, base_model, base_sha256); the
+# quality and diversity models differ there by design.
+PROVENANCE_KEYS = frozenset(
+    {"beta", "teacher_guidance_scale", "base_model", "base_sha256", "lambda", "merge", "training"}
+)
 
 # SLERP falls back to LERP above this |cos| between the flattened tensors: the great circle is then
 # numerically undefined (sin(omega) ~ 0) and both rules agree anyway for parallel tensors.
@@ -376,8 +382,8 @@ def write_safetensors_streaming(
     layout: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
     produce: Callable[[str], torch.Tensor],
     metadata: Mapping[str, str] | None = None,
-) -> str:
-    """Write a safetensors file whose tensors are produced one at a time; return its sha256.
+) -> None:
+    """Write a safetensors file whose tensors are produced one at a time.
 
     The header only needs names, dtypes and shapes, so it is written first and each tensor is
     appended as soon as `produce(name)` returns it: memory holds one output tensor at a time.
@@ -394,30 +400,16 @@ def write_safetensors_streaming(
         position += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)  # the reference writer aligns tensor data to 8 bytes
-    digest = hashlib.sha256()
     with open(path, "wb") as handle:
-        for chunk in (struct.pack("<Q", len(header_bytes)), header_bytes):
-            handle.write(chunk)
-            digest.update(chunk)
+        handle.write(struct.pack("<Q", len(header_bytes)))
+        handle.write(header_bytes)
         for name, dtype, shape in layout:
             tensor = produce(name)
             if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
                 raise ValueError(
                     f"produced {name} as {tensor.dtype} {list(tensor.shape)}, layout says {dtype} {list(shape)}"
                 )
-            data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-            handle.write(data)
-            digest.update(data)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    chunk = bytearray(1 << 20)
-    with open(path, "rb", buffering=0) as handle:
-        while count := handle.readinto(chunk):
-            digest.update(memoryview(chunk)[:count])
-    return digest.hexdigest()
+            handle.write(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,9 +429,28 @@ class Checkpoint:
     index: dict | None  # model.safetensors.index.json, for sharded checkpoints
 
     @functools.cached_property
-    def weights_sha256(self) -> dict[str, str]:
-        """sha256 of each weight file (compare with `sha256sum`); computed once, on first use."""
-        return {name: file_sha256(self.path / name) for name in self.shard_files}
+    def weights_sha256(self) -> str:
+        """The project's weight identity (checkpoint.state_sha256, as in generate/train manifests),
+        computed one tensor at a time; cached."""
+        with ExitStack() as stack:
+            return state_sha256(_LazyState(self, _open_weight_files(stack, [self])))
+
+
+class _LazyState(Mapping):
+    """A checkpoint's tensors as a read-only mapping that reads each tensor when it is looked up."""
+
+    def __init__(self, checkpoint: Checkpoint, handles: Mapping[Path, object]):
+        self.checkpoint, self.handles = checkpoint, handles
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        ref = self.checkpoint.tensors[name]
+        return read_tensor(self.handles[ref.file], ref)
+
+    def __iter__(self):
+        return iter(self.checkpoint.tensors)
+
+    def __len__(self) -> int:
+        return len(self.checkpoint.tensors)
 
 
 def open_checkpoint(path: str | os.PathLike, label: str) -> Checkpoint:
@@ -504,7 +515,7 @@ def architecture_config(config: dict) -> dict:
     stripped = strip(config)
     if isinstance(stripped.get("musicgen_cfg"), dict):
         stripped["musicgen_cfg"] = {
-            k: v for k, v in stripped["musicgen_cfg"].items() if k not in PROVENANCE_SECTIONS
+            k: v for k, v in stripped["musicgen_cfg"].items() if k not in PROVENANCE_KEYS
         }
     return stripped
 
@@ -596,30 +607,20 @@ def _check_destination(out: Path, sources: _Sources, overwrite: bool) -> None:
 
 
 def _write_merged(sources: _Sources, recipe: Recipe, out: Path) -> Path:
-    """Write the merge into a temp dir next to `out`, then rename it into place."""
+    """Stream the merge into a temp dir beside `out`, which then replaces `out` in one rename."""
     first = sources.models[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling_dir(out, "tmp")
-    try:
-        output_hashes = {}
-        with ExitStack() as stack:
-            handles = _open_weight_files(stack, sources.all)
+    with atomic_directory(out) as staging, ExitStack() as stack:
+        handles = _open_weight_files(stack, sources.all)
 
-            def produce(name: str) -> torch.Tensor:
-                tensors = [
-                    read_tensor(handles[c.tensors[name].file], c.tensors[name]) for c in sources.models
-                ]
-                base = sources.base
-                base_tensor = (
-                    read_tensor(handles[base.tensors[name].file], base.tensors[name]) if base else None
-                )
-                return _merge_tensor(recipe, tensors, base_tensor)
+        def produce(name: str) -> torch.Tensor:
+            tensors = [read_tensor(handles[c.tensors[name].file], c.tensors[name]) for c in sources.models]
+            base = sources.base
+            base_tensor = read_tensor(handles[base.tensors[name].file], base.tensors[name]) if base else None
+            return _merge_tensor(recipe, tensors, base_tensor)
 
-            for shard in first.shard_files:  # shard the output exactly like the first model
-                layout = [(r.name, r.dtype, r.shape) for r in first.tensors.values() if r.file.name == shard]
-                output_hashes[shard] = write_safetensors_streaming(
-                    staging / shard, layout, produce, first.metadata
-                )
+        for shard in first.shard_files:  # shard the output exactly like the first model
+            layout = [(r.name, r.dtype, r.shape) for r in first.tensors.values() if r.file.name == shard]
+            write_safetensors_streaming(staging / shard, layout, produce, first.metadata)
         if first.index is not None:
             index = dict(first.index)
             index["metadata"] = {
@@ -628,33 +629,51 @@ def _write_merged(sources: _Sources, recipe: Recipe, out: Path) -> Path:
             }
             (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
         _copy_non_weight_files(first, staging)
-        manifest = {
+        sources_record = [
+            {
+                "role": ckpt.label,
+                "path": str(ckpt.path.resolve()),
+                "weights_sha256": ckpt.weights_sha256,
+            }
+            for ckpt in sources.all
+        ]
+        merge_record = {
             "method": recipe.method,
             "lam": recipe.lam,
             "weights": list(recipe.weights) if recipe.weights is not None else None,
             "extrapolation": recipe.extrapolation,
-            "sources": [
-                {
-                    "role": ckpt.label,
-                    "path": str(ckpt.path.resolve()),
-                    "weights_sha256": ckpt.weights_sha256,
-                }
-                for ckpt in sources.all
-            ],
-            "weights_sha256": output_hashes,
+        }
+        config = merged_config(sources.models, merge_record | {"sources": sources_record})
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        output = open_checkpoint(staging, "output")  # re-reading the headers also checks what was written
+        manifest = merge_record | {
+            "sources": sources_record,
+            "weights_sha256": output.weights_sha256,
             "command": shlex.join(sys.argv),
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_directory(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
+def merged_config(models: Sequence[Checkpoint], merge_record: dict) -> dict:
+    """The first model's config.json, with its musicgen_cfg block made true of the merge: provenance
+    the models disagree on (beta) is dropped, what they share (base_model, ...) is kept, and
+    `lambda` (read by `generate` manifests) and `merge` describe this merge."""
+    config = copy.deepcopy(models[0].config)
+    blocks = [m.config.get("musicgen_cfg") or {} for m in models]
+    block = config.setdefault("musicgen_cfg", {})
+    for key in PROVENANCE_KEYS & set(block):
+        if any(other.get(key) != block[key] for other in blocks[1:]):
+            del block[key]
+    block["lambda"] = merge_record["lam"]
+    block["merge"] = merge_record
+    return config
+
+
 def _copy_non_weight_files(ckpt: Checkpoint, destination: Path) -> None:
-    """config.json, tokenizer files, etc. come from the first model; an old manifest does not."""
-    skip = set(ckpt.shard_files) | {INDEX_FILE, MANIFEST_FILE}
+    """Tokenizer files, generation config, etc. come from the first model; its weights, config
+    (rewritten by merged_config) and source-only files do not."""
+    skip = set(ckpt.shard_files) | {INDEX_FILE, CONFIG_FILE} | SOURCE_ONLY_FILES
     for entry in ckpt.path.iterdir():
         if entry.name in skip:
             continue
@@ -662,26 +681,6 @@ def _copy_non_weight_files(ckpt: Checkpoint, destination: Path) -> None:
             shutil.copytree(entry, destination / entry.name)
         else:
             shutil.copy2(entry, destination / entry.name)
-
-
-def _sibling_dir(out: Path, purpose: str) -> Path:
-    """A fresh hidden dir next to `out` (same filesystem, so renames are atomic). Unlike
-    tempfile.mkdtemp it gets the umask's permissions, which the renamed output keeps."""
-    path = out.parent / f".{out.name}.{purpose}-{os.getpid()}-{secrets.token_hex(4)}"
-    path.mkdir()
-    return path
-
-
-def _replace_directory(staging: Path, out: Path) -> None:
-    """Rename the finished staging dir to `out`; an existing `out` is moved aside first, so at
-    every moment `out` is either the old complete directory or the new complete one."""
-    if not out.exists():
-        staging.rename(out)
-        return
-    retired = _sibling_dir(out, "old")
-    out.rename(retired / out.name)
-    staging.rename(out)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def merge_checkpoints(

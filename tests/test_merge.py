@@ -4,7 +4,6 @@
 """
 
 import argparse
-import hashlib
 import json
 
 import pytest
@@ -20,6 +19,7 @@ from merging.merge import (
     merge_state_dicts,
     slerp,
 )
+from musicgen_cfg.checkpoint import state_sha256
 from musicgen_cfg.errors import UserError
 
 torch.set_num_threads(1)
@@ -29,7 +29,8 @@ PREFIX = "decoder.model.decoder."
 
 
 def tiny_config() -> dict:
-    """A MusicgenDecoderConfig-shaped config.json plus our own musicgen_cfg block."""
+    """A MusicgenDecoderConfig-shaped config.json plus our own musicgen_cfg block, with the
+    provenance keys that distillation writes (beta = 0: the quality model)."""
     return {
         "model_type": "musicgen_decoder",
         "hidden_size": HIDDEN,
@@ -41,7 +42,13 @@ def tiny_config() -> dict:
         "activation_function": "gelu",
         "transformers_version": "5.24.0",
         "_name_or_path": "tiny",
-        "musicgen_cfg": {"codec": "symbolic", "guidance_scale": 3.0, "training": {"beta": 0}},
+        "musicgen_cfg": {
+            "codec": "symbolic",
+            "guidance_scale": 3.0,
+            "beta": 0.0,
+            "teacher_guidance_scale": 3.0,
+            "base_model": "default",
+        },
     }
 
 
@@ -96,9 +103,9 @@ def diversity():
 
 @pytest.fixture
 def pair(tmp_path, quality, diversity):
-    """Checkpoint dirs of theta_q (beta = 0) and theta_d (beta = 15), whose training blocks differ."""
+    """Checkpoint dirs of theta_q (beta = 0) and theta_d (beta = 15), whose provenance differs."""
     diversity_config = tiny_config()
-    diversity_config["musicgen_cfg"]["training"] = {"beta": 15}
+    diversity_config["musicgen_cfg"]["beta"] = 15.0
     diversity_config["transformers_version"] = "5.0.0"
     return write_checkpoint(tmp_path / "q", quality), write_checkpoint(
         tmp_path / "d", diversity, diversity_config
@@ -209,7 +216,7 @@ def test_mismatched_configs_are_refused_but_provenance_is_ignored(tmp_path, pair
     other = write_checkpoint(tmp_path / "other", quality, bigger)
     with pytest.raises(UserError, match="config.json key ffn_dim is 16 in A but 32 in B"):
         merge_checkpoints([pair[0], other], tmp_path / "out", lam=0.5)
-    # The pair differs only in musicgen_cfg.training and transformers_version: that merges fine.
+    # The pair differs only in musicgen_cfg.beta and transformers_version: that merges fine.
     merge_checkpoints(pair, tmp_path / "ok", lam=0.5)
 
 
@@ -250,22 +257,31 @@ def test_truncated_safetensors_gives_a_clear_error(tmp_path, pair):
 
 
 def test_streaming_merge_matches_in_memory_merge_and_records_a_manifest(tmp_path, pair, quality, diversity):
+    (pair[0] / "manifest.json").write_text('{"artifact": "distilled student, beta=0"}')
     out = merge_checkpoints(pair, tmp_path / "out", lam=0.25)
-    assert_state_equal(
-        load_file(out / "model.safetensors"), merge_state_dicts([quality, diversity], lam=0.25)
-    )
-    assert json.loads((out / "config.json").read_text()) == tiny_config()  # from the first model
+    merged = load_file(out / "model.safetensors")
+    assert_state_equal(merged, merge_state_dicts([quality, diversity], lam=0.25))
     assert (out / "tokenizer.json").read_text() == '{"tiny": true}'
+    assert not (out / "manifest.json").exists()  # it describes the beta = 0 source, not the merge
+
+    config = json.loads((out / "config.json").read_text())
+    block = config.pop("musicgen_cfg")
+    expected = tiny_config()
+    expected_block = expected.pop("musicgen_cfg")
+    assert config == expected  # the first model's config
+    assert "beta" not in block  # the sources disagree on it
+    assert block["base_model"] == "default" and block["lambda"] == 0.25 and block["merge"]["method"] == "lerp"
+    assert {k: block[k] for k in ("codec", "guidance_scale")} == {"codec": "symbolic", "guidance_scale": 3.0}
+    assert expected_block["beta"] == 0.0
+
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["method"] == "lerp" and manifest["lam"] == 0.25 and manifest["extrapolation"] is False
-    source_hash = hashlib.sha256((pair[1] / "model.safetensors").read_bytes()).hexdigest()
     assert manifest["sources"][1] == {
         "role": "B",
         "path": str(pair[1].resolve()),
-        "weights_sha256": {"model.safetensors": source_hash},
+        "weights_sha256": state_sha256(diversity),  # the identity generate/train manifests record
     }
-    output_hash = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
-    assert manifest["weights_sha256"] == {"model.safetensors": output_hash}
+    assert manifest["weights_sha256"] == state_sha256(merged)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging dir left
 
 
