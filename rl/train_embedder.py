@@ -50,6 +50,13 @@ class EmbedderTrainConfig:
     temperature: float = field(default=0.1, metadata={"help": "InfoNCE softmax temperature"})
     margin: float = field(default=0.2, metadata={"help": "triplet margin in cosine distance"})
     heldout: int = field(default=64, metadata={"help": "clips held out for retrieval accuracy"})
+    same_group_batches: float = field(
+        default=0.5,
+        metadata={
+            "help": "fraction of batches drawn from one group of clips (--model default: one instrument), "
+            "so that the notes must tell them apart"
+        },
+    )
     clips: int = field(default=1500, metadata={"help": "--model default: training clips to render"})
     clip_seconds: float = field(default=8.0, metadata={"help": "--model default: length of a rendered clip"})
     eval_every: int = field(default=100, metadata={"help": "steps between held-out evaluations"})
@@ -64,6 +71,8 @@ class EmbedderTrainConfig:
         for name in ("chunk_seconds", "lr", "temperature", "margin", "clip_seconds"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.same_group_batches <= 1:
+            raise UserError(f"--same-group-batches must be in [0, 1], got {self.same_group_batches}")
         if self.warmup_steps < 0 or self.weight_decay < 0:
             raise UserError("--warmup-steps and --weight-decay must be >= 0")
         if self.heldout < 2 or self.clips < 2:
@@ -113,15 +122,21 @@ def semi_hard_triplet_loss(a: torch.Tensor, b: torch.Tensor, margin: float) -> t
 
 
 def sample_positive_pairs(
-    mels: list[torch.Tensor], batch_size: int, chunk_frames: int, generator: torch.Generator
+    mels: list[torch.Tensor],
+    batch_size: int,
+    chunk_frames: int,
+    generator: torch.Generator,
+    candidates: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two non-overlapping chunks of each of `batch_size` distinct clips.
+    """Two non-overlapping chunks of each of `batch_size` distinct clips (drawn from `candidates`, default all).
 
     mels: log-mel [n_mels, frames_i] per clip, every frames_i >= 2 * chunk_frames.
-    Returns (a, b), each [batch_size, n_mels, chunk_frames]; which chunk comes first is random.
+    Returns float32 (a, b), each [batch_size, n_mels, chunk_frames]; which chunk comes first is random.
     """
+    candidates = list(range(len(mels))) if candidates is None else candidates
     firsts, seconds = [], []
-    for index in torch.randperm(len(mels), generator=generator)[:batch_size].tolist():
+    for position in torch.randperm(len(candidates), generator=generator)[:batch_size].tolist():
+        index = candidates[position]
         frames = mels[index].shape[1]
         start_a = int(torch.randint(0, frames - 2 * chunk_frames + 1, (1,), generator=generator))
         start_b = int(
@@ -131,7 +146,7 @@ def sample_positive_pairs(
             start_a, start_b = start_b, start_a
         firsts.append(mels[index][:, start_a : start_a + chunk_frames])
         seconds.append(mels[index][:, start_b : start_b + chunk_frames])
-    return torch.stack(firsts), torch.stack(seconds)
+    return torch.stack(firsts).float(), torch.stack(seconds).float()
 
 
 @torch.no_grad()
@@ -139,8 +154,8 @@ def retrieval_accuracy(model: ContrastiveMusicEmbedder, mels: list[torch.Tensor]
     """Top-1 accuracy of finding each clip's last chunk from its first chunk among all clips' last chunks."""
     was_training = model.training
     model.eval()
-    first = model.embed_log_mel(torch.stack([m[:, :chunk_frames] for m in mels]))
-    last = model.embed_log_mel(torch.stack([m[:, -chunk_frames:] for m in mels]))
+    first = model.embed_log_mel(torch.stack([m[:, :chunk_frames] for m in mels]).float())
+    last = model.embed_log_mel(torch.stack([m[:, -chunk_frames:] for m in mels]).float())
     model.train(was_training)
     hits = (first @ last.T).argmax(dim=1) == torch.arange(len(mels))
     return hits.float().mean().item()
@@ -152,15 +167,21 @@ def train(
     heldout: dict[str, list[torch.Tensor]],
     config: EmbedderTrainConfig,
     log=print,
+    groups: list[str] | None = None,
 ) -> dict:
     """Optimise `model` in place on log-mel clips (each [n_mels, frames >= 2 chunks], at the model's
-    front end). `heldout` names sets of held-out clips, each scored by `retrieval_accuracy`.
+    front end). `heldout` names sets of held-out clips, each scored by `retrieval_accuracy`. `groups`
+    labels the training clips (e.g. by instrument) for config.same_group_batches.
     Returns metrics: per-step losses, {set name: {step: accuracy}}, seconds."""
     chunk_frames = model.config.chunk_frames
     if len(train_mels) < 2:
         raise UserError(f"need at least 2 training clips of >= 2 chunks, got {len(train_mels)}")
     batch_size = min(config.batch_size, len(train_mels))
     generator = torch.Generator().manual_seed(config.seed)
+    members = {}
+    for index, group in enumerate(groups or []):
+        members.setdefault(group, []).append(index)
+    group_names = sorted(name for name, indices in members.items() if len(indices) >= 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     def lr_factor(step):  # linear warmup, then cosine decay to zero
@@ -183,7 +204,10 @@ def train(
     evaluate(0)
     model.train()
     for step in range(1, config.steps + 1):
-        a, b = sample_positive_pairs(train_mels, batch_size, chunk_frames, generator)
+        candidates = None
+        if group_names and torch.rand(1, generator=generator).item() < config.same_group_batches:
+            candidates = members[group_names[int(torch.randint(len(group_names), (1,), generator=generator))]]
+        a, b = sample_positive_pairs(train_mels, batch_size, chunk_frames, generator, candidates)
         za, zb = model.embed_log_mel(a), model.embed_log_mel(b)
         if config.loss == "infonce":
             loss = info_nce_loss(za, zb, config.temperature)
@@ -211,14 +235,14 @@ def train(
 def clips_to_log_mels(
     model: ContrastiveMusicEmbedder, waveforms: list[torch.Tensor], sample_rate: int
 ) -> tuple[list[torch.Tensor], int]:
-    """Log-mels of the clips long enough for two chunks ([n_mels, frames] each), and the number skipped."""
+    """Log-mels of the clips long enough for two chunks (float16 [n_mels, frames] each), and the number skipped."""
     mels = []
     with torch.no_grad():
         for waveform in waveforms:
             audio = resample(waveform.float()[None], sample_rate, model.sample_rate)
             mel = model.log_mel(audio)[0]
             if mel.shape[1] >= 2 * model.config.chunk_frames:
-                mels.append(mel)
+                mels.append(mel.half())  # half storage: large clip pools fit in memory
     return mels, len(waveforms) - len(mels)
 
 
@@ -287,7 +311,7 @@ def render_default_world(
         if (crop >= 2).sum() < frames / 8:  # codes >= 2 are note onsets; one frame is a 16th note
             continue
         wave = codec.decode(crop[None].astype("int64"), [clip_prompt])
-        mels.append(model.log_mel(wave)[0])
+        mels.append(model.log_mel(wave)[0].half())  # half storage: large clip pools fit in memory
         prompts.append(clip_prompt)
     if len(mels) < count:
         raise UserError(
@@ -314,14 +338,16 @@ def rebuild_command(args: argparse.Namespace, config: EmbedderTrainConfig) -> st
     options = []
     for name, value in asdict(config).items():
         options += [f"--{name.replace('_', '-')}", str(value)]
+    options += ["--threads", str(args.threads)]  # results are reproducible per thread count
     return shlex.join(["musicgen-cfg", "embedder", "train", *source, "--out", str(args.out), *options])
 
 
 def default_world_data(
     model: ContrastiveMusicEmbedder, config: EmbedderTrainConfig
-) -> tuple[list, dict, dict]:
-    """Training clips (train split) and two held-out sets (val split): random prompts, and one fixed prompt."""
-    from musicgen_cfg.captions import DEFAULT_BPM, DEFAULT_INSTRUMENT
+) -> tuple[list, dict, dict, list[str]]:
+    """Training clips (train split) with their instruments as groups, and two held-out sets (val split):
+    random prompts, and one fixed prompt."""
+    from musicgen_cfg.captions import DEFAULT_BPM, DEFAULT_INSTRUMENT, render_settings
     from musicgen_cfg.corpus import DEFAULT_PATH
 
     fixed_prompt = f"{DEFAULT_INSTRUMENT} at {DEFAULT_BPM:.0f} bpm"
@@ -337,17 +363,18 @@ def default_world_data(
                 model, "val", config.heldout, config.clip_seconds, config.seed, prompt=fixed_prompt
             )[0],
         }
+    instruments = [render_settings(prompt).instrument for prompt in prompts]
     record = {
         "source": "default world",
         "dataset": str(DEFAULT_PATH.relative_to(Path(__file__).resolve().parent.parent)),
         "dataset_sha256": sha256_file(DEFAULT_PATH),
         "train_split": "train",
         "heldout_split": "val",
-        "instruments": sorted({p.split(" at ")[0] for p in prompts}),
+        "instruments": sorted(set(instruments)),
         "tempo_range_bpm": list(TEMPO_RANGE_BPM),
         "same_prompt_heldout_prompt": fixed_prompt,
     }
-    return train_mels, heldout, record
+    return train_mels, heldout, record, instruments
 
 
 def audio_dir_data(model: ContrastiveMusicEmbedder, config: EmbedderTrainConfig, directory: Path):
@@ -360,7 +387,7 @@ def audio_dir_data(model: ContrastiveMusicEmbedder, config: EmbedderTrainConfig,
         skipped += dropped
     record["skipped_short_clips"] = skipped
     train_mels, heldout_mels = split_clips(mels, config.heldout, config.seed)
-    return train_mels, {"held-out": heldout_mels}, record
+    return train_mels, {"held-out": heldout_mels}, record, None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -372,9 +399,9 @@ def run_train(args: argparse.Namespace) -> int:
     model = ContrastiveMusicEmbedder(ContrastiveEmbedderConfig(chunk_seconds=config.chunk_seconds))
     started = time.perf_counter()
     if args.audio_dir:
-        train_mels, heldout, data = audio_dir_data(model, config, args.audio_dir)
+        train_mels, heldout, data, groups = audio_dir_data(model, config, args.audio_dir)
     else:
-        train_mels, heldout, data = default_world_data(model, config)
+        train_mels, heldout, data, groups = default_world_data(model, config)
     data.update(train_clips=len(train_mels), heldout_clips={name: len(m) for name, m in heldout.items()})
     data["prepare_seconds"] = round(time.perf_counter() - started, 1)
     parameters = sum(p.numel() for p in model.parameters())
@@ -382,7 +409,9 @@ def run_train(args: argparse.Namespace) -> int:
         f"{len(train_mels)} training clips ({data['prepare_seconds']}s to prepare); {parameters} parameters",
         flush=True,
     )
-    metrics = train(model, train_mels, heldout, config, log=lambda message: print(message, flush=True))
+    metrics = train(
+        model, train_mels, heldout, config, log=lambda message: print(message, flush=True), groups=groups
+    )
     recent = metrics["losses"][-config.eval_every :]
     manifest = {
         "command": rebuild_command(args, config),

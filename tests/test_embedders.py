@@ -5,12 +5,14 @@ Run: .venv/bin/python -m pytest -q tests/test_embedders.py
 
 import json
 import math
+import shlex
 
 import numpy as np
 import pytest
 import soundfile
 import torch
 
+from musicgen_cfg import corpus
 from musicgen_cfg.errors import UserError
 from rl import embedders
 from rl.embedders import (
@@ -24,6 +26,7 @@ from rl.train_embedder import (
     clips_to_log_mels,
     info_nce_loss,
     register,
+    sample_positive_pairs,
     semi_hard_triplet_loss,
     split_clips,
     train,
@@ -170,9 +173,57 @@ def test_cli_trains_from_an_audio_dir_and_writes_a_manifest(tmp_path):
     assert manifest["data"]["heldout_clips"] == {"held-out": 4}
     assert manifest["weights_sha256"] == embedders.sha256_file(out / "model.safetensors")
     assert manifest["command"].startswith(f"musicgen-cfg embedder train --audio-dir {audio_dir} --out {out}")
-    assert "--steps 3" in manifest["command"]
     vectors = load_embedder(str(out)).embed(tone_sequence(0, 3.0)[None], 16000)
     assert vectors.shape == (1, 128)
+    # The recorded command rebuilds the same weights, bit for bit.
+    rerun = shlex.split(manifest["command"])[1:]
+    rerun[rerun.index("--out") + 1] = str(tmp_path / "rebuilt")
+    assert "--steps" in rerun and "--threads" in rerun
+    assert _run_cli(rerun) == 0
+    assert (
+        json.loads((tmp_path / "rebuilt" / "manifest.json").read_text())["weights_sha256"]
+        == manifest["weights_sha256"]
+    )
+
+
+def test_same_group_batches_draw_only_from_the_group():
+    mels = [torch.full((4, 10), float(i)) for i in range(6)]
+    gen = torch.Generator().manual_seed(0)
+    a, b = sample_positive_pairs(mels, 4, chunk_frames=3, generator=gen, candidates=[1, 4])
+    assert a.shape == (2, 4, 3) and a.dtype == torch.float32
+    assert sorted(a[:, 0, 0].tolist()) == [1.0, 4.0] and torch.equal(a[:, 0, 0], b[:, 0, 0])
+
+
+def test_cli_trains_on_the_default_world(tmp_path):
+    out = tmp_path / "embedder"
+    argv = [
+        "embedder",
+        "train",
+        "--model",
+        "default",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--clips",
+        "8",
+        "--heldout",
+        "4",
+        "--clip-seconds",
+        "3",
+        "--chunk-seconds",
+        "1",
+        "--eval-every",
+        "2",
+    ]
+    assert _run_cli(argv) == 0
+    data = json.loads((out / "manifest.json").read_text())["data"]
+    assert data["train_clips"] == 8
+    assert data["heldout_clips"] == {"held-out": 4, "same-prompt held-out": 4}
+    assert data["dataset_sha256"] == embedders.sha256_file(corpus.DEFAULT_PATH)
+    assert len(data["instruments"]) >= 2  # rendered with varied timbres
 
 
 def test_cli_rejects_bad_input(tmp_path):
