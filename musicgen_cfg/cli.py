@@ -15,6 +15,9 @@ SUBCOMMAND_MODULES = [
     "musicgen_cfg.generate",
     "musicgen_cfg.pretrain",
     "musicgen_cfg.distillation",
+    "musicgen_cfg.corpus",
+    "rl.train_embedder",
+    "merging.cli",
 ]
 
 

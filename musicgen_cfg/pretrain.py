@@ -117,8 +117,7 @@ def validation_loss(model, segments: torch.Tensor, captions: list[str], batch_si
 
 def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") -> Path:
     from musicgen_cfg.corpus import DEFAULT_PATH, load_dataset
-    from musicgen_cfg.generate import pick_device
-    from musicgen_cfg.model import create_symbolic_model
+    from musicgen_cfg.model import create_symbolic_model, pick_device
 
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
