@@ -4,7 +4,8 @@
         --num-samples 4 --duration 8 --out outputs/jig
     musicgen-cfg generate --model DIR --prompts-file prompts.txt --num-samples 4 --guidance-scale 3 --out runs/x
 
-Writes one audio file per (prompt, sample) and `manifest.jsonl` (prompt, seed, model source + weights
+Writes one audio file per (prompt, sample), its codes [K, T] beside it (`<file>.codes.npy`, int16,
+read by the default world's judges) and `manifest.jsonl` (prompt, seed, model source + weights
 sha256, gamma / beta / lambda, sampling settings, render settings, wall time). Rerunning the same
 command skips items already in the manifest whose file exists, so an interrupted run resumes.
 Item seeds are `--seed + prompt_index * num_samples + sample_index`; a row's codes depend only on
@@ -132,7 +133,8 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
             for (i, j, prompt, seed), out in zip(chunk, outputs):
                 name = f"{i:04d}_{j:02d}_{slug(prompt)}_s{seed}.{config.audio_format}"
                 sf.write(out_dir / name, np.clip(out.audio, -1, 1), out.sample_rate)
-                entry = {"file": name, "prompt": prompt, "prompt_index": i, "sample_index": j, "seed": seed,
+                np.save(out_dir / f"{name}.codes.npy", out.codes.numpy().astype(np.int16))  # for code-level judges
+                entry = {"file": name, "codes_file": f"{name}.codes.npy", "prompt": prompt, "prompt_index": i, "sample_index": j, "seed": seed,
                          **provenance, "sampling": settings, "num_frames": int(out.codes.shape[-1]),
                          "sample_rate": out.sample_rate, "render": out.render, "wall_time_s": round(wall, 4),
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
