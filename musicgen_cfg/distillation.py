@@ -54,7 +54,7 @@ class DistillConfig:
     num_frames: int = field(128, "frames per generation (default model: 128 = 8 bars; MusicGen: 50 per second)")
     temperature: float = field(1.0, "rollout sampling temperature")
     top_k: int | None = field(None, "rollout top-k (None = full distribution, as the KL assumes)")
-    embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id>")
+    embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id> | none (only with beta = 0: no reward logging)")
     baseline: str = field("loo", "REINFORCE baseline: loo | batch_mean | none")
     normalize_advantages: bool = field(False, "divide advantages by their batch std")
     data: str = field("on_policy", "rollouts from: on_policy (student) | teacher (CFG teacher) | mixed")
@@ -84,6 +84,8 @@ class DistillConfig:
             raise UserError(f"the diversity reward needs generations >= 2 per prompt when beta > 0, got {self.generations}")
         if self.beta > 0 and self.baseline == "loo" and self.generations < 3:
             raise UserError("baseline 'loo' needs generations >= 3 (the pairwise reward of 2 siblings is shared)")
+        if self.embedder == "none" and self.beta > 0:
+            raise UserError("beta > 0 needs a reward embedder; embedder 'none' is only allowed with beta = 0")
         if self.divergence not in DIVERGENCES:
             raise UserError(f"unknown divergence {self.divergence!r}; choose {', '.join(DIVERGENCES)}")
         if self.data not in DATA_SOURCES:
@@ -191,7 +193,7 @@ class Distiller:
         self.teacher = load_model(config.model, device=device)
         self.teacher.lm.eval().requires_grad_(False)
         self.gamma = config.guidance_scale if config.guidance_scale is not None else self.teacher.default_guidance_scale
-        self.embedder = load_embedder(config.embedder) if config.generations >= 2 else None
+        self.embedder = load_embedder(config.embedder) if config.generations >= 2 and config.embedder != "none" else None
         self.optimizer = torch.optim.AdamW(self.student.lm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps, floor=1.0))
