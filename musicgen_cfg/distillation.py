@@ -298,7 +298,7 @@ class Distiller:
         """Average metrics over processes (identical on one)."""
         if self.accelerator.num_processes == 1:
             return metrics
-        keys = sorted(metrics)
+        keys = list(metrics)  # the same order on every process (same code path)
         values = self.accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=self.accelerator.device), "mean")
         return dict(zip(keys, values.tolist()))
 
