@@ -68,7 +68,7 @@ STYLES = {
     "chorale": Style(("Bach chorale", "four-part chorale harmonization by J. S. Bach", "Lutheran chorale",
                       "Baroque chorale"), (), ("organ", "organ", "choir", "strings", "piano"), 76),
     "renaissance_sacred": Style(("Renaissance mass movement", "Palestrina mass movement",
-                                 "sacred Renaissance polyphony"), (), ("choir", "choir", "organ", "strings"), 132),
+                                 "sacred Renaissance polyphony"), (), ("choir", "choir", "organ", "strings"), 96),
     "madrigal": Style(("Monteverdi madrigal", "Italian madrigal", "late Renaissance madrigal"), (),
                       ("choir", "choir", "strings", "harpsichord"), 112),
     "medieval": Style(("Italian Trecento song", "medieval Italian polyphony", "fourteenth-century ballata"), (),

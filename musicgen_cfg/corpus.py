@@ -10,10 +10,11 @@ Load: `load_dataset("train")[i] -> (codes LongTensor [4, 128], meta dict)`.
 Per piece: `symbolic.score_to_codes` (token format), metadata (collection, style, form, title, key tonic and
 mode, meter, tempo, number of parts). Key: the notated key when its tonic is the pitch class of the piece's
 last bass (or melody) note, otherwise music21's key analysis (KeySignatures without a mode, and Essen's
-many `K: C` headers, are not trusted). Pieces are cut into SEGMENT_FRAMES-frame segments every HOP_FRAMES
-frames (the last one padded with rests); the split (train/val/test, 90/5/5) is by piece, from a hash of
-the style and opening melody intervals (`split_key`), so every segment of a piece, and every copy of a tune
-that opens alike (in any key), is in one split. Pieces with identical codes are kept once.
+many `K: C` headers, are not trusted). Scores in half- or whole-note beats get modern note values
+(`normalise_beat`). Pieces with identical codes are kept once. Pieces are cut into SEGMENT_FRAMES-frame
+segments every HOP_FRAMES frames (the last one padded with rests). The split (train/val/test, 90/5/5 within each style) is
+by piece, ranked by a hash of the style and opening melody intervals (`split_key`), so every segment of a
+piece, and every copy of a tune that opens alike (in any key), is in one split.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ SEGMENT_FRAMES = 128
 HOP_FRAMES = 64
 MIN_PIECE_FRAMES = 32  # 2 bars of 4/4: shorter "pieces" are fragments (incipits, broken tunes)
 SPLITS = ("train", "val", "test")
+SPLIT_CYCLE = ("val", "test") + ("train",) * 18  # 90/5/5 by split key, per style (see assign_splits)
 DEFAULT_PATH = Path(__file__).parent / "assets" / "default" / "dataset.npz"
 DEFAULT_CACHE = Path(".cache") / "corpus"
 # Bump when the parsing or the token format changes: cached pieces from another version are ignored.
@@ -301,10 +303,20 @@ def split_key(piece: dict) -> str:
     return piece["style"] + ":" + ",".join(str(i) for i in np.diff(onsets).tolist())
 
 
-def split_of(key: str) -> str:
-    """train/val/test (90/5/5) from a hash of a split key: stable across builds and collections."""
-    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % 100
-    return "train" if bucket < 90 else "val" if bucket < 95 else "test"
+def assign_splits(pieces: list[dict]) -> list[str]:
+    """Split of each piece: within each style, split keys ranked by their hash go val, test, then 18 x train.
+
+    So every style (even one with a few dozen pieces) has val and test pieces, about 5% each, and pieces
+    sharing a split key share a split. Deterministic for a given set of pieces.
+    """
+    keys = [split_key(piece) for piece in pieces]
+    split_of_key = {}
+    for style in sorted({piece["style"] for piece in pieces}):
+        style_keys = {key for key, piece in zip(keys, pieces) if piece["style"] == style}
+        ranked = sorted(style_keys, key=lambda key: hashlib.sha256(key.encode()).hexdigest())
+        for rank, key in enumerate(ranked):
+            split_of_key[key] = SPLIT_CYCLE[rank % len(SPLIT_CYCLE)]
+    return [split_of_key[key] for key in keys]
 
 
 def drop_duplicates(pieces: list[dict]) -> tuple[list[dict], int]:
@@ -340,7 +352,21 @@ def segment_piece(codes: np.ndarray) -> tuple[np.ndarray, list[int]]:
 
 
 PIECE_STRING_FIELDS = ("piece_id", "collection", "style", "title", "form", "mode", "meter", "split")
-PIECE_INT_FIELDS = ("tonic", "tempo_bpm", "num_parts", "num_frames")
+PIECE_INT_FIELDS = ("tonic", "tempo_bpm", "num_parts", "num_frames", "note_value_divisor")
+
+
+def normalise_beat(codes: np.ndarray, meter: str) -> tuple[np.ndarray, str, int]:
+    """Scores in half- or whole-note beats (3/2, 4/2, 3/1 ..., not alla-breve 2/2) -> quarter-note beats.
+
+    Returns (codes, meter, divisor): note values divided by 2 (x/2) or 4 (x/1) and the meter rewritten
+    (4/2 -> 4/4), so a frame is a 16th of the beat in every style. Renaissance polyphony would otherwise
+    fill a 128-frame segment with two bars of whole notes.
+    """
+    numerator, _, denominator = meter.partition("/")
+    if meter == "2/2" or denominator not in ("1", "2"):
+        return codes, meter, 1
+    divisor = 4 // int(denominator)
+    return symbolic.shorten_note_values(codes, divisor), f"{numerator}/4", divisor
 
 
 def build(config: BuildConfig, log=print) -> dict:
@@ -352,11 +378,14 @@ def build(config: BuildConfig, log=print) -> dict:
     for name in config.collections:
         pieces += parse_collection(config, COLLECTIONS[name], cache, log=log)
     pieces.sort(key=lambda p: p["piece_id"])
+    for piece in pieces:
+        piece["codes"], piece["meter"], piece["note_value_divisor"] = normalise_beat(piece["codes"], piece["meter"])
+        piece["tempo_bpm"] //= piece["note_value_divisor"]  # the new quarter note is the old half note
     pieces, duplicates = drop_duplicates(pieces)
     segments, segment_piece_index, starts = [], [], []
-    for index, piece in enumerate(pieces):
+    for index, (piece, split) in enumerate(zip(pieces, assign_splits(pieces))):
         piece["num_frames"] = piece["codes"].shape[1]
-        piece["split"] = split_of(split_key(piece))
+        piece["split"] = split
         piece_segments, piece_starts = segment_piece(piece["codes"])
         segments.append(piece_segments)
         segment_piece_index += [index] * len(piece_starts)

@@ -125,6 +125,21 @@ def codes_to_notes(codes: np.ndarray) -> list[NoteEvent]:
     return sorted(events, key=lambda e: (e.onset, e.voice))
 
 
+def shorten_note_values(codes: np.ndarray, factor: int) -> np.ndarray:
+    """Divide every onset and duration of codes [4, T] by `factor` (rounded, >= 1 frame): [4, ceil(T / factor)].
+
+    Used for scores notated in half- or whole-note beats, as modern editions halve old note values.
+    Notes that land in the same frame follow the usual rule (the highest wins).
+    """
+    if factor == 1:
+        return codes
+    num_frames = -(-codes.shape[1] // factor)
+    scaled = [NoteEvent(e.voice, _frame(e.onset / factor / FRAMES_PER_QUARTER),
+                        max(1, _frame(e.duration / factor / FRAMES_PER_QUARTER)), e.pitch)
+              for e in codes_to_notes(codes)]
+    return notes_to_codes(scaled, num_frames)
+
+
 def transposition_range(codes: np.ndarray) -> tuple[int, int]:
     """(lowest, highest) semitone shift that keeps every onset of codes [..., T] in range."""
     onsets = codes[codes >= 2]

@@ -73,10 +73,16 @@ def test_segments_cover_each_piece_with_hop():
     assert segments[1, 0, 250 - 192] == symbolic.pitch_to_token(60)
 
 
-def test_split_is_stable_and_90_5_5():
-    assert corpus.split_of("chorale:2,2,-4") == corpus.split_of("chorale:2,2,-4")
-    splits = [corpus.split_of(f"piece-{i}") for i in range(2000)]
-    assert 0.85 < splits.count("train") / 2000 < 0.95 and splits.count("val") > 40 and splits.count("test") > 40
+def test_splits_are_90_5_5_per_style_and_follow_split_keys():
+    rng = np.random.default_rng(0)
+    pieces = [_piece(f"p{i}", rng.integers(40, 80, size=20).tolist(), style=("a", "b")[i % 2]) for i in range(400)]
+    pieces.append({**pieces[0], "piece_id": "copy-of-p0"})
+    splits = corpus.assign_splits(pieces)
+    assert splits == corpus.assign_splits(pieces)
+    assert splits[-1] == splits[0]
+    for style in ("a", "b"):
+        style_splits = [s for s, p in zip(splits, pieces[:400]) if p["style"] == style]
+        assert (style_splits.count("val"), style_splits.count("test")) == (10, 10)
 
 
 def _piece(piece_id, melody, style="irish_traditional"):
@@ -134,3 +140,13 @@ def test_committed_dataset_loads_and_splits_are_disjoint_by_piece():
     sample_codes, meta = corpus.load_dataset("val")[0]
     assert meta["style"] in manifest["segments_per_style"]
     assert corpus.load_dataset("val").sample_caption(0, random.Random(0))
+
+
+def test_old_note_values_are_modernised():
+    codes = np.zeros((4, 64), np.uint8)
+    codes[0, ::16] = symbolic.pitch_to_token(60)  # whole notes in 4/2
+    for meter, new_meter, divisor in [("4/2", "4/4", 2), ("3/1", "3/4", 4), ("2/2", "2/2", 1), ("6/8", "6/8", 1)]:
+        shortened, got_meter, got_divisor = corpus.normalise_beat(codes, meter)
+        assert (got_meter, got_divisor) == (new_meter, divisor)
+        assert shortened.shape == (4, 64 // divisor)
+        assert (shortened[0] >= 2).sum() == 4

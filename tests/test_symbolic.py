@@ -117,3 +117,10 @@ def test_notes_to_codes_matches_events():
     assert symbolic.codes_to_notes(codes) == sorted(events, key=lambda e: (e.onset, e.voice))
     with pytest.raises(ValueError):
         symbolic.pitch_to_token(98)
+
+
+def test_shorten_note_values_halves_onsets_and_durations():
+    events = [NoteEvent(0, 0, 8, 67), NoteEvent(0, 8, 4, 69), NoteEvent(3, 4, 12, 43)]
+    halved = symbolic.shorten_note_values(symbolic.notes_to_codes(events, 17), 2)
+    assert halved.shape == (4, 9)
+    assert symbolic.codes_to_notes(halved) == [NoteEvent(0, 0, 4, 67), NoteEvent(3, 2, 6, 43), NoteEvent(0, 4, 2, 69)]
