@@ -549,12 +549,15 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=DEFAULT_PATH, help="dataset .npz to write")
+    def help_of(name: str) -> str:
+        return BuildConfig.__dataclass_fields__[name].metadata["help"]
+
+    parser.add_argument("--out", type=Path, default=DEFAULT_PATH, help=help_of("out"))
     parser.add_argument("--collections", nargs="+", default=list(COLLECTIONS), metavar="NAME",
-                        help=f"collections to include (default: all): {', '.join(COLLECTIONS)}")
+                        help=f"{help_of('collections')} (default: all): {', '.join(COLLECTIONS)}")
     parser.add_argument("--limit-per-collection", type=int, default=0, metavar="N",
-                        help="at most N pieces per collection (0 = all)")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="per-piece parse cache")
+                        help=help_of("limit_per_collection"))
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=help_of("cache_dir"))
     parser.set_defaults(func=_run_build)
 
 
