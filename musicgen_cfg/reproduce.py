@@ -68,8 +68,8 @@ class ReproduceConfig:
     temperatures: tuple[float, ...] = field((0.8, 1.0, 1.2), "temperature baseline (base model, gamma = 1); empty = skip")
     betas: tuple[float, ...] = field((5.0, 10.0), "intermediate betas (models/beta_<B>, trained with --train true)")
     train: bool = field(False, "train the missing intermediate-beta models (slow on CPU)")
-    train_config: str = field("configs/diversity.yaml", "distillation config for the intermediate betas (beta, out, "
-                                                        "export and model are set here)")
+    train_config: str = field("configs/diversity.yaml", "distillation config for the intermediate betas (beta, model, "
+                                                        "embedder, out, export, threads, device are set here)")
     lambdas: tuple[float, ...] = field((0.0, 0.25, 0.5, 0.75, 1.0), "LERP lambdas between quality and diversity models")
     reward_embedder: str = field("default", "diversity embedder used in training: default | DIR | clap:<dir-or-id>")
     heldout_embedder: str | None = field(None, "held-out diversity embedder (None: judges / clap:<clap>)")
@@ -218,12 +218,15 @@ def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
 
 
 def train_beta(config: ReproduceConfig, beta: float, out: Path, destination: Path, log):
-    """`musicgen-cfg train --config train_config --beta B`, resuming an interrupted run."""
+    """`musicgen-cfg train --config train_config --beta B`, resuming an interrupted run. The reward embedder is
+    the one this pipeline evaluates diversity with, so "reward embedder" means the same model in both."""
     from musicgen_cfg.distillation import DistillConfig, train
     from musicgen_cfg.training import checkpoints
 
     run_dir = out / "train" / f"beta_{beta:g}"
-    overrides = ["--beta", f"{beta:g}", "--model", config.base_model, "--out", str(run_dir), "--export", str(destination)]
+    overrides = ["--beta", f"{beta:g}", "--model", config.base_model, "--embedder", config.reward_embedder,
+                 "--out", str(run_dir), "--export", str(destination), "--threads", str(config.threads),
+                 "--device", config.device]
     log(f"training beta = {beta:g}: musicgen-cfg train --config {config.train_config} {' '.join(overrides)}")
     train(load_config(DistillConfig, config.train_config, overrides), resume=bool(checkpoints(run_dir)),
           command=f"musicgen-cfg train --config {config.train_config} {' '.join(overrides)}")
