@@ -49,7 +49,7 @@ class EmbedderTrainConfig:
     loss: str = field(default="infonce", metadata={"help": "infonce or triplet (semi-hard negatives)"})
     temperature: float = field(default=0.1, metadata={"help": "InfoNCE softmax temperature"})
     margin: float = field(default=0.2, metadata={"help": "triplet margin in cosine distance"})
-    heldout: int = field(default=64, metadata={"help": "clips held out for retrieval accuracy"})
+    heldout: int = field(default=128, metadata={"help": "clips held out for retrieval accuracy"})
     same_group_batches: float = field(
         default=0.5,
         metadata={
@@ -57,7 +57,7 @@ class EmbedderTrainConfig:
             "so that the notes must tell them apart"
         },
     )
-    clips: int = field(default=1500, metadata={"help": "--model default: training clips to render"})
+    clips: int = field(default=3000, metadata={"help": "--model default: training clips to render"})
     clip_seconds: float = field(default=8.0, metadata={"help": "--model default: length of a rendered clip"})
     eval_every: int = field(default=100, metadata={"help": "steps between held-out evaluations"})
     seed: int = field(default=0, metadata={"help": "seed for the split, chunk sampling and initialisation"})
@@ -351,18 +351,12 @@ def default_world_data(
     from musicgen_cfg.corpus import DEFAULT_PATH
 
     fixed_prompt = f"{DEFAULT_INSTRUMENT} at {DEFAULT_BPM:.0f} bpm"
+    length, seed = config.clip_seconds, config.seed
     with torch.no_grad():
-        train_mels, prompts = render_default_world(
-            model, "train", config.clips, config.clip_seconds, config.seed
-        )
-        heldout = {
-            "held-out": render_default_world(model, "val", config.heldout, config.clip_seconds, config.seed)[
-                0
-            ],
-            "same-prompt held-out": render_default_world(
-                model, "val", config.heldout, config.clip_seconds, config.seed, prompt=fixed_prompt
-            )[0],
-        }
+        train_mels, prompts = render_default_world(model, "train", config.clips, length, seed)
+        varied, _ = render_default_world(model, "val", config.heldout, length, seed)
+        same_prompt, _ = render_default_world(model, "val", config.heldout, length, seed, prompt=fixed_prompt)
+    heldout = {"held-out": varied, "same-prompt held-out": same_prompt}
     instruments = [render_settings(prompt).instrument for prompt in prompts]
     record = {
         "source": "default world",
@@ -391,6 +385,8 @@ def audio_dir_data(model: ContrastiveMusicEmbedder, config: EmbedderTrainConfig,
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)  # the machines are shared: one core unless asked otherwise
     config = EmbedderTrainConfig(
         **{name: getattr(args, name) for name in EmbedderTrainConfig.__dataclass_fields__}
