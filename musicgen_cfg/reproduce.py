@@ -506,13 +506,14 @@ def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None
     if reference_gamma not in config.guidance_scales:
         raise UserError(f"the claims compare with CFG gamma = {reference_gamma:g}, which is not in guidance_scales "
                         f"{config.guidance_scales}; add it or set cfg_reference")
+    evaluator = Evaluator(EvaluateConfig(config.reward_embedder, config.heldout_embedder, config.clap,
+                                         config.judges_scorer, config.world, config.bootstrap, config.seed), judges=judges)
+    evaluator.embedder(config.reward_embedder)  # a missing embedder fails now, not after all the generation
     prompts = select_prompts(config)
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
     models = prepare_models(config, out, log)
     points = plan_points(config, models)
     generate_points(points, prompts, config, out / "runs", log)
-    evaluator = Evaluator(EvaluateConfig(config.reward_embedder, config.heldout_embedder, config.clap,
-                                         config.judges_scorer, config.world, config.bootstrap, config.seed), judges=judges)
     for point in points:
         point.metrics = evaluator.evaluate(out / "runs" / point.run_name)["metrics"]
         log(f"evaluated {point.family} {point.label}: quality {_value(point, 'quality'):.4f}, "

@@ -353,6 +353,9 @@ def test_reproduce_skips_missing_models_and_checks_its_config(tiny_dir, clap_dir
     assert any("beta = 10 is not trained" in line for line in logs)
     assert claims[1] in ("pass", "fail") and claims[7] in ("pass", "fail")
     assert [claims[n] for n in (2, 3, 4, 5, 6)] == ["skipped"] * 5
+    with pytest.raises(UserError, match="not an embedder directory"):
+        reproduce(ReproduceConfig(**{**config.__dict__, "out": str(tmp_path / "r2"), "reward_embedder": str(tmp_path)}))
+    assert not (tmp_path / "r2" / "runs").exists()  # nothing generated before the check
     with pytest.raises(UserError, match="not in guidance_scales"):
         reproduce(ReproduceConfig(**{**config.__dict__, "guidance_scales": (1.0, 2.0)}), log=logs.append)
     with pytest.raises(UserError, match="num_samples must be >= 2"):
