@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint reproduce clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,9 @@ test: setup
 
 demo: setup
 	$(BIN)/musicgen-cfg demo
+
+reproduce: setup
+	$(BIN)/musicgen-cfg reproduce --config configs/reproduce.yaml --out results
 
 lint: setup
 	$(BIN)/ruff check musicgen_cfg rl merging app tests bench

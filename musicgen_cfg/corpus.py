@@ -527,7 +527,11 @@ def read_arrays(path: Path | str | None = None) -> dict[str, np.ndarray]:
     if not path.exists():
         raise UserError(f"dataset file not found: {path} (build it with `musicgen-cfg corpus build`)")
     with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+        arrays = {name: data[name] for name in data.files}
+    # Files built before old-notation note values were modernised (the shipped dataset, see its
+    # dataset.json) have no divisor field: nothing was divided.
+    arrays.setdefault("piece_note_value_divisor", np.ones(len(arrays["piece_piece_id"]), dtype=np.int32))
+    return arrays
 
 
 def load_dataset(split: str, path: Path | str | None = None, augment_semitones: int = 0,

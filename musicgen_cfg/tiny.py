@@ -7,6 +7,7 @@ facebook/musicgen-*.
     .venv/bin/python -m musicgen_cfg.tiny OUT_DIR     # write one
 """
 
+import math
 import sys
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def tiny_musicgen(
     torch.manual_seed(seed)
     text = T5Config(vocab_size=len(TINY_WORDS), d_model=text_hidden_size, d_kv=12, d_ff=64, num_layers=1,
                     num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    audio = EncodecConfig(target_bandwidths=[2.0], sampling_rate=16000, audio_channels=1, num_filters=4,
+    # EnCodec's quantizer count is bandwidth / (frame rate x bits per code): ask for exactly K codebooks.
+    bandwidth = num_codebooks * 50 * math.log2(vocab_size) / 1000
+    audio = EncodecConfig(target_bandwidths=[bandwidth], sampling_rate=16000, audio_channels=1, num_filters=4,
                           hidden_size=16, codebook_size=vocab_size, upsampling_ratios=[8, 5, 4, 2], codebook_dim=16,
                           num_lstm_layers=1, num_residual_layers=1)
     decoder = MusicgenDecoderConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
