@@ -84,16 +84,20 @@ class DecoderLayer(nn.Module):
         x = x + F.dropout(h, self.dropout, self.training)
         return self.feed_forward(x)
 
-    def step(self, x, position, self_mask, cache_k, cache_v, cross_k, cross_v, cross_mask) -> torch.Tensor:
+    def step(self, x, position, self_mask, cache_k, cache_v, cross_k, cross_v, cross_mask, length=None) -> torch.Tensor:
         """One decoding step with the static cache. x [B, 1, D]; position [1] long tensor.
 
         The new key/value is written at `position` in place; attention runs over the whole
         preallocated cache with `self_mask` hiding the future, so shapes never change (CUDA graphs).
+        With `length` (a Python int, = position + 1; eager callers only) it runs over the first
+        `length` cache entries instead, unmasked: half the attention work on average.
         """
         h = self.self_attn_layer_norm(x)
         sa = self.self_attn
         cache_k.index_copy_(2, position, sa.heads(sa.k_proj(h)))
         cache_v.index_copy_(2, position, sa.heads(sa.v_proj(h)))
+        if length is not None:
+            cache_k, cache_v = cache_k[:, :, :length], cache_v[:, :, :length]
         x = x + sa.attend(sa.heads(sa.q_proj(h)), cache_k, cache_v, self_mask)
         h = self.encoder_attn_layer_norm(x)
         x = x + self.encoder_attn.attend(self.encoder_attn.heads(self.encoder_attn.q_proj(h)), cross_k, cross_v, cross_mask)
@@ -186,13 +190,18 @@ class MusicgenLM(nn.Module):
             x = layer(x, ck, cv, cross_mask)
         return self.logits(x)
 
-    def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: "KVCache") -> torch.Tensor:
-        """One decoding step. tokens [B, K] at `position` ([1] long tensor) -> logits [B, K, V]."""
+    def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: "KVCache", length: int | None = None) -> torch.Tensor:
+        """One decoding step. tokens [B, K] at `position` ([1] long tensor) -> logits [B, K, V].
+
+        `length` (optional Python int, must equal position + 1): attend to the filled part of the
+        cache only, without a mask (eager decoding; a CUDA graph needs the fixed-shape default).
+        """
         stack = self.stack
         x = stack.embed(tokens[:, :, None]) + stack.positions.index_select(0, position).to(self.dtype)
-        self_mask = cache.future_mask(position)
+        self_mask = cache.future_mask(position) if length is None else None
         for i, layer in enumerate(stack.layers):
-            x = layer.step(x, position, self_mask, cache.keys[i], cache.values[i], *cache.cross[i], cache.cross_mask)
+            x = layer.step(x, position, self_mask, cache.keys[i], cache.values[i], *cache.cross[i], cache.cross_mask,
+                           length=length)
         return self.logits(x)[:, :, 0]
 
 

@@ -57,11 +57,20 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def row_hashes(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The per-(seed, step) part of the noise: [B] for a step [1], or [S, B] for steps [S, 1]."""
+    return _hash32(_hash32(seeds & _MASK32) ^ steps)
+
+
 def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, num_codebooks: int, vocab: int) -> torch.Tensor:
     """Deterministic uniforms in (0, 1) of shape [B, K, V] from seeds [B] and step [1]."""
-    row = _hash32(_hash32(seeds & _MASK32) ^ step)[:, None, None]
-    cell = torch.arange(num_codebooks * vocab, device=seeds.device).view(1, num_codebooks, vocab)
-    bits = _hash32(_hash32(row ^ cell) + 0x9E3779B)
+    cells = torch.arange(num_codebooks * vocab, device=seeds.device).view(1, num_codebooks, vocab)
+    return uniform_noise_at(row_hashes(seeds, step), cells)
+
+
+def uniform_noise_at(rows: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+    """The uniforms of `uniform_noise` at flat cells (codebook * V + token) [B or 1, ...] only; rows [B] from row_hashes."""
+    bits = _hash32(_hash32(rows.view(-1, *([1] * (cells.dim() - 1))) ^ cells) + 0x9E3779B)
     return ((bits >> 8).float() + 0.5) / float(1 << 24)
 
 
@@ -79,20 +88,53 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torc
     return logits
 
 
-def pick_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """logits [B, K, V] (already guided) -> tokens [B, K]."""
+def pick_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tensor, step: torch.Tensor,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """logits [B, K, V] (already guided) -> tokens [B, K]. rows: row_hashes(seeds, step), if precomputed."""
     if config.greedy:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
-    gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[1], logits.shape[2])))
+    logits = logits.float()
+    if config.temperature != 1.0:  # x / 1.0 == x exactly: skip a full-size pass
+        logits = logits / config.temperature
+    vocab = logits.shape[-1]
+    if logits.device.type == "cpu" and config.top_k is not None and config.top_k < vocab and config.top_p >= 1.0:
+        chosen = _pick_among_top_k(logits, config.top_k, rows if rows is not None else row_hashes(seeds, step))
+        if chosen is not None:
+            return chosen
+    logits = filter_logits(logits, config.top_k, config.top_p)
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[1], vocab)))
     return (logits + gumbel).argmax(-1)
 
 
-def guided_step_logits(lm: MusicgenLM, cache: KVCache, tokens, position, guidance_scale: float | None):
-    """One LM step -> logits [B, K, V]; with CFG the cond and null rows share ONE batched step."""
+def _pick_among_top_k(logits: torch.Tensor, top_k: int, rows: torch.Tensor) -> torch.Tensor | None:
+    """CPU fast path of pick_tokens for top-k without top-p: the same tokens, noise hashed at the k candidates only.
+
+    Only the tokens kept by filter_logits (logits >= the k-th largest) can win the Gumbel-max, so the
+    noise (the costly part: ~14 integer passes over [B, K, V]) is computed for those k cells instead
+    of all V. The values are bit-identical (integer hash; elementwise float ops) and ties in the
+    argmax go to the lowest token id as in argmax. The k + 1 largest are taken so that a tie at the
+    k-th value (kept set larger than k) shows without a full-size pass: then it returns None and the
+    full path runs. Not used on CUDA: there the step is a captured graph (no data-dependent branch)
+    and the full-size noise is cheap.
+    """
+    values, index = torch.topk(logits, top_k + 1, dim=-1, sorted=False)
+    dropped = values == values.min(-1, keepdim=True).values  # the (k+1)-th largest: not kept
+    if not bool((dropped.sum(-1) == 1).all()):
+        return None
+    num_codebooks, vocab = logits.shape[1], logits.shape[2]
+    cells = index + torch.arange(num_codebooks, device=index.device)[:, None] * vocab
+    scores = values.masked_fill(dropped, float("-inf")) + -torch.log(-torch.log(uniform_noise_at(rows, cells)))
+    best = scores.max(-1, keepdim=True).values
+    return torch.where(scores == best, index, vocab).min(-1).values
+
+
+def guided_step_logits(lm: MusicgenLM, cache: KVCache, tokens, position, guidance_scale: float | None, length=None):
+    """One LM step -> logits [B, K, V]; with CFG the cond and null rows share ONE batched step.
+
+    `length` (Python int = position + 1, eager only): attend to the filled cache only (see lm.step)."""
     if guidance_scale is None:
-        return lm.step(tokens, position, cache)
-    return split_and_combine(lm.step(torch.cat([tokens, tokens]), position, cache), guidance_scale)[1]
+        return lm.step(tokens, position, cache, length)
+    return split_and_combine(lm.step(torch.cat([tokens, tokens]), position, cache, length), guidance_scale)[1]
 
 
 @torch.no_grad()
@@ -112,17 +154,21 @@ def sample(
     valid = valid_step_mask(num_frames, num_codebooks, device)  # [K, steps]
     positions = torch.arange(steps, device=device)
 
-    def decode_step(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        logits = guided_step_logits(lm, cache, tokens, position, guidance)
-        chosen = pick_tokens(logits, config, seeds, position)
+    def decode_step(tokens: torch.Tensor, position: torch.Tensor, length: int | None = None, rows=None) -> torch.Tensor:
+        logits = guided_step_logits(lm, cache, tokens, position, guidance, length)
+        chosen = pick_tokens(logits, config, seeds, position, rows)
         return torch.where(valid.index_select(1, position).T, chosen, pad)  # pad outside the delay window
 
-    if config.use_cuda_graph and device.type == "cuda":
+    graph = config.use_cuda_graph and device.type == "cuda"
+    if graph:  # fixed shapes: attention over the whole cache under the future mask
         decode_step = _capture(decode_step, len(cond), num_codebooks, device)
+    else:  # eager: attend to the filled cache only; the per-(seed, step) noise hashes once per request
+        rows = row_hashes(seeds, positions[:, None])  # [steps, B]
     tokens = torch.full((len(cond), num_codebooks), pad, dtype=torch.long, device=device)
     delayed = torch.empty((len(cond), num_codebooks, steps), dtype=torch.long, device=device)
     for s in range(steps):
-        tokens = decode_step(tokens, positions[s : s + 1])
+        position = positions[s : s + 1]
+        tokens = decode_step(tokens, position) if graph else decode_step(tokens, position, s + 1, rows[s])
         delayed[:, :, s] = tokens
     return revert_delay_pattern(delayed)
 

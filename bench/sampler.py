@@ -1,0 +1,432 @@
+"""Benchmark of token generation: our sampler vs transformers' MusicGen generate() on the SAME weights.
+
+    .venv/bin/python bench/sampler.py                                   # CPU, tiny preset (~3 min, 1 thread)
+    python bench/sampler.py --preset small --device cuda --dtype float32 # one GPU config set
+    python bench/sampler.py --all-gpu                                   # fp32 + bf16, batch 1/8/64, CFG on/off
+
+Both sides sample with top_k=250, temperature 1, for the same number of decoder steps (default 250),
+with CFG (guidance_scale=3, cond + null rows in one batched pass) and without, at batch 1, 8 and 64.
+Timed: transformers' `generate()` from token ids, with the EnCodec decode replaced by a no-op (audio
+is not timed); ours: the text encoder + `musicgen_cfg.sampler.sample` (both include the text encoder).
+frames/s = batch * steps / seconds. Every configuration is wrapped in try/except: a failure is
+recorded as an error string in the JSON and the run goes on.
+
+The first call of each configuration is timed separately ("first call", includes one-off costs and,
+on CUDA, the graph capture); the steady time is the median of the next `--repeats` calls. Note that
+on CUDA `sample()` captures its step graph on EVERY request (the KV cache is per request), so steady
+times include one capture; `per_request_overhead_s` (a 1-frame request) estimates that fixed cost.
+
+Memory: our KV cache is preallocated once per request; its size from the shapes is reported; on
+CUDA also the allocator's peak during generation vs before/after (both implementations).
+Results: bench/results/sampler_cpu.json or sampler_cuda.json (`--out` to override).
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import transformers  # noqa: E402
+
+from musicgen_cfg.conditioning import TextEncoder  # noqa: E402
+from musicgen_cfg.lm import MusicgenLM  # noqa: E402
+from musicgen_cfg.model import _load_lm_state  # noqa: E402
+from musicgen_cfg.sampler import SamplingConfig, sample  # noqa: E402
+from musicgen_cfg.tiny import tiny_musicgen, tiny_tokenizer  # noqa: E402
+
+GUIDANCE = 3.0
+TOP_K = 250
+TEMPERATURE = 1.0
+PROMPTS = ["a joyful jig with fiddle", "sad piano", "calm ambient organ", "fast rock with drums and bass",
+           "a dark minor hymn", "lofi beat with piano", "bright pop song", "slow folk guitar melody"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# CPU preset: musicgen_cfg.tiny (T5 of width 48, tiny EnCodec), decoder widened to 128 with MusicGen's
+# real vocabulary (2048) so that top-k 250 filters for real.
+TINY = dict(hidden_size=128, num_layers=2, num_heads=4, vocab_size=2048, num_codebooks=4, text_hidden_size=48,
+            ffn_dim=512, max_positions=2048)
+# musicgen-small shapes (random weights); T5-base-shaped text encoder; a small EnCodec (not timed).
+SMALL = dict(hidden_size=1024, num_layers=24, num_heads=16, ffn_dim=4096, vocab_size=2048, num_codebooks=4,
+             max_positions=2048, text=dict(d_model=768, num_layers=12, num_heads=12, d_ff=3072, d_kv=64, vocab_size=32128))
+
+
+# ----------------------------------------------------------------------------------------------- models
+def build_small(device: str, dtype: torch.dtype, seed: int = 0):
+    """musicgen-small-shaped MusicgenForConditionalGeneration with random weights, built on `device`."""
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
+
+    torch.manual_seed(seed)
+    v, t = SMALL["vocab_size"], SMALL["text"]
+    text = T5Config(vocab_size=t["vocab_size"], d_model=t["d_model"], d_kv=t["d_kv"], d_ff=t["d_ff"],
+                    num_layers=t["num_layers"], num_heads=t["num_heads"], pad_token_id=0, eos_token_id=1,
+                    decoder_start_token_id=0)
+    audio = EncodecConfig(target_bandwidths=[2.0], sampling_rate=16000, audio_channels=1, num_filters=4,
+                          hidden_size=16, codebook_size=v, upsampling_ratios=[8, 5, 4, 2], codebook_dim=16,
+                          num_lstm_layers=1, num_residual_layers=1)
+    decoder = MusicgenDecoderConfig(vocab_size=v, hidden_size=SMALL["hidden_size"], num_hidden_layers=SMALL["num_layers"],
+                                    num_attention_heads=SMALL["num_heads"], ffn_dim=SMALL["ffn_dim"],
+                                    num_codebooks=SMALL["num_codebooks"], max_position_embeddings=SMALL["max_positions"],
+                                    pad_token_id=v, bos_token_id=v, dropout=0.0)
+    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    with torch.device(device):
+        model = MusicgenForConditionalGeneration(config)
+    model = model.to(dtype).eval()
+    model.generation_config.decoder_start_token_id = v
+    model.generation_config.pad_token_id = v
+    model.generation_config.bos_token_id = v
+    return model, tiny_tokenizer()  # word-level tokenizer: ids < 40, valid for the 32128-row T5 embedding
+
+
+def build(preset: str, device: str, dtype: torch.dtype):
+    """(transformers model, our LM with the same weights, our text encoder over the same T5, tokenizer)."""
+    if preset == "tiny":
+        hf, tokenizer = tiny_musicgen(**TINY)
+        hf = hf.to(device=device, dtype=dtype).eval()
+    else:
+        hf, tokenizer = build_small(device, dtype)
+    text_width = hf.text_encoder.config.d_model
+    with torch.device(device):
+        lm = MusicgenLM(hf.decoder.config, text_width)
+    lm = lm.to(dtype)
+    state = {k: v for k, v in hf.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    _load_lm_state(lm, state, f"{preset} preset")
+    lm.eval().requires_grad_(False)
+    hf.requires_grad_(False)
+    return hf, lm, TextEncoder(hf.text_encoder, tokenizer, name=f"{preset}-t5"), tokenizer
+
+
+def no_audio_decode(hf, captured: dict):
+    """Replace EnCodec decoding by a no-op that records the codes (audio is not timed)."""
+
+    def decode(codes, *args, **kwargs):
+        captured["codes"] = codes[0]
+        return SimpleNamespace(audio_values=torch.zeros(codes.shape[1], 1, 1, device=codes.device))
+
+    hf.audio_encoder.decode = decode
+
+
+# ----------------------------------------------------------------------------------------------- timing
+def sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def prompts_for(batch: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+
+
+def ours_call(lm, text_encoder, batch: int, steps: int, cfg: bool):
+    frames = steps - lm.num_codebooks + 1
+    config = SamplingConfig(guidance_scale=GUIDANCE if cfg else 1.0, temperature=TEMPERATURE, top_k=TOP_K)
+    prompts = prompts_for(batch)
+
+    def run():
+        codes = sample(lm, text_encoder.encode(prompts), frames, config, list(range(batch)))
+        assert codes.shape == (batch, lm.num_codebooks, frames), codes.shape
+        return codes
+
+    return run
+
+
+def hf_call(hf, tokenizer, batch: int, steps: int, cfg: bool, device: str, captured: dict):
+    tokens = tokenizer(prompts_for(batch), padding=True, return_tensors="pt").to(device)
+    frames = steps - hf.decoder.num_codebooks + 1
+
+    def run():
+        torch.manual_seed(0)
+        captured.pop("codes", None)
+        with torch.no_grad():
+            hf.generate(**tokens, do_sample=True, top_k=TOP_K, temperature=TEMPERATURE,
+                        guidance_scale=GUIDANCE if cfg else 1.0, max_new_tokens=steps)
+        codes = captured["codes"]
+        assert codes.shape == (batch, hf.decoder.num_codebooks, frames), codes.shape
+
+    return run
+
+
+def kv_cache_bytes(lm, rows: int, steps: int, text_len: int, dtype: torch.dtype) -> dict:
+    """Our KVCache's footprint from its shapes: self-attention [rows, H, steps, hd] x 2 x layers + cross K/V."""
+    config = lm.config
+    per = rows * config.hidden_size * torch.tensor([], dtype=dtype).element_size() * 2 * config.num_hidden_layers
+    return {"total_mb": per * (steps + text_len) / 2**20, "self_attention_mb": per * steps / 2**20,
+            "cross_attention_mb": per * text_len / 2**20, "rows": rows, "steps": steps, "text_tokens": text_len,
+            "allocated": "once per request, before the first step (KVCache.__init__)"}
+
+
+def first_call(run, device: str) -> dict:
+    """Time the first call of a configuration on its own (one-off costs); CUDA: allocator peak during it."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    out = {"first_call_s": timed(run, device)}
+    if cuda:
+        mem = {"before": before / 2**20, "peak_during": torch.cuda.max_memory_allocated() / 2**20,
+               "after": torch.cuda.memory_allocated() / 2**20}
+        mem["peak_growth"] = mem["peak_during"] - mem["before"]
+        mem["retained_after"] = mem["after"] - mem["before"]
+        out["cuda_mem_mb"] = mem
+    return out
+
+
+def measure_pair(runs: dict, steps: dict, batch: int, repeats: dict, device: str) -> dict:
+    """First calls, then steady calls of the implementations interleaved (a shared machine's load drifts
+    over time; interleaving spreads it over both). Returns {impl: result}."""
+    results = {impl: first_call(run, device) for impl, run in runs.items()}
+    times = {impl: [] for impl in runs}
+    for r in range(max(repeats.values())):
+        for impl, run in runs.items():
+            if r < repeats[impl]:
+                times[impl].append(timed(run, device))
+    for impl, res in results.items():
+        median = statistics.median(times[impl])
+        res.update({"impl": impl, "batch": batch, "steps": steps[impl], "repeats": repeats[impl], "times_s": times[impl],
+                    "median_s": median, "min_s": min(times[impl]), "ms_per_step": 1e3 * median / steps[impl],
+                    "frames_per_s": batch * steps[impl] / median})
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- run
+def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, log, save) -> dict:
+    """Fill `section` (already in the report) configuration by configuration; `save()` after each one."""
+    preset, dtype_name = args.preset, section["dtype"]
+    dtype = DTYPES[dtype_name]
+    section.update({"steps_ours": args.steps, "steps_transformers": hf_steps, "repeats_ours": args.repeats,
+                    "repeats_transformers": hf_repeats, "results": [], "errors": []})
+    try:
+        start = time.perf_counter()
+        hf, lm, text_encoder, tokenizer = build(preset, device, dtype)
+        section["build_s"] = time.perf_counter() - start
+    except Exception as err:  # noqa: BLE001 - recorded, the other dtype may still run
+        section["errors"].append({"where": "build", "error": f"{type(err).__name__}: {err}",
+                                  "traceback": traceback.format_exc(limit=4)})
+        log(f"[{dtype_name}] build failed: {err}")
+        return section
+    captured: dict = {}
+    no_audio_decode(hf, captured)
+    section["params_decoder"] = sum(p.numel() for p in lm.parameters())
+    for batch in args.batches:
+        for cfg in (False, True):
+            key = {"batch": batch, "cfg": cfg, "guidance_scale": GUIDANCE if cfg else 1.0}
+            steps_here = args.steps_large if (batch >= 64 and args.steps_large) else args.steps
+            hf_steps_here = min(hf_steps, steps_here)
+            reps = args.repeats_large if (batch >= 64 and args.repeats_large) else args.repeats
+            hf_reps = min(hf_repeats, reps)
+            runs, steps, repeats = {}, {}, {}
+            try:
+                if "ours" in args.impls:
+                    runs["ours"], steps["ours"], repeats["ours"] = ours_call(lm, text_encoder, batch, steps_here, cfg), steps_here, reps
+                if "transformers" in args.impls:
+                    runs["transformers"] = hf_call(hf, tokenizer, batch, hf_steps_here, cfg, device, captured)
+                    steps["transformers"], repeats["transformers"] = hf_steps_here, hf_reps
+                measured = measure_pair(runs, steps, batch, repeats, device)
+            except Exception as err:  # noqa: BLE001 - one configuration's failure must not kill the run
+                measured = {}
+                for impl in runs:  # retry each implementation alone, so one failing side keeps the other's numbers
+                    try:
+                        measured.update(measure_pair({impl: runs[impl]}, steps, batch, repeats, device))
+                    except Exception as err_one:  # noqa: BLE001
+                        section["errors"].append({**key, "impl": impl, "error": f"{type(err_one).__name__}: {err_one}",
+                                                  "traceback": traceback.format_exc(limit=4)})
+                        log(f"[{dtype_name}] {impl} batch {batch} cfg {cfg}: ERROR {type(err_one).__name__}: {err_one}")
+                for impl in [i for i in args.impls if i not in runs]:  # failed while setting up its call
+                    section["errors"].append({**key, "impl": impl, "error": f"{type(err).__name__}: {err}"})
+            for impl, res in measured.items():
+                res.update(key)
+                if impl == "ours":
+                    text_len = len(tokenizer(prompts_for(batch), padding=True)["input_ids"][0])
+                    res["kv_cache"] = kv_cache_bytes(lm, batch * (2 if cfg else 1), res["steps"], text_len, dtype)
+                    if device.startswith("cuda"):
+                        try:  # fixed per-request cost: a K-step request (cache allocation, cross K/V, graph capture)
+                            k = lm.num_codebooks
+                            over = measure_pair({"ours": ours_call(lm, text_encoder, batch, k, cfg)}, {"ours": k}, batch,
+                                                {"ours": 3}, device)["ours"]
+                            res["per_request_overhead_s"] = over["median_s"]
+                            res["ms_per_step_excl_overhead"] = 1e3 * (res["median_s"] - over["median_s"]) / (res["steps"] - k)
+                        except Exception as err:  # noqa: BLE001
+                            res["per_request_overhead_s"] = f"{type(err).__name__}: {err}"
+                section["results"].append(res)
+                log(f"[{dtype_name}] {impl:12s} batch {batch:3d} cfg {'on ' if cfg else 'off'}: "
+                    f"{res['ms_per_step']:8.3f} ms/step  {res['frames_per_s']:10.1f} frames/s  "
+                    f"(first {res['first_call_s']:.2f}s, {res['steps']} steps x {res['repeats']})")
+            if device.startswith("cuda"):
+                gc.collect()
+                torch.cuda.empty_cache()
+            section["summary"] = summarize(section["results"])
+            save()
+    del hf, lm, text_encoder
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return section
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """Per (batch, cfg): ours/transformers speed ratio; per (impl, batch): CFG-on / CFG-off cost."""
+    by = {(r["impl"], r["batch"], r["cfg"]): r for r in results}
+    rows = []
+    for batch in sorted({r["batch"] for r in results}):
+        for cfg in (False, True):
+            ours, theirs = by.get(("ours", batch, cfg)), by.get(("transformers", batch, cfg))
+            row = {"batch": batch, "cfg": cfg}
+            if ours and theirs:
+                row["speedup_ours_over_transformers"] = theirs["ms_per_step"] / ours["ms_per_step"]
+            for name, r in (("ours", ours), ("transformers", theirs)):
+                off = by.get((name, batch, False))
+                if r and cfg and off:
+                    row[f"cfg_cost_ratio_{name}"] = r["ms_per_step"] / off["ms_per_step"]
+            rows.append(row)
+    return rows
+
+
+def table(section: dict) -> str:
+    by = {(r["impl"], r["batch"], r["cfg"]): r for r in section["results"]}
+    summary = {(s["batch"], s["cfg"]): s for s in section.get("summary", [])}
+    lines = [f"dtype {section['dtype']}  (steps: ours {section['steps_ours']}, transformers {section['steps_transformers']})",
+             "| batch | CFG | ours frames/s | ours ms/step | transformers frames/s | transformers ms/step | ours/transformers | CFG cost ours | CFG cost transformers |",
+             "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def fmt(value, spec):
+        return format(value, spec) if value is not None else "n/a"
+
+    for batch in sorted({r["batch"] for r in section["results"]}):
+        for cfg in (False, True):
+            o, t, s = by.get(("ours", batch, cfg)), by.get(("transformers", batch, cfg)), summary.get((batch, cfg), {})
+            lines.append(
+                f"| {batch} | {'on' if cfg else 'off'} | {fmt(o and o['frames_per_s'], '.0f')} | {fmt(o and o['ms_per_step'], '.3f')} "
+                f"| {fmt(t and t['frames_per_s'], '.0f')} | {fmt(t and t['ms_per_step'], '.3f')} "
+                f"| {fmt(s.get('speedup_ours_over_transformers'), '.2f')}x "
+                f"| {fmt(s.get('cfg_cost_ratio_ours'), '.2f') if cfg else '-'} "
+                f"| {fmt(s.get('cfg_cost_ratio_transformers'), '.2f') if cfg else '-'} |")
+    for e in section["errors"]:
+        lines.append(f"ERROR {e.get('impl', e.get('where'))} batch {e.get('batch')} cfg {e.get('cfg')}: {e['error']}")
+    return "\n".join(lines)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "cpu")
+    except OSError:
+        return platform.processor() or "cpu"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["tiny", "small"], default=None, help="tiny (CPU default) or small (GPU)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    parser.add_argument("--all-gpu", action="store_true", help="small preset on cuda: float32 and bfloat16, one JSON")
+    parser.add_argument("--steps", type=int, default=250, help="decoder steps (= max_new_tokens) per request")
+    parser.add_argument("--steps-large", type=int, default=None, help="steps at batch >= 64 (both implementations)")
+    parser.add_argument("--repeats", type=int, default=None, help="steady calls after the first (default 3)")
+    parser.add_argument("--repeats-large", type=int, default=None, help="steady calls at batch >= 64")
+    parser.add_argument("--hf-steps-bf16", type=int, default=100,
+                        help="--all-gpu: transformers' steps in bfloat16 (it is slow there); ms/step is compared")
+    parser.add_argument("--hf-repeats", type=int, default=None, help="steady transformers calls (default = --repeats)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--impls", nargs="+", choices=["ours", "transformers"], default=["ours", "transformers"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the same for both)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    if args.all_gpu:
+        args.device, args.preset = "cuda", "small"
+    args.preset = args.preset or ("tiny" if args.device == "cpu" else "small")
+    cuda = args.device.startswith("cuda")
+    if args.repeats is None:
+        args.repeats = 3
+    if not cuda:  # keep the CPU run short: batch 64 is ~50x the work of batch 1 (the same for both sides)
+        args.steps_large = args.steps_large or 100
+        args.repeats_large = args.repeats_large or 2
+    if args.steps < 8 or (args.steps_large is not None and args.steps_large < 8):
+        parser.error("need at least 8 steps")
+    torch.set_num_threads(args.threads)
+    out = args.out or REPO / "bench" / "results" / f"sampler_{'cuda' if cuda else 'cpu'}.json"
+    started = time.perf_counter()
+
+    def log(msg):
+        print(f"{time.perf_counter() - started:7.1f}s {msg}", flush=True)
+
+    def save():  # after every configuration: a run cut short keeps what it measured
+        report["wall_s"] = time.perf_counter() - started
+        report["load_average_at_end"] = os.getloadavg()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+
+    dtypes = ["float32", "bfloat16"] if args.all_gpu else [args.dtype]
+    config = TINY if args.preset == "tiny" else SMALL
+    report = {
+        "benchmark": "token generation: musicgen_cfg.sampler.sample vs transformers MusicgenForConditionalGeneration.generate",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "device": args.device, "device_name": device_name(args.device), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if cuda else None,
+        "load_average_at_start": os.getloadavg(),  # other processes on the machine (CPU timings are shared-core)
+        "cpu_count": os.cpu_count(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
+        "preset": args.preset, "config": config,
+        "settings": {"top_k": TOP_K, "temperature": TEMPERATURE, "guidance_scale_cfg_on": GUIDANCE,
+                     "guidance_scale_cfg_off": 1.0, "batches": args.batches, "steps": args.steps,
+                     "steps_large_batch": args.steps_large, "repeats": args.repeats, "repeats_large_batch": args.repeats_large},
+        "notes": [
+            "frames/s = batch * decoder steps / seconds; ms/step = seconds / steps (median of steady calls)",
+            "transformers: generate() from token ids (T5 + sampling loop), EnCodec decode replaced by a no-op",
+            "ours: text encoder + musicgen_cfg.sampler.sample; CFG = one batched pass over cond + null rows on both sides",
+            "CUDA: sample() captures its step in a CUDA graph on every request; first_call_s also includes cuBLAS/kernel "
+            "warm-up; per_request_overhead_s is a K-step request (setup + capture)",
+            "KV cache: ours is preallocated once per request ([rows, H, steps, hd] per layer); kv_cache gives its size "
+            "from the shapes; transformers' dynamic cache grows by concatenation every step",
+        ],
+        "sections": [],
+    }
+    for dtype_name in dtypes:
+        hf_steps = args.steps
+        if args.all_gpu and dtype_name == "bfloat16":
+            hf_steps = args.hf_steps_bf16
+            report["notes"].append(f"bfloat16: transformers runs {hf_steps} steps per request (ours {args.steps}); "
+                                   "ms/step is compared (its per-step cost grows slightly with length, so this favours transformers)")
+        hf_repeats = args.hf_repeats if args.hf_repeats is not None else (2 if args.all_gpu else args.repeats)
+        log(f"{args.preset} preset on {report['device_name']} ({dtype_name}), threads {torch.get_num_threads()}")
+        section = {"dtype": dtype_name}
+        report["sections"].append(section)
+        run_dtype(args, section, args.device, hf_steps, hf_repeats, log, save)
+        print(table(section), flush=True)
+        save()
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
