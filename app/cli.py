@@ -1,0 +1,125 @@
+"""`musicgen-cfg demo` and `musicgen-cfg app`: serve the Gradio demo of the quality <-> diversity knob.
+
+    musicgen-cfg demo                        # shipped default models, 127.0.0.1, opens a browser (make demo)
+    musicgen-cfg demo --no-browser --port 7861
+    musicgen-cfg app --quality runs/q/final --diversity runs/d/final --base facebook/musicgen-small \\
+        --embedder clap:laion/clap-htsat-unfused --device auto [--host 0.0.0.0 --port 7860] [--share]
+
+`demo` serves default-quality and default-diversity with the base model `default` for the CFG
+comparison. Until the shipped quality/diversity models are built (musicgen_cfg/assets/default/quality,
+.../diversity), the base model stands in for a missing one, with a note on the page and in the log;
+each start looks again, so they are picked up as soon as they exist. Generated WAVs, codes, pictures
+and manifest.jsonl go to a per-session folder under --out (default: a new temporary folder).
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from musicgen_cfg.errors import UserError
+
+LOCALHOST = "127.0.0.1"
+EMBEDDER_MISSING = ("diversity is not measured: the default reward embedder is not built yet "
+                    "(musicgen_cfg/assets/default/embedder)")
+NO_EMBEDDER = "diversity is not measured: start the app with --embedder SPEC (e.g. clap:laion/clap-htsat-unfused)"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=LOCALHOST, help=f"interface to bind (default {LOCALHOST}: this machine only)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--out", default=None, help="folder for generated files + manifests (default: a new temp folder)")
+
+
+def register(subparsers) -> None:
+    demo = subparsers.add_parser("demo", help="launch the Gradio demo with the shipped default models",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _server_options(demo)
+    demo.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    demo.set_defaults(func=run_demo)
+    app = subparsers.add_parser("app", help="serve your quality/diversity models in the Gradio demo",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    app.add_argument("--quality", required=True, help="the beta = 0 (quality) checkpoint directory")
+    app.add_argument("--diversity", required=True, help="the beta = 15 (diversity) checkpoint directory, same base")
+    app.add_argument("--base", default=None, help="base model (dir or hub id) for the 'compare with base + CFG' option")
+    app.add_argument("--embedder", default=None,
+                     help="reward embedder for the diversity readout: default, a trained dir, or clap:DIR "
+                          "(default: the shipped one for default-world models, none otherwise)")
+    _server_options(app)
+    app.set_defaults(func=run_app)
+
+
+def shipped_endpoint(role: str) -> tuple[str, str | None]:
+    """(spec to load, note) for the shipped `default-<role>` model; the base model stands in while it is missing."""
+    from musicgen_cfg.model import ASSETS
+
+    path = ASSETS / role
+    if (path / "config.json").is_file():
+        return f"default-{role}", None
+    return "default", (f"the shipped {role} model is not built yet ({path.relative_to(ASSETS.parent.parent.parent)} "
+                       f"is missing): the base model `default` stands in for it; it is used from the next start on "
+                       f"once it exists.")
+
+
+def _out_root(out: str | None) -> Path:
+    return Path(out) if out else Path(tempfile.mkdtemp(prefix="musicgen-cfg-app-"))
+
+
+def _serve(quality, diversity, base, embedder_spec, embedder_note, notes, args, inbrowser: bool) -> int:
+    from app.engine import Engine
+    from app.ui import launch
+    from musicgen_cfg.model import pick_device
+
+    if args.share:
+        log("note: --share opens a public link; anyone with it can use this machine's models")
+    out_root = _out_root(args.out)
+    engine = Engine.load(quality, diversity, base, embedder_spec, embedder_note, pick_device(args.device), out_root,
+                         notes, log=log)
+    log(f"generated files and manifest.jsonl go to {out_root}/session-*/")
+    launch(engine, args.host, args.port, share=args.share, inbrowser=inbrowser, log=log)
+    return 0
+
+
+def run_demo(args) -> int:
+    from app.engine import Endpoint
+    from rl.embedders import CONFIG_NAME, DEFAULT_EMBEDDER_DIR
+
+    notes = []
+    endpoints = {}
+    for role in ("quality", "diversity"):
+        spec, note = shipped_endpoint(role)
+        endpoints[role] = Endpoint(role, f"default-{role}", spec)
+        if note:
+            log(f"note: {note}")
+            notes.append(note[0].upper() + note[1:])
+    if all(e.spec == "default" for e in endpoints.values()):
+        notes.append("With the base model at both ends, λ does not change the music yet.")
+    has_embedder = (DEFAULT_EMBEDDER_DIR / CONFIG_NAME).is_file()
+    if not has_embedder:
+        log(f"note: {EMBEDDER_MISSING}")
+    return _serve(endpoints["quality"], endpoints["diversity"], Endpoint("base", "default", "default"),
+                  "default" if has_embedder else None, EMBEDDER_MISSING, notes, args, inbrowser=not args.no_browser)
+
+
+def run_app(args) -> int:
+    from app.engine import Endpoint
+    from musicgen_cfg.checkpoint import read_json
+    from rl.embedders import CONFIG_NAME, DEFAULT_EMBEDDER_DIR
+
+    for flag, value in (("--quality", args.quality), ("--diversity", args.diversity)):
+        if not Path(value).is_dir():
+            raise UserError(f"{flag} {value} is not a checkpoint directory")
+    embedder = args.embedder
+    if embedder is None:  # default-world checkpoints come with the shipped embedder when it exists
+        symbolic = read_json(Path(args.quality) / "config.json").get("musicgen_cfg", {}).get("codec") == "symbolic"
+        if symbolic and (DEFAULT_EMBEDDER_DIR / CONFIG_NAME).is_file():
+            embedder = "default"
+    base = Endpoint("base", args.base, args.base) if args.base else None
+    return _serve(Endpoint("quality", args.quality, args.quality), Endpoint("diversity", args.diversity, args.diversity),
+                  base, embedder, NO_EMBEDDER, [], args, inbrowser=False)

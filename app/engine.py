@@ -1,0 +1,325 @@
+"""Serving core of the Gradio demo: the merged model theta(lam), the base model for the CFG comparison,
+the reward embedder, request limits, and per-session output folders with provenance manifests.
+
+No Gradio here: app/ui.py builds the page and the API on top, app/cli.py starts it
+(`musicgen-cfg demo`, `musicgen-cfg app --quality DIR --diversity DIR`).
+
+One module holds the served weights; `LiveMerge` rewrites them in place to
+(1 - lam) theta_q + lam theta_d when a request asks for another lam, so moving the slider never
+reloads anything. LiveMerge is not thread-safe, so setting lam and generating happen under one lock.
+"""
+
+import json
+import math
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app import plots
+from merging.merge import LiveMerge, check_compatible, open_checkpoint
+from musicgen_cfg.errors import UserError
+from musicgen_cfg.generate import MANIFEST, model_provenance
+from musicgen_cfg.model import MusicGen, load_model, resolve_spec
+from musicgen_cfg.sampler import SamplingConfig
+
+MAX_VARIATIONS = 8
+MAX_PROMPT_CHARS = 300
+MIN_DURATION_S = 0.5
+MAX_DURATION_S = 30.0
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**31 - 1
+DEFAULT_LAMBDA = 0.5
+DEFAULT_TOP_K = 250  # MusicGen's default; vocabularies at or below it (the default model's 64) sample in full
+
+DEFAULT_EXAMPLES = (
+    "a joyful Irish jig on the fiddle in D major",
+    "a Bach chorale for organ in G minor",
+    "a calm Chinese folk song on the flute",
+    "a lively American fiddle tune",
+)
+AUDIO_EXAMPLES = (
+    "lo-fi hip hop beat with a mellow piano and soft vinyl crackle",
+    "an energetic rock song with distorted electric guitars and pounding drums",
+    "a calm ambient soundscape with warm synth pads",
+    "a jazz trio with upright bass, brushed drums and piano",
+)
+
+
+@dataclass
+class Endpoint:
+    """One model the app serves from: what was asked for, what was loaded, and its provenance."""
+
+    role: str  # quality | diversity | base
+    requested: str  # the spec given (e.g. default-quality)
+    spec: str  # the spec loaded (differs from `requested` when the base model stands in)
+    provenance: dict = field(default_factory=dict)  # generate.model_provenance of the loaded weights
+
+    def record(self) -> dict:
+        return {"requested": self.requested, **self.provenance}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated generation request; variation i uses seed + i."""
+
+    prompt: str
+    lam: float
+    variations: int
+    duration: float
+    seed: int
+    temperature: float
+    top_k: int | None
+    compare: bool
+
+
+@dataclass
+class Item:
+    """One generated variation on disk."""
+
+    audio: Path
+    image: Path
+    seed: int
+
+
+@dataclass
+class Result:
+    items: list[Item]
+    base_items: list[Item]
+    summary: dict  # JSON-able: settings, seeds, times, diversity, file names
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _as_number(value, what: str) -> float:
+    if isinstance(value, bool):
+        raise UserError(f"{what} must be a number, got {_show(value)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be a number, got {_show(value)}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{what} must be a finite number, got {_show(value)}")
+    return number
+
+
+def _as_int(value, what: str) -> int:
+    number = _as_number(value, what)
+    if number != int(number):
+        raise UserError(f"{what} must be a whole number, got {_show(value)}")
+    return int(number)
+
+
+def _slug(session: str | None) -> str:
+    """A session id that is safe as a directory name."""
+    return re.sub(r"[^A-Za-z0-9]", "", session or "")[:32] or "anonymous"
+
+
+class Engine:
+    """Everything a request needs; build it with `Engine.load` (or directly from loaded parts in tests)."""
+
+    def __init__(self, model: MusicGen, merge: LiveMerge, quality: Endpoint, diversity: Endpoint,
+                 base: MusicGen | None, base_endpoint: Endpoint | None, embedder, embedder_note: str | None,
+                 out_root: Path, notes: list[str]):
+        self.model, self.merge = model, merge
+        self.quality, self.diversity = quality, diversity
+        self.base, self.base_endpoint = base, base_endpoint
+        self.embedder, self.embedder_note = embedder, embedder_note
+        self.out_root = Path(out_root)
+        self.notes = notes  # shown on the page: stand-in models, missing embedder
+        self.lock = threading.Lock()
+        self.examples = DEFAULT_EXAMPLES if model.is_symbolic else AUDIO_EXAMPLES
+
+    @classmethod
+    def load(cls, quality: Endpoint, diversity: Endpoint, base: Endpoint | None, embedder_spec: str | None,
+             embedder_note: str | None, device: str, out_root: Path, notes: list[str], lam: float = DEFAULT_LAMBDA,
+             log: Callable[[str], None] = print) -> "Engine":
+        """Check that the endpoints merge, load them (quality on `device`, diversity via CPU), set up LiveMerge."""
+        try:
+            check_compatible([open_checkpoint(resolve_spec(quality.spec), "the quality model"),
+                              open_checkpoint(resolve_spec(diversity.spec), "the diversity model")])
+        except UserError as err:
+            raise UserError(f"quality and diversity models cannot be merged: {err}") from None
+        log(f"loading quality model {quality.spec} on {device}")
+        model = load_model(quality.spec, device=device)
+        quality.provenance = model_provenance(model)  # before LiveMerge rewrites the weights
+        log(f"loading diversity model {diversity.spec}")
+        other = load_model(diversity.spec, device="cpu")
+        diversity.provenance = model_provenance(other)
+        merge = LiveMerge(model.lm, model.lm.state_dict(), other.lm.state_dict(), lam=lam)
+        del other  # LiveMerge keeps its own copy of the diversity weights
+        base_model = None
+        if base is not None:
+            log(f"loading base model {base.spec} for the CFG comparison")
+            base_model = load_model(base.spec, device=device)
+            base.provenance = model_provenance(base_model)
+        embedder = None
+        if embedder_spec is not None:
+            from rl.embedders import load_embedder
+
+            log(f"loading reward embedder {embedder_spec}")
+            embedder = load_embedder(embedder_spec)
+        return cls(model, merge, quality, diversity, base_model, base, embedder, embedder_note, out_root, notes)
+
+    @property
+    def lam(self) -> float:
+        return self.merge.lam
+
+    @property
+    def cardinality(self) -> int:
+        return self.model.codec.cardinality
+
+    @property
+    def default_top_k(self) -> int:
+        """0 (off) where the vocabulary is no larger than MusicGen's top-k 250."""
+        return DEFAULT_TOP_K if self.cardinality > DEFAULT_TOP_K else 0
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """gamma of the base model's CFG comparison, None without a base model."""
+        return None if self.base is None else self.base.default_guidance_scale
+
+    def parse(self, prompt, lam, variations, duration, seed, temperature, top_k, compare) -> Request:
+        """Validate raw inputs (from the page or the API) into a Request; a bad value raises one UserError."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("the prompt is empty: describe the music to generate")
+        prompt = prompt.strip()
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise UserError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
+        lam = _as_number(lam, "lambda")
+        if not 0.0 <= lam <= 1.0:
+            raise UserError(f"lambda must be between 0 (quality) and 1 (diversity), got {lam:g}")
+        variations = _as_int(variations, "the number of variations")
+        if not 1 <= variations <= MAX_VARIATIONS:
+            raise UserError(f"the number of variations must be between 1 and {MAX_VARIATIONS}, got {variations}")
+        duration = _as_number(duration, "duration")
+        if not MIN_DURATION_S <= duration <= MAX_DURATION_S:
+            raise UserError(f"duration must be between {MIN_DURATION_S:g} and {MAX_DURATION_S:g} s, got {duration:g}")
+        max_frames = self.model.lm.stack.positions.shape[0] - self.model.lm.num_codebooks + 1
+        if self.model.num_frames(duration, prompt) > max_frames:
+            raise UserError(f"duration {duration:g} s is too long for this model at this prompt's tempo")
+        seed = _as_int(seed, "seed")
+        if not -1 <= seed <= MAX_SEED - MAX_VARIATIONS:
+            raise UserError(f"seed must be -1 (random) or between 0 and {MAX_SEED - MAX_VARIATIONS}, got {seed}")
+        temperature = _as_number(temperature, "temperature")
+        if not 0.0 < temperature <= MAX_TEMPERATURE:
+            raise UserError(f"temperature must be in (0, {MAX_TEMPERATURE:g}], got {temperature:g}")
+        top_k = _as_int(top_k, "top-k")
+        if not 0 <= top_k <= self.cardinality:
+            raise UserError(f"top-k must be between 0 (off) and {self.cardinality}, got {top_k}")
+        if not isinstance(compare, bool):
+            raise UserError(f"compare must be true or false, got {_show(compare)}")
+        if compare and self.base is None:
+            raise UserError("no base model to compare with: start the app with --base DIR")
+        return Request(prompt, lam, variations, duration, secrets.randbelow(MAX_SEED - MAX_VARIATIONS) if seed == -1
+                       else seed, temperature, top_k or None, compare)
+
+    def set_lambda(self, lam) -> float:
+        """Move the served weights to theta(lam) in place; returns the milliseconds it took."""
+        lam = _as_number(lam, "lambda")
+        if not 0.0 <= lam <= 1.0:
+            raise UserError(f"lambda must be between 0 (quality) and 1 (diversity), got {lam:g}")
+        with self.lock:
+            began = time.perf_counter()
+            self.merge.set_lambda(lam)
+            return (time.perf_counter() - began) * 1000
+
+    def session_dir(self, session: str | None) -> Path:
+        path = self.out_root / f"session-{_slug(session)}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def generate(self, request: Request, session: str | None,
+                 progress: Callable[[float, str], None] = lambda fraction, desc: None) -> Result:
+        """Generate the request's variations with theta(lam) (no CFG), and with base + CFG if asked."""
+        out_dir = self.session_dir(session)
+        run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        seeds = [request.seed + i for i in range(request.variations)]
+        sampling = SamplingConfig(guidance_scale=1.0, temperature=request.temperature, top_k=request.top_k)
+        endpoints = {"quality": self.quality.record(), "diversity": self.diversity.record()}
+        progress(0.05, f"generating {request.variations} with theta(lambda={request.lam:g}), one pass")
+        with self.lock:
+            self.merge.set_lambda(request.lam)
+            outputs, seconds = self._timed_generate(self.model, request, seeds, sampling)
+        merged_record = {"model": "lerp(quality, diversity)", "lambda": request.lam, "guidance_scale": 1.0}
+        items = self._save(self.model, outputs, out_dir, run, "merged", request, sampling, seconds,
+                           {**merged_record, **endpoints})
+        summary = {"prompt": request.prompt, "lambda": request.lam, "seeds": seeds, "duration": request.duration,
+                   "temperature": request.temperature, "top_k": request.top_k, "guidance_scale": 1.0,
+                   "time_s": round(seconds, 3), "files": [i.audio.name for i in items], "run": run,
+                   "endpoints": {k: {"model": v["model"], "model_sha256": v["model_sha256"]} for k, v in endpoints.items()}}
+        base_items = []
+        if request.compare:
+            gamma = self.guidance_scale
+            progress(0.45, f"generating {request.variations} with the base model + CFG (gamma={gamma:g}), two passes")
+            base_sampling = replace(sampling, guidance_scale=gamma)
+            with self.lock:
+                base_outputs, base_seconds = self._timed_generate(self.base, request, seeds, base_sampling)
+            base_items = self._save(self.base, base_outputs, out_dir, run, "base-cfg", request, base_sampling,
+                                    base_seconds, {**self.base_endpoint.record(), "guidance_scale": gamma, **endpoints})
+            summary["base"] = {"model": self.base_endpoint.provenance["model"], "guidance_scale": gamma,
+                               "time_s": round(base_seconds, 3), "files": [i.audio.name for i in base_items]}
+        progress(0.9, "measuring diversity")
+        summary["diversity"], summary["diversity_note"] = self._diversity(outputs)
+        if request.compare:
+            summary["base"]["diversity"], _ = self._diversity(base_outputs)
+        return Result(items, base_items, summary)
+
+    def _timed_generate(self, model: MusicGen, request: Request, seeds: list[int], sampling: SamplingConfig):
+        began = time.perf_counter()
+        outputs = model.generate([request.prompt] * len(seeds), seeds, request.duration, sampling)
+        return outputs, time.perf_counter() - began
+
+    def _save(self, model: MusicGen, outputs, out_dir: Path, run: str, role: str, request: Request,
+              sampling: SamplingConfig, seconds: float, record: dict) -> list[Item]:
+        """WAV + codes + picture per output, and one manifest.jsonl line each (generate.py's fields)."""
+        import soundfile as sf
+
+        settings = {**asdict(sampling), "duration": request.duration}
+        items = []
+        with open(out_dir / MANIFEST, "a") as manifest:
+            for index, out in enumerate(outputs):
+                stem = f"{run}_{role}_{index}_s{out.seed}"
+                audio, image, codes = out_dir / f"{stem}.wav", out_dir / f"{stem}.png", out_dir / f"{stem}.wav.codes.npy"
+                sf.write(audio, np.clip(out.audio, -1, 1), out.sample_rate)
+                np.save(codes, out.codes.numpy().astype(np.int16))
+                if model.is_symbolic:
+                    from musicgen_cfg.codecs.symbolic import frame_seconds
+
+                    plots.piano_roll(out.codes.numpy(), frame_seconds(out.render["tempo_bpm"]), image)
+                else:
+                    plots.spectrogram(out.audio, out.sample_rate, image)
+                entry = {"file": audio.name, "codes_file": codes.name, "image_file": image.name, "run": run,
+                         "role": role, "prompt": out.prompt, "sample_index": index, "seed": out.seed, **record,
+                         "sampling": settings, "num_frames": int(out.codes.shape[-1]), "sample_rate": out.sample_rate,
+                         "render": out.render, "wall_time_s": round(seconds / len(outputs), 4),
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                manifest.write(json.dumps(entry) + "\n")
+                items.append(Item(audio, image, out.seed))
+        return items
+
+    def _diversity(self, outputs) -> tuple[float | None, str | None]:
+        """Mean pairwise 1 - cos of the set under the reward embedder, or (None, why not)."""
+        if self.embedder is None:
+            return None, self.embedder_note
+        if len(outputs) < 2:
+            return None, "diversity needs at least 2 variations"
+        from rl.diversity import pairwise_diversity
+
+        length = max(len(o.audio) for o in outputs)
+        waves = torch.zeros(len(outputs), length)
+        for row, out in enumerate(outputs):
+            waves[row, : len(out.audio)] = torch.from_numpy(out.audio)
+        with torch.no_grad():
+            vectors = self.embedder.embed(waves, outputs[0].sample_rate)
+        return round(float(pairwise_diversity(vectors[None]).mean()), 4), None

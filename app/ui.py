@@ -1,0 +1,223 @@
+"""The Gradio page and its API on top of app/engine.py; `musicgen-cfg demo` runs it (app/cli.py).
+
+Two kinds of events share one concurrency group ("model", limit 1), so a lam change never lands in
+the middle of a generation and one request at a time uses the models:
+- page events (private to the browser): the Generate button fills the fixed 8 result slots, the lam
+  slider applies theta(lam) in place as soon as it is released;
+- API-only events (`/generate`, `/set_lambda`, `/info`), bound to hidden, unbounded inputs so that an
+  out-of-range value reaches our validation and the client gets our message, not Gradio's bounds
+  error, and with plain outputs (lists of files + a JSON summary) instead of the page's slot updates.
+"""
+
+import os
+from collections.abc import Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local demo
+
+import gradio as gr  # noqa: E402
+
+from app.engine import (  # noqa: E402
+    MAX_DURATION_S,
+    MAX_PROMPT_CHARS,
+    MAX_TEMPERATURE,
+    MAX_VARIATIONS,
+    MIN_DURATION_S,
+    Engine,
+)
+from musicgen_cfg.errors import UserError  # noqa: E402
+
+QUEUE_SIZE = 16
+DEFAULT_VARIATIONS = 4
+DEFAULT_DURATION_S = 8.0
+CONCURRENCY = {"concurrency_id": "model", "concurrency_limit": 1}
+CSS = """
+.note {background: #fff6d6; border-left: 4px solid #e0a800; padding: 6px 12px; border-radius: 4px;}
+#status {min-height: 3em;}
+"""
+
+
+def _user_errors(call):
+    """Run call(); a UserError becomes gr.Error, which the page and the client show as one line."""
+    try:
+        return call()
+    except UserError as err:
+        raise gr.Error(str(err), print_exception=False) from None
+
+
+def _endpoint_line(label: str, provenance: dict) -> str:
+    beta = f", β = {provenance['beta']}" if provenance.get("beta") is not None else ""
+    return f"- {label}{beta}: `{provenance['model']}` (sha256 {provenance['model_sha256'][:12]})"
+
+
+def _models_markdown(engine: Engine) -> str:
+    lines = [_endpoint_line("quality", engine.quality.provenance),
+             _endpoint_line("diversity", engine.diversity.provenance)]
+    if engine.base_endpoint is not None:
+        lines.append(_endpoint_line(f"base (CFG comparison, γ = {engine.guidance_scale:g})",
+                                    engine.base_endpoint.provenance))
+    return "\n".join(lines)
+
+
+def _status_markdown(summary: dict) -> str:
+    seeds = summary["seeds"]
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
+    parts = [f"**θ(λ = {summary['lambda']:g})**, no CFG (one pass): **{summary['time_s']:.2f} s** for "
+             f"{len(seeds)} × {summary['duration']:g} s ({seed_text})"]
+    if summary["diversity"] is not None:
+        parts.append(f"diversity of the set: **{summary['diversity']:.3f}** (mean pairwise 1 − cos, reward embedder)")
+    else:
+        parts.append(f"_{summary['diversity_note']}_")
+    base = summary.get("base")
+    if base is not None:
+        ratio = base["time_s"] / max(summary["time_s"], 1e-9)
+        line = (f"**base + CFG (γ = {base['guidance_scale']:g})**, two passes: **{base['time_s']:.2f} s** "
+                f"({ratio:.1f}× the distilled model's time)")
+        if base["diversity"] is not None:
+            line += f", diversity **{base['diversity']:.3f}**"
+        parts.append(line)
+    return "\n\n".join(parts)
+
+
+def build_app(engine: Engine) -> gr.Blocks:
+    """The Blocks page (not launched); `launch` queues and serves it."""
+    symbolic = engine.model.is_symbolic
+    gamma = engine.guidance_scale
+
+    def run(request, http_request: gr.Request, progress: gr.Progress):
+        session = getattr(http_request, "session_hash", None)
+        return engine.generate(request, session, lambda fraction, desc: progress(fraction, desc=desc))
+
+    with gr.Blocks(title="musicgen-cfg: diversity-rewarded CFG distillation") as blocks:
+        gr.Markdown("## Diversity-rewarded CFG distillation: quality ⟷ diversity\n"
+                    "One distilled model, no classifier-free guidance at inference (one pass instead of two). "
+                    "The slider mixes the weights of the quality model and the diversity model: "
+                    "θ(λ) = (1 − λ)·θ_quality + λ·θ_diversity.")
+        for note in engine.notes:
+            gr.Markdown(f"**Note:** {note}", elem_classes="note")
+        with gr.Accordion("Served models", open=False):
+            gr.Markdown(_models_markdown(engine))
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_PROMPT_CHARS,
+                                    placeholder=engine.examples[0], elem_id="prompt")
+                gr.Examples([[p] for p in engine.examples], inputs=[prompt], label="Example prompts")
+                lam = gr.Slider(0.0, 1.0, value=engine.lam, step=0.05, label="Quality ⟷ diversity (λ)",
+                                info="0 = quality model, 1 = diversity model; weights are mixed in place, no reload",
+                                elem_id="lam")
+                lam_status = gr.Markdown(f"θ(λ = {engine.lam:g}) is loaded.")
+                with gr.Row():
+                    variations = gr.Slider(1, MAX_VARIATIONS, value=DEFAULT_VARIATIONS, step=1, label="Variations",
+                                           elem_id="variations")
+                    duration = gr.Slider(MIN_DURATION_S, MAX_DURATION_S, value=DEFAULT_DURATION_S, step=0.5,
+                                         label="Duration (s)", elem_id="duration")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (variation i uses seed + i)")
+                    random_seed = gr.Checkbox(value=True, label="Random seed")
+                with gr.Accordion("Advanced sampling", open=False):
+                    temperature = gr.Slider(0.05, MAX_TEMPERATURE, value=1.0, step=0.05, label="Temperature")
+                    top_k = gr.Slider(0, engine.cardinality, value=engine.default_top_k, step=1,
+                                      label="Top-k (0 = off: sample the full distribution)")
+                compare = gr.Checkbox(
+                    value=False, interactive=gamma is not None,
+                    label=(f"Compare with the base model + CFG (γ = {gamma:g}): twice the compute"
+                           if gamma is not None else "Compare with base + CFG (start the app with --base DIR)"))
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=3, min_width=420):
+                status = gr.Markdown("Results appear here: a player and a "
+                                     f"{'piano roll' if symbolic else 'spectrogram'} per variation.", elem_id="status")
+                slots, audios, images = [], [], []
+                for index in range(MAX_VARIATIONS):  # one row per variation: player | picture
+                    with gr.Row(visible=False, equal_height=True) as slot:
+                        audios.append(gr.Audio(type="filepath", interactive=False, label=f"Variation {index + 1}",
+                                               min_width=240))
+                        images.append(gr.Image(type="filepath", interactive=False, show_label=False, height=170,
+                                               label="piano roll" if symbolic else "spectrogram", min_width=300))
+                    slots.append(slot)
+                with gr.Column(visible=False) as base_box:
+                    gr.Markdown(f"### Base model + CFG (γ = {gamma:g})" if gamma is not None else "")
+                    with gr.Row():
+                        base_audios = [gr.Audio(type="filepath", interactive=False, visible=False, min_width=200,
+                                                label=f"Base + CFG {index + 1}") for index in range(MAX_VARIATIONS)]
+                with gr.Accordion("Run details (JSON)", open=False):
+                    details = gr.JSON()
+
+        def ui_generate(prompt, lam, variations, duration, seed, random_seed, temperature, top_k, compare,
+                        request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
+            parsed = _user_errors(lambda: engine.parse(prompt, lam, variations, duration, -1 if random_seed else seed,
+                                                       temperature, top_k, compare))
+            result = _user_errors(lambda: run(parsed, request, progress))
+            shown = len(result.items)
+            updates = [gr.Row(visible=i < shown) for i in range(MAX_VARIATIONS)]
+            updates += [gr.Audio(value=str(result.items[i].audio) if i < shown else None) for i in range(MAX_VARIATIONS)]
+            updates += [gr.Image(value=str(result.items[i].image) if i < shown else None) for i in range(MAX_VARIATIONS)]
+            base_shown = len(result.base_items)
+            updates.append(gr.Column(visible=base_shown > 0))
+            updates += [gr.Audio(value=str(result.base_items[i].audio) if i < base_shown else None, visible=i < base_shown)
+                        for i in range(MAX_VARIATIONS)]
+            return [*updates, _status_markdown(result.summary), result.summary]
+
+        button.click(ui_generate,
+                     inputs=[prompt, lam, variations, duration, seed, random_seed, temperature, top_k, compare],
+                     outputs=[*slots, *audios, *images, base_box, *base_audios, status, details],
+                     show_progress_on=[status], api_visibility="private", **CONCURRENCY)
+
+        def ui_set_lambda(lam):
+            milliseconds = _user_errors(lambda: engine.set_lambda(lam))
+            return f"θ(λ = {lam:g}) applied in place in {milliseconds:.1f} ms (no reload)."
+
+        lam.release(ui_set_lambda, inputs=[lam], outputs=[lam_status], show_progress="hidden",
+                    api_visibility="private", **CONCURRENCY)
+
+        # The API: hidden inputs without bounds (our validation speaks), plain outputs.
+        with gr.Column(visible=False):
+            api_inputs = [gr.Textbox(label="prompt"), gr.Number(engine.lam, label="lam"),
+                          gr.Number(DEFAULT_VARIATIONS, label="variations"), gr.Number(DEFAULT_DURATION_S, label="duration"),
+                          gr.Number(-1, label="seed"), gr.Number(1.0, label="temperature"),
+                          gr.Number(engine.default_top_k, label="top_k"), gr.Checkbox(False, label="compare")]
+            api_outputs = [gr.File(file_count="multiple", label="audio"), gr.File(file_count="multiple", label="images"),
+                           gr.File(file_count="multiple", label="base_audio"), gr.JSON(label="summary")]
+            api_lam = gr.Number(engine.lam, label="lam")
+            api_json = gr.JSON(label="result")
+
+        def generate(prompt, lam, variations, duration, seed, temperature, top_k, compare,
+                     request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
+            """Generate `variations` clips with theta(lam), one pass, no CFG (seed -1 = random; top_k 0 = off);
+            with compare=True also with the base model under CFG. Returns (audio files, piano-roll or
+            spectrogram images, base + CFG audio files, summary with seeds, times and diversity)."""
+            parsed = _user_errors(lambda: engine.parse(prompt, lam, variations, duration, seed, temperature, top_k, compare))
+            result = _user_errors(lambda: run(parsed, request, progress))
+            return ([str(i.audio) for i in result.items], [str(i.image) for i in result.items],
+                    [str(i.audio) for i in result.base_items], result.summary)
+
+        def set_lambda(lam):
+            """Rewrite the served weights to theta(lam) = (1 - lam) theta_q + lam theta_d in place."""
+            milliseconds = _user_errors(lambda: engine.set_lambda(lam))
+            return {"lambda": engine.lam, "apply_ms": round(milliseconds, 3)}
+
+        def info():
+            """The served models (sources, sha256), the lambda now loaded, gamma of the comparison, and the limits."""
+            return {"lambda": engine.lam, "guidance_scale": gamma, "notes": engine.notes,
+                    "quality": engine.quality.record(), "diversity": engine.diversity.record(),
+                    "base": None if engine.base_endpoint is None else engine.base_endpoint.record(),
+                    "limits": {"variations": MAX_VARIATIONS, "prompt_chars": MAX_PROMPT_CHARS,
+                               "duration_s": [MIN_DURATION_S, MAX_DURATION_S], "temperature_max": MAX_TEMPERATURE,
+                               "top_k_max": engine.cardinality}}
+
+        gr.on([], generate, inputs=api_inputs, outputs=api_outputs, api_name="generate", **CONCURRENCY)
+        gr.on([], set_lambda, inputs=[api_lam], outputs=[api_json], api_name="set_lambda", **CONCURRENCY)
+        gr.on([], info, inputs=[], outputs=[api_json], api_name="info", queue=False)
+    return blocks
+
+
+def launch(engine: Engine, host: str, port: int | None, share: bool = False, inbrowser: bool = False,
+           prevent_thread_lock: bool = False, log: Callable[[str], None] = print) -> gr.Blocks:
+    """Queue and serve the page; with prevent_thread_lock it returns at once (blocks.local_url, blocks.close())."""
+    blocks = build_app(engine)
+    blocks.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    try:
+        blocks.launch(server_name=host, server_port=port, share=share, inbrowser=inbrowser,
+                             prevent_thread_lock=prevent_thread_lock, allowed_paths=[str(engine.out_root)],
+                             show_error=False, ssr_mode=False, css=CSS, footer_links=["api"])
+    except OSError as err:
+        raise UserError(f"cannot serve on {host}:{port or 'a port from 7860'}: {str(err).splitlines()[0]}") from None
+    return blocks
