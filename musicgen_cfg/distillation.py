@@ -17,9 +17,7 @@ Rollout seeds depend on (seed, step, global row) only, so a run is reproducible,
 bit, and the same under DDP with any number of processes for the same global batch.
 """
 
-import argparse
 import random
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -32,8 +30,16 @@ from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
-from musicgen_cfg.training import (MetricsLog, checkpoints, config_help, field, load_checkpoint, load_config,
-                                   save_checkpoint, warmup_cosine, write_run_info)
+from musicgen_cfg.training import (
+    MetricsLog,
+    checkpoints,
+    field,
+    load_checkpoint,
+    register_config_command,
+    save_checkpoint,
+    warmup_cosine,
+    write_run_info,
+)
 from rl.diversity import BASELINES, advantages, pairwise_diversity, reinforce_surrogate
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
@@ -380,18 +386,5 @@ def export(distiller: Distiller, config: DistillConfig, run_dir: Path, command: 
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("train", help="CFG distillation + diversity reward (YAML config + --key value overrides)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML config, e.g. configs/quality.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    parser.add_argument("--help-config", action="store_true", help="list the config keys and exit")
-    parser.set_defaults(func=main, accepts_overrides=True)
-
-
-def main(args) -> int:
-    if args.help_config:
-        print(config_help(DistillConfig))
-        return 0
-    train(load_config(DistillConfig, args.config, args.overrides), resume=args.resume,
-          command="musicgen-cfg " + " ".join(sys.argv[1:]))
-    return 0
+    register_config_command(subparsers, "train", "CFG distillation + diversity reward (YAML config + --key value overrides)",
+                            __doc__, DistillConfig, train)

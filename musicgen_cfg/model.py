@@ -19,7 +19,14 @@ from safetensors import SafetensorError
 from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import Condition
-from musicgen_cfg.checkpoint import atomic_directory, load_tensors, read_json, save_tensors, state_sha256, write_json
+from musicgen_cfg.checkpoint import (
+    atomic_directory,
+    load_tensors,
+    read_json,
+    save_tensors,
+    state_sha256,
+    write_json,
+)
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.lm import MusicgenLM
 from musicgen_cfg.sampler import SamplingConfig, sample

@@ -10,9 +10,7 @@ segments are transposed (the caption's key follows). With --export the final wei
 as a shipped checkpoint with a manifest (command, config, dataset hash, weights sha256).
 """
 
-import argparse
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +25,16 @@ from musicgen_cfg.cfg import drop_condition
 from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.scoring import score
-from musicgen_cfg.training import (MetricsLog, checkpoints, config_help, field, load_checkpoint, load_config,
-                                   save_checkpoint, warmup_cosine, write_run_info)
+from musicgen_cfg.training import (
+    MetricsLog,
+    checkpoints,
+    field,
+    load_checkpoint,
+    register_config_command,
+    save_checkpoint,
+    warmup_cosine,
+    write_run_info,
+)
 
 
 @dataclass
@@ -207,18 +213,5 @@ def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: 
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("pretrain", help="train the embedded default base model on the music21 corpus",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML config (configs/default_base.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    parser.add_argument("--help-config", action="store_true", help="list the config keys and exit")
-    parser.set_defaults(func=main, accepts_overrides=True)
-
-
-def main(args) -> int:
-    if args.help_config:
-        print(config_help(PretrainConfig))
-        return 0
-    config = load_config(PretrainConfig, args.config, args.overrides)
-    pretrain(config, resume=args.resume, command="musicgen-cfg " + " ".join(sys.argv[1:]))
-    return 0
+    register_config_command(subparsers, "pretrain", "train the embedded default base model on the music21 corpus",
+                            __doc__, PretrainConfig, pretrain)

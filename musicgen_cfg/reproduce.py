@@ -24,11 +24,9 @@ dominating the reference point r = nadir - 10% of the range on each axis, nadir 
 the worst diversity over ALL points of the run, so that every family is measured against the same r.
 """
 
-import argparse
 import dataclasses
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import numpy as np
 
 from musicgen_cfg.checkpoint import write_json
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training import config_help, field, load_config
+from musicgen_cfg.training import field, load_config, register_config_command
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = {  # marker, legend label
@@ -530,23 +528,10 @@ def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, out / "provenance.json")
     for c in claims:
         log(f"claim {c['claim']}: {c['status']}: {c['statement']}")
+    log(f"results in {out}: table.md, pareto.png, claims.md")
     return {"points": points, "hypervolume": hypervolumes, "claims": claims}
 
 
 def register(subparsers):
-    parser = subparsers.add_parser("reproduce", help="sweeps (CFG, temperature, beta, LERP) + Pareto plot + claim checks",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML config, e.g. configs/reproduce.yaml; --key value overrides it")
-    parser.add_argument("--help-config", action="store_true", help="list the config keys and exit")
-    parser.set_defaults(func=main, accepts_overrides=True)
-
-
-def main(args) -> int:
-    if args.help_config:
-        print(config_help(ReproduceConfig))
-        return 0
-    config = load_config(ReproduceConfig, args.config, args.overrides)
-    reproduce(config, command="musicgen-cfg " + " ".join(sys.argv[1:]))
-    print(f"results in {config.out}: table.md, pareto.png, claims.md")
-    return 0
-
+    register_config_command(subparsers, "reproduce", "sweeps (CFG, temperature, beta, LERP) + Pareto plot + claim checks",
+                            __doc__, ReproduceConfig, reproduce, resumable=False)

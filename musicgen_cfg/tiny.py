@@ -34,8 +34,13 @@ def tiny_musicgen(
     num_codebooks: int = 4, text_hidden_size: int = 48, ffn_dim: int | None = None, max_positions: int = 2048,
 ):
     """(MusicgenForConditionalGeneration with random weights, tokenizer); EnCodec at 16 kHz, 50 frames/s, 4 codebooks."""
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
 
     torch.manual_seed(seed)
     text = T5Config(vocab_size=len(TINY_WORDS), d_model=text_hidden_size, d_kv=12, d_ff=64, num_layers=1,

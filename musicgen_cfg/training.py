@@ -7,11 +7,13 @@ optimizer.safetensors and trainer_state.json), `metrics.csv`, TensorBoard events
 Checkpoints are written atomically and only the last `keep_last` are kept.
 """
 
+import argparse
 import csv
 import dataclasses
 import math
 import random
 import shutil
+import sys
 import types
 import typing
 from pathlib import Path
@@ -102,6 +104,27 @@ def config_help(cls) -> str:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         lines.append(f"  {f.name:<24} {default!r:<22} {f.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def register_config_command(subparsers, name: str, help: str, doc: str, config_cls, run, resumable: bool = True):
+    """A subcommand driven by one config dataclass: --config YAML, `--key value` overrides, --help-config
+    and (for training) --resume. `run(config, command=..., [resume=...])` does the work."""
+    parser = subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML config in configs/; --key value pairs override it")
+    if resumable:
+        parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--help-config", action="store_true", help="list the config keys and exit")
+
+    def main(args) -> int:
+        if args.help_config:
+            print(config_help(config_cls))
+            return 0
+        config = load_config(config_cls, args.config, args.overrides)
+        command = "musicgen-cfg " + " ".join(sys.argv[1:])
+        run(config, command=command, **({"resume": args.resume} if resumable else {}))
+        return 0
+
+    parser.set_defaults(func=main, accepts_overrides=True)
 
 
 def field(default, help: str):

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from musicgen_cfg.delay import build_delay_pattern, revert_delay_pattern, teacher_forcing_inputs, valid_step_mask
+from musicgen_cfg.delay import (
+    build_delay_pattern,
+    revert_delay_pattern,
+    teacher_forcing_inputs,
+    valid_step_mask,
+)
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.sampler import SamplingConfig, filter_logits, sample, uniform_noise
 
