@@ -304,7 +304,7 @@ def render_default_world(
             clip_prompt = f"{rng.choice(sorted(INSTRUMENTS))} at {bpm:.0f} bpm"
         else:
             clip_prompt = prompt
-        codes, _ = dataset.get(rng.randrange(len(dataset)))
+        codes = dataset.codes([rng.randrange(len(dataset))])[0]  # uint8 [4, SEGMENT_FRAMES]; no metadata needed
         frames = min(codes.shape[1], codec.frames_for_duration(clip_seconds, clip_prompt))
         start = rng.randrange(codes.shape[1] - frames + 1)
         crop = codes[:, start : start + frames]
