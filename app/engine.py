@@ -126,7 +126,7 @@ def _slug(session: str | None) -> str:
 
 
 class Engine:
-    """Everything a request needs; build it with `Engine.load` (or directly from loaded parts in tests)."""
+    """Everything a request needs; build it with `Engine.load`."""
 
     def __init__(self, model: MusicGen, merge: LiveMerge, quality: Endpoint, diversity: Endpoint,
                  base: MusicGen | None, base_endpoint: Endpoint | None, embedder, embedder_note: str | None,
@@ -136,7 +136,7 @@ class Engine:
         self.base, self.base_endpoint = base, base_endpoint
         self.embedder, self.embedder_note = embedder, embedder_note
         self.out_root = Path(out_root)
-        self.notes = notes  # shown on the page: stand-in models, missing embedder
+        self.notes = notes
         self.lock = threading.Lock()
         self.examples = DEFAULT_EXAMPLES if model.is_symbolic else AUDIO_EXAMPLES
 
@@ -144,7 +144,10 @@ class Engine:
     def load(cls, quality: Endpoint, diversity: Endpoint, base: Endpoint | None, embedder_spec: str | None,
              embedder_note: str | None, device: str, out_root: Path, notes: list[str], lam: float = DEFAULT_LAMBDA,
              log: Callable[[str], None] = print) -> "Engine":
-        """Check that the endpoints merge, load them (quality on `device`, diversity via CPU), set up LiveMerge."""
+        """Check that the endpoints merge, load them (quality on `device`, diversity via CPU), set up LiveMerge.
+
+        embedder_note says why diversity is not measured when embedder_spec is None; notes are shown
+        on the page (e.g. which shipped model the base model stands in for)."""
         try:
             check_compatible([open_checkpoint(resolve_spec(quality.spec), "the quality model"),
                               open_checkpoint(resolve_spec(diversity.spec), "the diversity model")])
@@ -247,7 +250,7 @@ class Engine:
         seeds = [request.seed + i for i in range(request.variations)]
         sampling = SamplingConfig(guidance_scale=1.0, temperature=request.temperature, top_k=request.top_k)
         endpoints = {"quality": self.quality.record(), "diversity": self.diversity.record()}
-        progress(0.05, f"generating {request.variations} with theta(lambda={request.lam:g}), one pass")
+        progress(0.05, f"generating {request.variations} with θ(λ = {request.lam:g}), one pass")
         with self.lock:
             self.merge.set_lambda(request.lam)
             outputs, seconds = self._timed_generate(self.model, request, seeds, sampling)
@@ -261,7 +264,7 @@ class Engine:
         base_items = []
         if request.compare:
             gamma = self.guidance_scale
-            progress(0.45, f"generating {request.variations} with the base model + CFG (gamma={gamma:g}), two passes")
+            progress(0.45, f"generating {request.variations} with the base model + CFG (γ = {gamma:g}), two passes")
             base_sampling = replace(sampling, guidance_scale=gamma)
             with self.lock:
                 base_outputs, base_seconds = self._timed_generate(self.base, request, seeds, base_sampling)

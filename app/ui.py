@@ -211,13 +211,20 @@ def build_app(engine: Engine) -> gr.Blocks:
 
 def launch(engine: Engine, host: str, port: int | None, share: bool = False, inbrowser: bool = False,
            prevent_thread_lock: bool = False, log: Callable[[str], None] = print) -> gr.Blocks:
-    """Queue and serve the page; with prevent_thread_lock it returns at once (blocks.local_url, blocks.close())."""
+    """Queue and serve the page. With prevent_thread_lock it returns at once (blocks.local_url,
+    blocks.close()); otherwise it serves until Ctrl-C."""
     blocks = build_app(engine)
     blocks.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     try:
-        blocks.launch(server_name=host, server_port=port, share=share, inbrowser=inbrowser,
-                             prevent_thread_lock=prevent_thread_lock, allowed_paths=[str(engine.out_root)],
-                             show_error=False, ssr_mode=False, css=CSS, footer_links=["api"])
+        # quiet: Gradio's banner tells users to edit launch() for a share link; our line names --share.
+        blocks.launch(server_name=host, server_port=port, share=share, inbrowser=inbrowser, prevent_thread_lock=True,
+                      allowed_paths=[str(engine.out_root)], show_error=False, ssr_mode=False, css=CSS,
+                      footer_links=["api"], quiet=True)
     except OSError as err:
-        raise UserError(f"cannot serve on {host}:{port or 'a port from 7860'}: {str(err).splitlines()[0]}") from None
+        reason = str(err).splitlines()[0].split(". ")[0]  # Gradio goes on about launch() arguments
+        raise UserError(f"cannot serve on {host}:{port or 'a port from 7860'}: {reason}") from None
+    public = f", public link {blocks.share_url}" if blocks.share_url else " (no public link; --share makes one)"
+    log(f"serving on {blocks.local_url}{public}")
+    if not prevent_thread_lock:
+        blocks.block_thread()
     return blocks
