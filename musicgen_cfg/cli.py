@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = [
     "merging.cli",
     "musicgen_cfg.evaluate",
     "musicgen_cfg.reproduce",
+    "app.cli",
 ]
 
 
