@@ -99,6 +99,12 @@ def atomic_directory(target: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        # mkdtemp (and safetensors) create owner-only entries; give the result the usual umask modes.
+        umask = os.umask(0)
+        os.umask(umask)
+        for entry in tmp.iterdir():
+            entry.chmod(0o666 & ~umask)
+        tmp.chmod(0o777 & ~umask)
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))

@@ -102,6 +102,7 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["weights_sha256"] == digest == embedders.sha256_file(out / "model.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embedder"]  # no temporary directories left
+    assert (out / "model.safetensors").stat().st_mode & 0o044 == 0o044  # readable by others, not owner-only
 
 
 def test_losses_prefer_matching_pairs():
