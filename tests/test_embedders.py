@@ -305,3 +305,21 @@ def test_bad_specs_give_clear_user_errors(tmp_path, monkeypatch):
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="cannot load embedder weights"):
         load_embedder(str(broken))
+
+
+def test_shipped_default_embedder_tells_different_music_apart():
+    from musicgen_cfg.codecs.symbolic import SymbolicCodec
+    from rl.diversity import pairwise_diversity
+
+    embedder = load_embedder("default")
+    manifest = json.loads((embedders.DEFAULT_EMBEDDER_DIR / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == embedders.sha256_file(
+        embedders.DEFAULT_EMBEDDER_DIR / "model.safetensors"
+    )
+    codes = torch.from_numpy(corpus.load_dataset("val").codes(list(range(0, 200, 10))).astype("int64"))
+    halves = torch.stack([codes[:, :, :64], codes[:, :, 64:]], dim=1).flatten(0, 1)  # [2 * 20, 4, 64]
+    audio = SymbolicCodec().decode(halves, ["piano at 100 bpm"] * len(halves))
+    vectors = embedder.embed(audio, 16000).view(20, 2, -1)
+    same_piece = pairwise_diversity(vectors).mean()  # two passages of one segment
+    different = pairwise_diversity(torch.stack([vectors[:10, 0], vectors[10:, 0]], dim=1)).mean()
+    assert different > same_piece + 0.2, (same_piece, different)
