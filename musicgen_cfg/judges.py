@@ -57,7 +57,6 @@ from musicgen_cfg.captions import (
     _MINOR_LIKE_MODES,
     _TEXTURES,
     FORM_TEMPO_BPM,
-    INSTRUMENTS,
     MAX_PROMPT_CHARS,
     STYLES,
     TEMPO_WORDS,
@@ -85,6 +84,7 @@ MIN_REFERENCE = 20  # fewer real segments of a style / meter than this: no refer
 # ------------------------------------------------------------------------------------ prompt -> attributes
 
 _LETTER_PITCH = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_TITLE_WORDS = {"music", "collection", "mammoth"}  # O'Neill's Music of Ireland, Ryan's Mammoth Collection
 
 
 @lru_cache(maxsize=1)
@@ -98,17 +98,14 @@ def _patterns() -> dict:
         for name in (*spec.names, *spec.form_names):
             pattern = re.escape(name).replace(re.escape("{form}"), f"(?:{forms})")
             style_phrases.append((re.compile(rf"\b{pattern}\b", re.IGNORECASE), style))
-    # Fallback for free text: words of the style names that name one style only ("Irish", "Bach"), not
-    # words that describe texture or instruments.
-    other_words = {w for phrases in _TEXTURES.values() for p in phrases for w in p.lower().split()}
-    other_words |= {w for spec in INSTRUMENTS.values() for p in (*spec.keywords, *spec.phrases)
-                    for w in p.lower().split()}
+    # Fallback for free text: capitalised words of the style names that name one style only ("Irish",
+    # "Bach", "Chinese"), except the collection-title words that prompts use generically.
     owners: dict[str, set] = {}
     for style, spec in STYLES.items():
         for name in (*spec.names, *spec.form_names):
-            for word in re.findall(r"[a-z][a-z'-]{3,}", name.lower().replace("{form}", " ")):
-                owners.setdefault(word, set()).add(style)
-    distinctive = {w: next(iter(s)) for w, s in owners.items() if len(s) == 1 and w not in other_words}
+            for word in re.findall(r"\b[A-Z][A-Za-z'-]{2,}", name):
+                owners.setdefault(word.lower(), set()).add(style)
+    distinctive = {w: next(iter(s)) for w, s in owners.items() if len(s) == 1 and w not in _TITLE_WORDS}
     modes = alternation(MODE_SCALES)
     return {
         "styles": style_phrases,
@@ -127,8 +124,8 @@ def prompt_attributes(prompt) -> dict:
     """A free-text prompt -> {style, form, tonic, mode, meter, texture, tempo_word, tempo_bpm}; None where
     the prompt does not say. Never raises; reads the first MAX_PROMPT_CHARS characters like render_settings.
 
-    style: the longest caption style name found (e.g. "Irish {form}", "Bach chorale"), else a word that
-    only one style's names use ("Chinese"); tonic: pitch class 0-11; mode: lower case (MODE_SCALES);
+    style: the longest caption style name found (e.g. "Irish {form}", "Bach chorale"), else a capitalised
+    word that only one style's names use ("Chinese", case-insensitive in the prompt); tonic: pitch class 0-11; mode: lower case (MODE_SCALES);
     meter: "n/d"; texture: a key of TEXTURE_VOICES; tempo_bpm: an explicit "<N> bpm", else the tempo word's.
     """
     text = prompt[:MAX_PROMPT_CHARS] if isinstance(prompt, str) else ""

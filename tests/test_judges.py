@@ -62,6 +62,8 @@ def test_prompt_attributes_read_back_what_captions_say(test_split):
         for mode in ("major", "minor", "dorian"):
             found = prompt_attributes(f"A tune in {key_name(tonic, mode)}")
             assert (found["tonic"], found["mode"]) == (tonic, mode)
+    assert prompt_attributes("some relaxing music from a late collection")["style"] is None
+    assert prompt_attributes("a Chinese melody")["style"] == "chinese_folk"
     free = prompt_attributes("a lively Irish reel in Bb major, 2/4, at 150 bpm")
     assert (free["style"], free["form"], free["tonic"], free["meter"], free["tempo_bpm"]) == (
         "irish_traditional", "reel", 10, "2/4", 150.0)
