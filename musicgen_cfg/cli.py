@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = [
     "musicgen_cfg.corpus",
     "rl.train_embedder",
     "merging.cli",
+    "musicgen_cfg.judges",
     "musicgen_cfg.evaluate",
     "musicgen_cfg.reproduce",
     "app.cli",
