@@ -7,7 +7,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models gain nothing from threads; avoids oversubscription
 
 
 @pytest.fixture(scope="session")
