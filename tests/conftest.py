@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random real-MusicGen checkpoint saved to a temp dir (no network)."""
 
 import os
+import socket
 
 import pytest
 import torch
@@ -29,3 +30,10 @@ def tiny_model(tiny_dir):
     from musicgen_cfg.model import load_model
 
     return load_model(str(tiny_dir))
+
+
+def free_port() -> int:
+    """A free TCP port on localhost, for servers launched by tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,11 +8,11 @@ so every lam gives different weights; the reward embedder is a random contrastiv
 
 import argparse
 import json
-import socket
 
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from gradio_client import Client
 from safetensors.torch import load_file
 
@@ -20,12 +20,6 @@ from musicgen_cfg.errors import UserError
 
 PROMPT = "a calm folk song on the piano"
 PARAMETER = "decoder.lm_heads.0.weight"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ that 3 audio players got a source and the served weights moved; the full-page sc
 in the test's tmp_path (path printed) for a person to look at.
 """
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 
 CHROMIUM = "/usr/bin/chromium"
@@ -23,12 +23,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no {CHROMIUM} (apt-get install -y chromium)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
