@@ -33,6 +33,12 @@ def atomic_directory(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # mkdtemp (and safetensors) create owner-only entries; give the result the usual umask modes.
+    umask = os.umask(0)
+    os.umask(umask)
+    for entry in tmp.iterdir():
+        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
+    tmp.chmod(0o777 & ~umask)
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -10,13 +10,8 @@ so callers pass audio at whatever rate their codec produces:
 Train the contrastive one with `musicgen-cfg embedder train` (rl/train_embedder.py).
 """
 
-import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from musicgen_cfg.checkpoint import atomic_directory, file_sha256
 from musicgen_cfg.errors import UserError
 
 DEFAULT_EMBEDDER_DIR = (
@@ -81,40 +77,6 @@ def chunk_starts(total: int, chunk: int) -> list[int]:
         return [0]
     count = math.ceil(total / chunk)
     return torch.linspace(0, total - chunk, count).round().long().tolist()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextmanager
-def atomic_directory(target: Path):
-    """Yield a temporary sibling directory; on success it replaces `target` in one rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        # mkdtemp (and safetensors) create owner-only entries; give the result the usual umask modes.
-        umask = os.umask(0)
-        os.umask(umask)
-        for entry in tmp.iterdir():
-            entry.chmod(0o666 & ~umask)
-        tmp.chmod(0o777 & ~umask)
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
@@ -283,7 +245,7 @@ class ContrastiveMusicEmbedder(nn.Module):
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME))
-            digest = sha256_file(tmp / WEIGHTS_NAME)
+            digest = file_sha256(tmp / WEIGHTS_NAME)
             if manifest is not None:
                 text = json.dumps({**manifest, "weights_sha256": digest}, indent=2, default=str)
                 (tmp / MANIFEST_NAME).write_text(text + "\n")

@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
-from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample, sha256_file
+from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 TEMPO_RANGE_BPM = (60.0, 180.0)  # --model default: tempos of the rendered training clips
@@ -361,7 +362,7 @@ def default_world_data(
     record = {
         "source": "default world",
         "dataset": str(DEFAULT_PATH.relative_to(Path(__file__).resolve().parent.parent)),
-        "dataset_sha256": sha256_file(DEFAULT_PATH),
+        "dataset_sha256": file_sha256(DEFAULT_PATH),
         "train_split": "train",
         "heldout_split": "val",
         "instruments": sorted(set(instruments)),

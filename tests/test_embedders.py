@@ -13,6 +13,7 @@ import soundfile
 import torch
 
 from musicgen_cfg import corpus
+from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
 from rl import embedders
 from rl.embedders import (
@@ -100,7 +101,7 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path):
     assert isinstance(loaded, ContrastiveMusicEmbedder) and loaded.config == SMALL
     assert torch.equal(loaded.embed(waves, 16000), model.embed(waves, 16000))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["weights_sha256"] == digest == embedders.sha256_file(out / "model.safetensors")
+    assert manifest["weights_sha256"] == digest == file_sha256(out / "model.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embedder"]  # no temporary directories left
     assert (out / "model.safetensors").stat().st_mode & 0o044 == 0o044  # readable by others, not owner-only
 
@@ -172,7 +173,7 @@ def test_cli_trains_from_an_audio_dir_and_writes_a_manifest(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["data"]["files"] == 12 and manifest["data"]["train_clips"] == 8
     assert manifest["data"]["heldout_clips"] == {"held-out": 4}
-    assert manifest["weights_sha256"] == embedders.sha256_file(out / "model.safetensors")
+    assert manifest["weights_sha256"] == file_sha256(out / "model.safetensors")
     assert manifest["command"].startswith(f"musicgen-cfg embedder train --audio-dir {audio_dir} --out {out}")
     vectors = load_embedder(str(out)).embed(tone_sequence(0, 3.0)[None], 16000)
     assert vectors.shape == (1, 128)
@@ -223,7 +224,7 @@ def test_cli_trains_on_the_default_world(tmp_path):
     data = json.loads((out / "manifest.json").read_text())["data"]
     assert data["train_clips"] == 8
     assert data["heldout_clips"] == {"held-out": 4, "same-prompt held-out": 4}
-    assert data["dataset_sha256"] == embedders.sha256_file(corpus.DEFAULT_PATH)
+    assert data["dataset_sha256"] == file_sha256(corpus.DEFAULT_PATH)
     assert len(data["instruments"]) >= 2  # rendered with varied timbres
 
 
@@ -313,7 +314,7 @@ def test_shipped_default_embedder_tells_different_music_apart():
 
     embedder = load_embedder("default")
     manifest = json.loads((embedders.DEFAULT_EMBEDDER_DIR / "manifest.json").read_text())
-    assert manifest["weights_sha256"] == embedders.sha256_file(
+    assert manifest["weights_sha256"] == file_sha256(
         embedders.DEFAULT_EMBEDDER_DIR / "model.safetensors"
     )
     codes = torch.from_numpy(corpus.load_dataset("val").codes(list(range(0, 200, 10))).astype("int64"))
