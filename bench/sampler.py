@@ -47,7 +47,7 @@ from musicgen_cfg.conditioning import TextEncoder  # noqa: E402
 from musicgen_cfg.lm import MusicgenLM  # noqa: E402
 from musicgen_cfg.model import _load_lm_state  # noqa: E402
 from musicgen_cfg.sampler import SamplingConfig, sample  # noqa: E402
-from musicgen_cfg.tiny import tiny_musicgen, tiny_tokenizer  # noqa: E402
+from musicgen_cfg.tiny import tiny_musicgen  # noqa: E402
 
 GUIDANCE = 3.0
 TOP_K = 250
@@ -62,49 +62,15 @@ TINY = dict(hidden_size=128, num_layers=2, num_heads=4, vocab_size=2048, num_cod
             ffn_dim=512, max_positions=2048)
 # musicgen-small shapes (random weights); T5-base-shaped text encoder; a small EnCodec (not timed).
 SMALL = dict(hidden_size=1024, num_layers=24, num_heads=16, ffn_dim=4096, vocab_size=2048, num_codebooks=4,
-             max_positions=2048, text=dict(d_model=768, num_layers=12, num_heads=12, d_ff=3072, d_kv=64, vocab_size=32128))
+             max_positions=2048, text_hidden_size=768,
+             text=dict(d_model=768, num_layers=12, num_heads=12, d_ff=3072, d_kv=64, vocab_size=32128))
 
 
 # ----------------------------------------------------------------------------------------------- models
-def build_small(device: str, dtype: torch.dtype, seed: int = 0):
-    """musicgen-small-shaped MusicgenForConditionalGeneration with random weights, built on `device`."""
-    from transformers import (
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        T5Config,
-    )
-
-    torch.manual_seed(seed)
-    v, t = SMALL["vocab_size"], SMALL["text"]
-    text = T5Config(vocab_size=t["vocab_size"], d_model=t["d_model"], d_kv=t["d_kv"], d_ff=t["d_ff"],
-                    num_layers=t["num_layers"], num_heads=t["num_heads"], pad_token_id=0, eos_token_id=1,
-                    decoder_start_token_id=0)
-    audio = EncodecConfig(target_bandwidths=[2.0], sampling_rate=16000, audio_channels=1, num_filters=4,
-                          hidden_size=16, codebook_size=v, upsampling_ratios=[8, 5, 4, 2], codebook_dim=16,
-                          num_lstm_layers=1, num_residual_layers=1)
-    decoder = MusicgenDecoderConfig(vocab_size=v, hidden_size=SMALL["hidden_size"], num_hidden_layers=SMALL["num_layers"],
-                                    num_attention_heads=SMALL["num_heads"], ffn_dim=SMALL["ffn_dim"],
-                                    num_codebooks=SMALL["num_codebooks"], max_position_embeddings=SMALL["max_positions"],
-                                    pad_token_id=v, bos_token_id=v, dropout=0.0)
-    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
-    with torch.device(device):
-        model = MusicgenForConditionalGeneration(config)
-    model = model.to(dtype).eval()
-    model.generation_config.decoder_start_token_id = v
-    model.generation_config.pad_token_id = v
-    model.generation_config.bos_token_id = v
-    return model, tiny_tokenizer()  # word-level tokenizer: ids < 40, valid for the 32128-row T5 embedding
-
-
 def build(preset: str, device: str, dtype: torch.dtype):
     """(transformers model, our LM with the same weights, our text encoder over the same T5, tokenizer)."""
-    if preset == "tiny":
-        hf, tokenizer = tiny_musicgen(**TINY)
-        hf = hf.to(device=device, dtype=dtype).eval()
-    else:
-        hf, tokenizer = build_small(device, dtype)
+    hf, tokenizer = tiny_musicgen(**(TINY if preset == "tiny" else SMALL), device=device)
+    hf = hf.to(dtype).eval()
     text_width = hf.text_encoder.config.d_model
     with torch.device(device):
         lm = MusicgenLM(hf.decoder.config, text_width)

@@ -32,8 +32,13 @@ def tiny_tokenizer():
 def tiny_musicgen(
     seed: int = 0, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, vocab_size: int = 64,
     num_codebooks: int = 4, text_hidden_size: int = 48, ffn_dim: int | None = None, max_positions: int = 2048,
+    text: dict | None = None, device: str | torch.device = "cpu",
 ):
-    """(MusicgenForConditionalGeneration with random weights, tokenizer); EnCodec at 16 kHz, 50 frames/s, 4 codebooks."""
+    """(MusicgenForConditionalGeneration with random weights, tokenizer); EnCodec at 16 kHz, 50 frames/s, 4 codebooks.
+
+    `text` overrides the T5 config (e.g. T5-base shapes for benchmarks; the word-level tokenizer's
+    ids stay valid for any vocabulary of at least len(TINY_WORDS)); the model is built on `device`.
+    """
     from transformers import (
         EncodecConfig,
         MusicgenConfig,
@@ -43,8 +48,9 @@ def tiny_musicgen(
     )
 
     torch.manual_seed(seed)
-    text = T5Config(vocab_size=len(TINY_WORDS), d_model=text_hidden_size, d_kv=12, d_ff=64, num_layers=1,
-                    num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    text_config = T5Config(**{**dict(vocab_size=len(TINY_WORDS), d_model=text_hidden_size, d_kv=12, d_ff=64,
+                                     num_layers=1, num_heads=4, pad_token_id=0, eos_token_id=1,
+                                     decoder_start_token_id=0), **(text or {})})
     # EnCodec's quantizer count is bandwidth / (frame rate x bits per code): ask for exactly K codebooks.
     bandwidth = num_codebooks * 50 * math.log2(vocab_size) / 1000
     audio = EncodecConfig(target_bandwidths=[bandwidth], sampling_rate=16000, audio_channels=1, num_filters=4,
@@ -54,8 +60,9 @@ def tiny_musicgen(
                                     num_attention_heads=num_heads, ffn_dim=ffn_dim or 4 * hidden_size,
                                     num_codebooks=num_codebooks, max_position_embeddings=max_positions,
                                     pad_token_id=vocab_size, bos_token_id=vocab_size, dropout=0.0)
-    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
-    model = MusicgenForConditionalGeneration(config).eval()
+    config = MusicgenConfig(text_encoder=text_config.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    with torch.device(device):
+        model = MusicgenForConditionalGeneration(config).eval()
     model.generation_config.decoder_start_token_id = vocab_size
     model.generation_config.pad_token_id = vocab_size
     model.generation_config.bos_token_id = vocab_size
