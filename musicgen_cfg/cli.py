@@ -10,7 +10,7 @@ import sys
 
 from musicgen_cfg.errors import UserError
 
-# Imported lazily inside main() so that `--help` on one command does not import torch for all.
+# Imported when the parser is built (torch and transformers load then: `--help` takes a few seconds).
 SUBCOMMAND_MODULES = [
     "musicgen_cfg.generate",
     "musicgen_cfg.pretrain",
