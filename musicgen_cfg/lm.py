@@ -205,6 +205,12 @@ class MusicgenLM(nn.Module):
         return self.logits(x)[:, :, 0]
 
 
+def compute_dtype(lm: MusicgenLM) -> torch.dtype:
+    """The dtype the projections produce: the autocast dtype inside autocast (k/v are bf16 there), else the weights'."""
+    device_type = lm.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else lm.dtype
+
+
 class KVCache:
     """Preallocated self-attention cache [B, H, max_steps, hd] per layer, plus the cross-attention K/V.
 
@@ -216,8 +222,9 @@ class KVCache:
         batch = len(cond)
         head_dim = config.hidden_size // config.num_attention_heads
         shape = (batch, config.num_attention_heads, max_steps, head_dim)
-        self.keys = [torch.zeros(shape, device=lm.device, dtype=lm.dtype) for _ in lm.stack.layers]
-        self.values = [torch.zeros(shape, device=lm.device, dtype=lm.dtype) for _ in lm.stack.layers]
+        dtype = compute_dtype(lm)
+        self.keys = [torch.zeros(shape, device=lm.device, dtype=dtype) for _ in lm.stack.layers]
+        self.values = [torch.zeros(shape, device=lm.device, dtype=dtype) for _ in lm.stack.layers]
         states, self.cross_mask = lm.project_condition(cond)
         self.cross = lm.cross_keys_values(states)
         self.steps = torch.arange(max_steps, device=lm.device)

@@ -71,7 +71,21 @@ def uniform_noise(seeds: torch.Tensor, step: torch.Tensor, num_codebooks: int, v
 def uniform_noise_at(rows: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     """The uniforms of `uniform_noise` at flat cells (codebook * V + token) [B or 1, ...] only; rows [B] from row_hashes."""
     bits = _hash32(_hash32(rows.view(-1, *([1] * (cells.dim() - 1))) ^ cells) + 0x9E3779B)
-    return ((bits >> 8).float() + 0.5) / float(1 << 24)
+    return uniform_from_bits(bits)
+
+
+_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
+
+
+def uniform_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes (int64 tensor) -> float32 uniforms strictly inside (0, 1), so Gumbel noise is finite.
+
+    The top 24 bits, centred in their bin: (b + 0.5) / 2^24. In float32 the largest b rounds up to
+    exactly 1.0 (whose Gumbel noise is +inf: that token would win whatever its probability, and
+    -inf + inf = NaN after filtering), so that one value is clamped to the largest float below 1;
+    every other value, and so every token sampled before this guard, is unchanged.
+    """
+    return (((bits >> 8).float() + 0.5) / float(1 << 24)).clamp_max_(_BELOW_ONE)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:

@@ -63,10 +63,32 @@ def tiny_musicgen(
     config = MusicgenConfig(text_encoder=text_config.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
     with torch.device(device):
         model = MusicgenForConditionalGeneration(config).eval()
+    randomize_codebooks(model.audio_encoder, seed)
     model.generation_config.decoder_start_token_id = vocab_size
     model.generation_config.pad_token_id = vocab_size
     model.generation_config.bos_token_id = vocab_size
     return model, tiny_tokenizer()
+
+
+@torch.no_grad()
+def randomize_codebooks(encodec, seed: int = 0, scale: float = 30.0) -> None:
+    """Make a randomly initialised transformers EncodecModel decode different codes to different audio, in place.
+
+    Its codebooks start as zeros (they are learned by k-means on real audio), so every code sequence
+    would decode to the same waveform and any reward or metric computed on audio would be blind to
+    the codes. Random codebooks fix that; the decoder's random biases are zeroed too, because they
+    otherwise dominate the output (codes would move it by ~0.5 %). With `scale` 30 the audio of
+    random codes has an RMS of ~0.025 and differs between code sequences by about its own size.
+    """
+    generator = torch.Generator().manual_seed(seed + 1)
+    for layer in encodec.quantizer.layers:
+        embed = scale * torch.randn(layer.codebook.embed.shape, generator=generator)
+        layer.codebook.embed.copy_(embed)
+        layer.codebook.embed_avg.copy_(embed)
+        layer.codebook.cluster_size.fill_(1.0)
+    for name, parameter in encodec.decoder.named_parameters():
+        if name.endswith("bias"):
+            parameter.zero_()
 
 
 def save_tiny_musicgen(path: str | Path, **kwargs) -> Path:

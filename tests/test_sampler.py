@@ -10,7 +10,8 @@ from musicgen_cfg.delay import (
     valid_step_mask,
 )
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.sampler import SamplingConfig, filter_logits, sample, uniform_noise
+from musicgen_cfg import sampler
+from musicgen_cfg.sampler import SamplingConfig, filter_logits, sample, uniform_from_bits, uniform_noise
 
 
 def test_delay_pattern_round_trip_and_layout():
@@ -38,6 +39,28 @@ def test_uniform_noise_is_uniform_and_seeded():
     assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
     assert torch.equal(u[0], uniform_noise(torch.tensor([1]), torch.tensor([3]), 4, 5000)[0])
     assert not torch.equal(u[0], u[1])
+
+
+def test_uniform_from_extreme_bits_is_strictly_inside_and_gumbel_finite():
+    bits = torch.cat([torch.arange(0, 1 << 12), torch.arange((1 << 32) - (1 << 12), 1 << 32)])  # both ends
+    u = uniform_from_bits(bits)
+    assert u.dtype == torch.float32 and (u > 0).all() and (u < 1).all()
+    assert torch.isfinite(-torch.log(-torch.log(u))).all()
+    assert u[-1] == 1.0 - 2.0**-24 and u[-(1 << 8) - 1] < u[-1]  # only the top value is clamped
+    assert torch.equal(u[:-(1 << 8)], ((bits[:-(1 << 8)] >> 8).float() + 0.5) / float(1 << 24))
+
+
+@pytest.mark.parametrize("top_k, top_p", [(2, 1.0), (None, 1.0), (2, 0.9)])
+def test_pad_id_is_never_sampled_even_at_the_extreme_noise(monkeypatch, top_k, top_p):
+    """All noise at its largest value (the old +inf case): every filtered path still picks a real token."""
+    vocab = 8
+    monkeypatch.setattr(sampler, "uniform_noise_at",
+                        lambda rows, cells: uniform_from_bits(torch.full(cells.shape, (1 << 32) - 1)))
+    logits = torch.log(torch.tensor([0.4, 0.3, 0.2, 0.05, 0.03, 0.01, 0.005, 0.005])).expand(3, 4, vocab)
+    tokens = sampler.pick_tokens(logits, SamplingConfig(top_k=top_k, top_p=top_p), torch.tensor([0, 1, 2]),
+                                 torch.tensor([5]))
+    assert tokens.shape == (3, 4) and (tokens >= 0).all() and (tokens < vocab).all()
+    assert (tokens == 0).all()  # equal noise everywhere: the most likely token wins
 
 
 def test_sampling_matches_softmax_frequencies(tiny_model):
