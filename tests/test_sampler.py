@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from musicgen_cfg import sampler
 from musicgen_cfg.delay import (
     build_delay_pattern,
     revert_delay_pattern,
@@ -10,7 +11,6 @@ from musicgen_cfg.delay import (
     valid_step_mask,
 )
 from musicgen_cfg.errors import UserError
-from musicgen_cfg import sampler
 from musicgen_cfg.sampler import SamplingConfig, filter_logits, sample, uniform_from_bits, uniform_noise
 
 
