@@ -312,17 +312,16 @@ class Engine:
         return items
 
     def _diversity(self, outputs) -> tuple[float | None, str | None]:
-        """Mean pairwise 1 - cos of the set under the reward embedder, or (None, why not)."""
+        """Mean diversity reward of the set (rl/reward.py: gated, so silent takes earn 0), or (None, why not)."""
         if self.embedder is None:
             return None, self.embedder_note
         if len(outputs) < 2:
             return None, "diversity needs at least 2 variations"
-        from rl.diversity import pairwise_diversity
+        from rl.reward import group_rewards, reward_gate
 
-        length = max(len(o.audio) for o in outputs)
-        waves = torch.zeros(len(outputs), length)
-        for row, out in enumerate(outputs):
-            waves[row, : len(out.audio)] = torch.from_numpy(out.audio)
-        with torch.no_grad():
-            vectors = self.embedder.embed(waves, outputs[0].sample_rate)
-        return round(float(pairwise_diversity(vectors[None]).mean()), 4), None
+        # One prompt and duration: every variation has the same length, so nothing is padded.
+        waves = torch.stack([torch.from_numpy(o.audio) for o in outputs])
+        codes = torch.stack([o.codes for o in outputs])
+        scored = group_rewards(waves, outputs[0].sample_rate, codes, self.embedder,
+                               reward_gate("data", symbolic=self.model.is_symbolic))
+        return round(float(scored.rewards.mean()), 4), None

@@ -7,7 +7,7 @@
 
 One step, P prompts x G generations (follow it top to bottom in `train_step`):
   1. rollout  codes ~ student without CFG, no grad            [P*G, K, T]   sampler.sample
-  2. reward   r = mean sibling 1 - cos of the embedded audio;  A = advantages(r)   rl/diversity.py
+  2. reward   r = mean sibling 1 - cos of the embedded audio, per prompt, gated;  A = advantages(r)   rl/reward.py
   3. teacher  pi_gamma = softmax(uncond + gamma (cond - uncond)) of the FROZEN base, one batched pass
   4. student  logits with grad                                               scoring.score
   5. loss     mean over sequences of sum over tokens KL(pi_theta || pi_gamma)  -  beta * mean(A log pi_theta(y))
@@ -41,6 +41,7 @@ from musicgen_cfg.training import (
     write_run_info,
 )
 from rl.diversity import BASELINES, advantages, pairwise_diversity, reinforce_surrogate
+from rl.reward import diversity_rewards, parse_gate_spec, reward_gate
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 DATA_SOURCES = ("on_policy", "teacher", "mixed")
@@ -62,6 +63,10 @@ class DistillConfig:
     top_k: int | None = field(None, "rollout top-k (None = full distribution, as the KL assumes)")
     embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id> | none (only with beta = 0: no reward logging)")
     baseline: str = field("loo", "REINFORCE baseline: loo | batch_mean | none")
+    reward_gate: str = field("data", "degenerate clips earn no diversity reward: data (outside the real data's range: "
+                             "default world, sounding fraction or onset rate below the 0.1% quantile of the shipped "
+                             "dataset; audio, over half of the 100 ms windows below -60 dBFS) | data:Q (quantile Q) | "
+                             "none (the paper's ungated reward); see rl/reward.py")
     normalize_advantages: bool = field(False, "divide advantages by their batch std")
     data: str = field("on_policy", "rollouts from: on_policy (student) | teacher (CFG teacher) | mixed")
     teacher_fraction: float = field(0.5, "with data=mixed: probability that a step uses teacher rollouts")
@@ -98,6 +103,7 @@ class DistillConfig:
             raise UserError(f"unknown data source {self.data!r}; choose {', '.join(DATA_SOURCES)}")
         if self.baseline not in BASELINES:
             raise UserError(f"unknown baseline {self.baseline!r}; choose {', '.join(BASELINES)}")
+        parse_gate_spec(self.reward_gate)
         if not 0 < self.jsd_weight < 1:
             raise UserError(f"jsd_weight must be in (0, 1), got {self.jsd_weight}")
         if not 0 <= self.teacher_fraction <= 1:
@@ -200,6 +206,7 @@ class Distiller:
         self.teacher.lm.eval().requires_grad_(False)
         self.gamma = config.guidance_scale if config.guidance_scale is not None else self.teacher.default_guidance_scale
         self.embedder = load_embedder(config.embedder) if config.generations >= 2 and config.embedder != "none" else None
+        self.gate = reward_gate(config.reward_gate, self.student.is_symbolic)
         self.optimizer = torch.optim.AdamW(self.student.lm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps, floor=1.0))
@@ -224,10 +231,8 @@ class Distiller:
 
     @torch.no_grad()
     def diversity_rewards(self, codes: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """[P*G, K, T] codes (siblings adjacent) -> rewards [P, G]."""
-        audio = self.student.codec.decode(codes.cpu(), prompts)
-        embeddings = self.embedder.embed(audio, self.student.codec.sample_rate)
-        return pairwise_diversity(embeddings.view(-1, self.config.generations, embeddings.shape[-1]))
+        """[P*G, K, T] codes (siblings adjacent) -> rewards [P, G], each prompt's group on its own (rl/reward.py)."""
+        return diversity_rewards(codes, prompts, self.config.generations, self.student.codec, self.embedder, self.gate)
 
     def train_step(self, step: int) -> dict[str, float]:
         config, accelerator = self.config, self.accelerator

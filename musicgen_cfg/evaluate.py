@@ -8,8 +8,12 @@ Per run directory (one model, one sampling setting; the manifest written by `gen
   (per-sample metrics, "quality" among them, plus the FAD-style `distribution_distance`);
   real MusicGen -> the CLAP text-audio cosine (`clap_score`, also reported as "quality"; needs --clap).
 - diversity: per prompt, the mean pairwise 1 - cos among its samples (the training reward,
-  rl/diversity.py) and the Vendi score, under the reward embedder AND a held-out embedder training never
-  saw (default world: the judges' code embedder; real: the CLAP audio tower).
+  rl/reward.py) and the Vendi score, under the reward embedder AND a held-out embedder training never
+  saw (default world: the judges' code embedder; real: the CLAP audio tower); default world also the
+  note-level measures of musicgen_cfg/note_diversity.py (pitch-class, interval and rhythm histograms).
+  Clips the reward gate calls degenerate (--reward-gate) add no diversity: pairs with one count 0 and
+  the Vendi scores count the music samples only. degenerate_rate, silent_rate (every 100 ms window
+  below -60 dBFS) and silent_window_fraction report how often that happens.
 - cost: LM row-forward passes per generated second (one per decoder step and sequence; CFG runs the
   conditional and the null row, so 2 per step when gamma != 1) and measured wall seconds per generated
   second (manifest wall_time_s over the audio's length).
@@ -37,10 +41,13 @@ from musicgen_cfg.checkpoint import file_sha256, read_json, state_sha256, write_
 from musicgen_cfg.delay import num_steps
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.generate import MANIFEST, load_manifest
+from musicgen_cfg.note_diversity import group_note_diversity
 from musicgen_cfg.training import field
+from rl.diversity import pairwise_diversity, vendi_from_similarity
+from rl.reward import group_rewards, parse_gate_spec, reward_gate, silent_window_fraction
 
 # Bump when a metric's definition changes: cached metrics.json files of older versions are recomputed.
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
 WORLDS = ("auto", "default", "real")
 JUDGES_SPEC = "judges"
@@ -61,8 +68,10 @@ class EvaluateConfig:
     world: str = field("auto", "auto (from the run's model config) | default (symbolic codec) | real")
     bootstrap: int = field(1000, "bootstrap resamples over prompts for the 95% CIs")
     seed: int = field(0, "bootstrap seed")
+    reward_gate: str = field("data", "degenerate-clip gate of the diversity measures (rl/reward.py): data | data:Q | none")
 
     def __post_init__(self):
+        parse_gate_spec(self.reward_gate)
         if self.world not in WORLDS:
             raise UserError(f"--world must be one of {', '.join(WORLDS)}, got {self.world!r}")
         if self.bootstrap < 1:
@@ -73,11 +82,13 @@ class EvaluateConfig:
 
 # ----------------------------------------------------------------------------------------- metrics
 
-def mean_pairwise_distance(embeddings: np.ndarray) -> float:
-    """Mean 1 - cos over the pairs of one prompt's samples, embeddings [G >= 2, D]: the training reward's mean."""
-    from rl.diversity import pairwise_diversity
+def mean_pairwise_distance(embeddings: np.ndarray, music: np.ndarray | None = None) -> float:
+    """Mean 1 - cos over the pairs of one prompt's samples, embeddings [G >= 2, D]: the training reward's mean.
 
-    return float(pairwise_diversity(torch.as_tensor(np.asarray(embeddings, dtype=np.float32))[None]).mean())
+    music: bool [G] from the reward gate; pairs with a degenerate sample count 0 (None = all music).
+    """
+    mask = None if music is None else torch.as_tensor(np.asarray(music, dtype=bool))[None]
+    return float(pairwise_diversity(torch.as_tensor(np.asarray(embeddings, dtype=np.float32))[None], mask).mean())
 
 
 def vendi_score(embeddings: np.ndarray) -> float:
@@ -87,9 +98,7 @@ def vendi_score(embeddings: np.ndarray) -> float:
     """
     x = np.asarray(embeddings, dtype=np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    eigenvalues = np.clip(np.linalg.eigvalsh(x @ x.T / len(x)), 0.0, None)  # PSD up to rounding
-    eigenvalues = eigenvalues[eigenvalues > 1e-12]
-    return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+    return vendi_from_similarity(x @ x.T)
 
 
 def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
@@ -298,6 +307,8 @@ class Evaluator:
             used["quality"] = {"spec": JUDGES_SPEC, **_judges_identity(self.judges())}
         else:
             used["quality"] = {"spec": f"clap:{self.clap().source}", "sha256": _weights_sha(self.clap().audio)}
+        gate = reward_gate(self.config.reward_gate, symbolic=world == "default")
+        used["reward_gate"] = {"spec": self.config.reward_gate, "class": type(gate).__name__, **vars(gate)}
         return used
 
     def evaluate(self, run_dir: str | Path, force: bool = False) -> dict:
@@ -341,13 +352,16 @@ class Evaluator:
         if min(len(samples) for samples in groups.values()) < 2:
             raise UserError("diversity needs >= 2 samples per prompt; generate with --num-samples 2 or more")
         reward = self.embedder(self.config.reward_embedder)
+        gate = reward_gate(self.config.reward_gate, symbolic=world == "default")
         per_prompt = defaultdict(list)
         for samples in groups.values():
             prompts = [s.entry["prompt"] for s in samples]
             rate = samples[0].entry["sample_rate"]
             audio = _pad_stack([s.audio for s in samples])
             codes = _pad_stack([s.codes for s in samples])  # samples of one prompt have one length
-            vectors = {"reward": reward.embed(torch.from_numpy(audio), rate).numpy()}
+            scored = group_rewards(torch.from_numpy(audio), rate, codes, reward, gate)
+            music = scored.music
+            vectors = {"reward": scored.embeddings.numpy()}
             if heldout == JUDGES_SPEC:
                 vectors["heldout"] = np.asarray(self.judges().embed_codes(codes))
             else:
@@ -363,8 +377,15 @@ class Evaluator:
                 per_prompt["clap_score"].append(float(scores.mean()))
                 per_prompt["quality"].append(float(scores.mean()))
             for which, emb in vectors.items():
-                per_prompt[f"diversity_{which}"].append(mean_pairwise_distance(emb))
-                per_prompt[f"vendi_{which}"].append(vendi_score(emb))
+                per_prompt[f"diversity_{which}"].append(mean_pairwise_distance(emb, music))
+                per_prompt[f"vendi_{which}"].append(vendi_score(emb[music]) if music.any() else 0.0)
+            if world == "default":
+                for name, value in group_note_diversity(codes, music).items():
+                    per_prompt[name].append(value)
+            silent = silent_window_fraction(torch.from_numpy(audio), rate)
+            per_prompt["degenerate_rate"].append(float(1.0 - music.mean()))
+            per_prompt["silent_rate"].append(float((silent == 1.0).mean()))
+            per_prompt["silent_window_fraction"].append(float(silent.mean()))
             seconds = sum(len(s.audio) for s in samples) / rate
             gamma = float(samples[0].entry["sampling"]["guidance_scale"])
             passes = sum(forward_passes(s.codes.shape[-1], s.codes.shape[0], gamma) for s in samples)
@@ -447,6 +468,7 @@ def register(subparsers):
     parser.add_argument("--world", default="auto", choices=WORLDS, help=_help("world"))
     parser.add_argument("--bootstrap", type=int, default=1000, help=_help("bootstrap"))
     parser.add_argument("--seed", type=int, default=0, help=_help("seed"))
+    parser.add_argument("--reward-gate", default="data", help=_help("reward_gate"))
     parser.add_argument("--force", action="store_true", help="recompute even when metrics.json is up to date")
     parser.set_defaults(func=main)
 

@@ -22,6 +22,7 @@ exact gradient on a categorical bandit. Run those tests with `pytest tests/test_
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,13 +63,17 @@ class DiversityRewardConfig:
             )
 
 
-def pairwise_diversity(embeddings: torch.Tensor) -> torch.Tensor:
+def pairwise_diversity(embeddings: torch.Tensor, music: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cosine distance of each generation to its siblings.
 
     embeddings: [P, G, D] (P prompts, G >= 2 generations each; need not be unit vectors; an all-zero
-    vector counts as orthogonal to everything). Returns rewards [P, G] in [0, 2]: 0 when all siblings
-    embed identically, 1 when orthogonal, 2 when opposite. No gradient flows to the embeddings'
-    producer on purpose: the reward is a score, not a differentiable target.
+    vector counts as orthogonal to everything). music: optional bool [P, G], False for a degenerate
+    generation (the gate of rl/reward.py): every pair it is part of counts as distance 0, so it earns
+    0 and cannot raise its siblings' rewards by being far from them. The divisor stays G - 1, which
+    keeps d'_ij = music_i music_j d_ij a symmetric pairwise reward, as `advantages` assumes.
+    Returns rewards [P, G] in [0, 2]: 0 when all siblings embed identically, 1 when orthogonal,
+    2 when opposite. No gradient flows to the embeddings' producer on purpose: the reward is a score,
+    not a differentiable target.
     """
     if embeddings.dim() != 3 or embeddings.shape[1] < 2:
         raise ValueError(f"expected embeddings [P, G >= 2, D], got {tuple(embeddings.shape)}")
@@ -76,7 +81,26 @@ def pairwise_diversity(embeddings: torch.Tensor) -> torch.Tensor:
     distance = 1.0 - unit @ unit.transpose(1, 2)  # [P, G, G]; diagonal is 0 up to rounding
     distance = distance.clamp(0.0, 2.0)
     distance = distance * (1.0 - torch.eye(unit.shape[1], device=unit.device))
+    if music is not None:
+        if music.shape != embeddings.shape[:2]:
+            raise ValueError(f"music mask {tuple(music.shape)} does not match embeddings {tuple(embeddings.shape)}")
+        keep = music.to(device=unit.device, dtype=unit.dtype)
+        distance = distance * keep[:, :, None] * keep[:, None, :]
     return distance.sum(dim=2) / (unit.shape[1] - 1)
+
+
+def vendi_from_similarity(similarity) -> float:
+    """exp(entropy of the eigenvalues of K / n) for a PSD similarity matrix K [n, n] with unit diagonal.
+
+    The effective number of distinct items: 1 when all are identical (K all ones), n when all are
+    unrelated (K = identity).
+    """
+    k = np.asarray(similarity, dtype=np.float64)
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] == 0:
+        raise ValueError(f"expected a square similarity matrix [n >= 1, n], got {k.shape}")
+    eigenvalues = np.clip(np.linalg.eigvalsh(k / len(k)), 0.0, None)  # PSD up to rounding
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
 
 
 def advantages(
