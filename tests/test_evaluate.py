@@ -100,12 +100,11 @@ def write_default_world_run(directory, model_dir, rate_of=lambda i: 16000):
     (model_dir / "config.json").write_text(json.dumps({"musicgen_cfg": {"codec": "symbolic"}}))
     codes = load_dataset("test").codes(range(4))[:, :, :16].astype(np.int64)
     prompts = ["a calm chorale for organ", "a calm chorale for organ", "a fast jig on fiddle", "a fast jig on fiddle"]
-    audio = SymbolicCodec().decode(codes, prompts).numpy()
     directory.mkdir(parents=True)
     lines = []
     for i in range(4):
         name = f"{i}.wav"
-        sf.write(directory / name, audio[i], rate_of(i))
+        sf.write(directory / name, SymbolicCodec().decode(codes[i : i + 1], prompts[i : i + 1])[0].numpy(), rate_of(i))
         np.save(directory / f"{name}.codes.npy", codes[i].astype(np.int16))
         lines.append(json.dumps({"file": name, "codes_file": f"{name}.codes.npy", "prompt": prompts[i],
                                  "prompt_index": i // 2, "sample_index": i % 2, "seed": i, "model": str(model_dir),
@@ -190,6 +189,8 @@ def test_evaluate_tiny_real_run(tiny_run, clap_dir, reward_dir, tmp_path, capsys
     assert -1 <= metrics["clap_score"]["mean"] <= 1 and metrics["quality"] == metrics["clap_score"]
     # (exact diversity values are checked on the default-world run below)
     assert 0 <= metrics["diversity_reward"]["mean"] <= 2 and 1 - 1e-6 <= metrics["vendi_heldout"]["mean"] <= 3
+    assert result["components"]["reward_gate"]["class"] == "AudioGate" and metrics["degenerate_rate"]["mean"] == 0
+    assert "note_diversity" not in metrics  # note-level measures read symbolic codes: default world only
     # tiny EnCodec: 50 frames/s, 4 codebooks; 0.2 s = 10 frames -> 13 steps, x2 for CFG, per 0.2 s of audio
     assert metrics["lm_passes_per_second"]["mean"] == pytest.approx(26 / 0.2, rel=1e-6)
     rows = list(csv.DictReader(table.open()))
@@ -218,6 +219,31 @@ def test_evaluate_default_world_uses_the_judges(tmp_path, reward_dir):
     assert result["metrics"]["distribution_distance"] == {"mean": pytest.approx(codes.mean()), "ci_low": None,
                                                           "ci_high": None, "num_prompts": 2}
     assert result["metrics"]["seconds_per_second"]["mean"] > 0
+
+
+def test_evaluate_default_world_reports_degenerate_clips_and_note_level_diversity(tmp_path, reward_dir):
+    from musicgen_cfg.codecs.symbolic import SymbolicCodec
+    from musicgen_cfg.note_diversity import group_note_diversity
+
+    run = tmp_path / "run"
+    codes = write_default_world_run(run, tmp_path / "model")
+    codes[3] = 0  # the second prompt's second sample falls silent
+    np.save(run / "3.wav.codes.npy", codes[3].astype(np.int16))
+    sf.write(run / "3.wav", SymbolicCodec().decode(codes[3:], ["a fast jig on fiddle"])[0].numpy(), 16000)
+    result = Evaluator(EvaluateConfig(reward_embedder=str(reward_dir), bootstrap=10), judges=FakeJudges()).evaluate(run)
+    per_prompt = result["per_prompt"]
+    assert per_prompt["degenerate_rate"] == [0.0, 0.5] and per_prompt["silent_rate"] == [0.0, 0.5]
+    assert per_prompt["silent_window_fraction"][1] >= 0.5
+    # With one of two samples degenerate, the prompt has no diversity under any measure.
+    for name in ("diversity_reward", "diversity_heldout", "note_diversity", "note_distance_rhythm"):
+        assert per_prompt[name][1] == 0.0 and per_prompt[name][0] > 0
+    assert per_prompt["vendi_reward"][1] == pytest.approx(1.0)
+    expected = group_note_diversity(codes[:2])
+    assert {name: per_prompt[name][0] for name in expected} == pytest.approx(expected)
+    assert result["components"]["reward_gate"]["class"] == "CodesGate"
+    ungated = Evaluator(EvaluateConfig(reward_embedder=str(reward_dir), bootstrap=10, reward_gate="none"),
+                        judges=FakeJudges()).evaluate(run)
+    assert ungated["per_prompt"]["degenerate_rate"] == [0.0, 0.0] and ungated["per_prompt"]["diversity_reward"][1] > 0
 
 
 def test_evaluate_default_world_with_the_real_judges(tmp_path, reward_dir, capsys):
