@@ -114,6 +114,19 @@ def test_compare_with_base_cfg(served):
     assert all(e["guidance_scale"] == 3.0 and e["sampling"]["guidance_scale"] == 3.0 for e in base_entries)
 
 
+def test_shown_diversity_is_the_gated_reward(served):
+    from dataclasses import replace
+
+    from musicgen_cfg.sampler import SamplingConfig
+
+    engine, _ = served
+    takes = engine.model.generate([PROMPT] * 2, [1, 2], 0.5, SamplingConfig())
+    value, note = engine._diversity(takes)
+    assert note is None and value > 0
+    silent = replace(takes[1], audio=np.zeros_like(takes[1].audio))
+    assert engine._diversity([takes[0], silent]) == (0.0, None)  # a silent take adds no diversity
+
+
 @pytest.mark.parametrize("override, message", [
     ({"lam": 1.5}, "lambda must be between 0 (quality) and 1 (diversity), got 1.5"),
     ({"variations": 0}, "the number of variations must be between 1 and 8, got 0"),
