@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.note_diversity import sounding_frames
 from rl.diversity import pairwise_diversity
 
 DATA_QUANTILE = 0.001
@@ -76,8 +77,6 @@ class OpenGate:
 
 def codes_statistics(codes) -> tuple[np.ndarray, np.ndarray]:
     """codes [N, 4, T] -> (sounding fraction [N], onset rate [N]): shares of frames where some voice sounds / starts a note."""
-    from musicgen_cfg.note_diversity import sounding_frames
-
     codes = np.asarray(codes)
     if codes.ndim != 3 or codes.shape[-1] == 0:
         raise ValueError(f"expected codes [N, K, T > 0], got {codes.shape}")
