@@ -481,7 +481,8 @@ def main(args) -> int:
         result = evaluator.evaluate(run, force=args.force)
         rows += csv_rows(result)
         shown = ", ".join(f"{name} {result['metrics'][name]['mean']:.4f}" for name in
-                          ("quality", "diversity_reward", "diversity_heldout") if name in result["metrics"])
+                          ("quality", "diversity_reward", "diversity_heldout", "note_diversity", "degenerate_rate")
+                          if name in result["metrics"])
         print(f"{run}: {shown} ({result['num_prompts']} prompts) -> {Path(run) / METRICS_JSON}")
     if args.out:
         write_csv(rows, Path(args.out))
