@@ -34,14 +34,10 @@ PROMPTS = ["sad piano", "a joyful jig with drums"]
 
 @pytest.fixture(scope="session")
 def clap_dir(tmp_path_factory):
-    """A tiny random CLAP (from test_embedders) plus a word-level tokenizer, so it also scores text."""
-    from test_embedders import _tiny_clap_dir
+    """A tiny random CLAP with a word-level tokenizer, so it also scores text."""
+    from musicgen_cfg.tiny import save_tiny_clap
 
-    from musicgen_cfg.tiny import tiny_tokenizer
-
-    directory = _tiny_clap_dir(tmp_path_factory.mktemp("clap"), fusion=False)
-    tiny_tokenizer().save_pretrained(directory)
-    return directory
+    return save_tiny_clap(tmp_path_factory.mktemp("clap") / "clap")
 
 
 @pytest.fixture(scope="session")
