@@ -42,9 +42,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicgen_cfg.audio_metrics import ENCODEC_EMBEDDING, EncodecEmbedder, clip_features, embed_files, reference_files
+from musicgen_cfg.audio_metrics import (
+    ENCODEC_EMBEDDING,
+    EncodecEmbedder,
+    clip_features,
+    embed_files,
+    kernel_distance,
+    reference_files,
+)
 from musicgen_cfg.audio_metrics import fad as frechet_audio_distance
-from musicgen_cfg.audio_metrics import kernel_distance
 from musicgen_cfg.checkpoint import file_sha256, read_json, state_sha256, write_json
 from musicgen_cfg.delay import num_steps
 from musicgen_cfg.errors import UserError
