@@ -17,6 +17,7 @@ its own seed, so resumed and batched runs give the same files.
 
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,6 +198,10 @@ def main(args) -> int:
     max_seconds = _max_duration(model, prompts)
     if config.duration > max_seconds:
         raise UserError(f"--duration {config.duration} s is too long for this model (at most {max_seconds:.1f} s)")
+    recommended = model.default_guidance_scale
+    if args.guidance_scale is None and recommended != 1.0 and model_provenance(model)["teacher_guidance_scale"] is None:
+        print(f"note: sampling without CFG (gamma 1); {args.model} is meant to be sampled with gamma {recommended:g} "
+              f"(its generation config): pass --guidance-scale {recommended:g} for that", file=sys.stderr)
     began = time.perf_counter()
     entries = run_generation(model, prompts, config, sampling, Path(args.out),
                              progress=lambda done, total: print(f"  {done}/{total} generated", flush=True))

@@ -92,3 +92,13 @@ def test_app_and_demo_share_the_server_options():
     options = ("no_browser", "host", "port", "share", "device", "out")
     assert {k: getattr(demo, k) for k in options} == {k: getattr(app, k) for k in options}
     assert app.no_browser and app.port == 7999
+
+
+def test_generate_without_gamma_says_what_the_checkpoint_recommends(tiny_dir, tmp_path, capsys):
+    from musicgen_cfg.cli import main
+
+    args = ["generate", "--model", str(tiny_dir), "--prompt", "sad piano", "--duration", "0.2", "--out"]
+    assert main([*args, str(tmp_path / "plain")]) == 0
+    assert "pass --guidance-scale 3 for that" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "cfg"), "--guidance-scale", "3"]) == 0
+    assert "note:" not in capsys.readouterr().err
