@@ -89,10 +89,15 @@ def write_processor(directory: Path, config: dict) -> None:
 
 
 def licence(base_model: str | None) -> tuple[str, str]:
-    """(model card licence tag, sentence) of weights finetuned from `base_model`."""
+    """(model card licence tag, sentence) of weights finetuned from `base_model`; a local base that is itself
+    an export or merge passes on the licence it recorded."""
     for prefix, value in LICENCES.items():
         if base_model and str(base_model).startswith(prefix):
             return value
+    config = Path(str(base_model)) / "config.json"
+    recorded = (read_json(config).get(PROJECT_KEY) or {}).get("license") if base_model and config.is_file() else None
+    if recorded:
+        return recorded, f"{recorded}, as recorded by the base model {base_model}"
     return "other", f"The licence of the base weights ({base_model}) applies: check it before you share or use this model"
 
 

@@ -81,6 +81,14 @@ def test_licence_follows_the_base_weights():
     assert tag == "other" and "/data/my-model" in text
 
 
+def test_an_export_of_an_export_keeps_the_licence(tiny_dir, tmp_path):
+    model = load_model(str(tiny_dir))
+    first = export_model(model, tmp_path / "first", {"beta": 0.0, "base_model": "facebook/musicgen-small"})
+    again = export_model(load_model(str(first)), tmp_path / "again", {"beta": 0.0, "base_model": str(first)})
+    assert licence(str(first))[0] == "cc-by-nc-4.0"
+    assert (again / "README.md").read_text().startswith("---\nlicense: cc-by-nc-4.0\n")
+
+
 def test_app_and_demo_share_the_server_options():
     from app import cli
 
