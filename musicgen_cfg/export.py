@@ -130,10 +130,11 @@ def model_card(config: dict, metrics: dict | None = None) -> str:
             ("sequences per step", training.get("prompts_per_step") and
              f"{training['prompts_per_step']} prompts x {training.get('generations')} generations"),
             ("reward embedder", training.get("embedder") if beta else None)]
+    no_cfg = ("sample it with gamma 1, the default of `musicgen-cfg generate`" if symbolic else
+              "`generation_config.json` sets `guidance_scale` to 1")
     lines = [*front, "", "# MusicGen, CFG-distilled (musicgen-cfg)", "",
              "Diversity-rewarded CFG distillation (Cideron et al., ICLR 2025) of a MusicGen model: it samples "
-             "**without classifier-free guidance** (one forward pass per step), so `generation_config.json` sets "
-             "`guidance_scale` to 1.", "", "| | |", "|---|---|"]
+             f"**without classifier-free guidance** (one forward pass per step), so {no_cfg}.", "", "| | |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows if value is not None]
     lines += ["", "## Metrics", ""]
     if metrics:
