@@ -7,7 +7,7 @@
 
 Both take the same server options (--host, --port, --share, --device, --out, --no-browser). `app`
 takes checkpoint directories, training run directories (their final export, else their latest
-checkpoint) or, for --base, a hub id.
+checkpoint), the shipped default-quality / default-diversity, or, for --base, also a hub id.
 
 `demo` serves default-quality and default-diversity with the base model `default` for the CFG
 comparison. Until the shipped quality/diversity models are built (musicgen_cfg/assets/default/quality,
@@ -120,9 +120,10 @@ def run_app(args) -> int:
 
     resolved = {}
     for flag, value in (("--quality", args.quality), ("--diversity", args.diversity)):
-        if not Path(value).is_dir():
-            raise UserError(f"{flag} {value} is not a checkpoint or training run directory")
-        resolved[flag] = resolve_spec(value, log=log)
+        resolved[flag] = resolve_spec(value, log=log)  # default-quality, ... -> the shipped directory
+        if not Path(resolved[flag]).is_dir():
+            raise UserError(f"{flag} {value} is not a checkpoint or training run directory (nor default-quality, "
+                            f"default-diversity)")
     embedder = args.embedder
     if embedder is None:  # default-world checkpoints come with the shipped embedder when it exists
         config = read_json(Path(resolved["--quality"]) / "config.json")
