@@ -73,14 +73,15 @@ def gaussian_fit(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu_a: np.ndarray, sigma_a: np.ndarray, mu_b: np.ndarray, sigma_b: np.ndarray) -> float:
-    """Fréchet distance between N(mu_a, sigma_a) and N(mu_b, sigma_b): means [D], covariances [D, D]."""
-    from scipy.linalg import sqrtm
+    """Fréchet distance between N(mu_a, sigma_a) and N(mu_b, sigma_b): means [D], covariances [D, D] (PSD).
 
-    root = sqrtm(sigma_a @ sigma_b)
-    if not np.isfinite(root).all():  # singular product: regularise as the FAD reference code does
-        offset = 1e-6 * np.eye(len(sigma_a))
-        root = sqrtm((sigma_a + offset) @ (sigma_b + offset))
-    distance = float(np.sum((mu_a - mu_b) ** 2) + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.trace(root.real))
+    tr((S_a S_b)^(1/2)) is computed as the sum of the square roots of the eigenvalues of the symmetric
+    PSD matrix S_a^(1/2) S_b S_a^(1/2), which has the same eigenvalues: stable for the singular
+    covariances of sets smaller than the embedding size, where a general matrix square root is not."""
+    values, vectors = np.linalg.eigh(sigma_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sigma_b @ root_a), 0.0, None)).sum()
+    distance = float(np.sum((mu_a - mu_b) ** 2) + np.trace(sigma_a) + np.trace(sigma_b) - 2 * cross)
     return max(distance, 0.0)  # rounding can give -1e-12 for identical sets
 
 

@@ -41,6 +41,16 @@ def test_frechet_distance_matches_the_closed_form_for_diagonal_gaussians():
     assert frechet_distance(mu_a, sigma, mu_a, sigma) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_frechet_distance_equals_the_matrix_square_root_formula():
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(3)
+    for dims, samples in ((4, 50), (8, 5)):  # full rank, and singular (fewer samples than dimensions)
+        a, b = rng.normal(size=(samples, dims)), rng.normal(size=(samples, dims)) * 2 + 1
+        (mu_a, s_a), (mu_b, s_b) = (a.mean(0), np.cov(a, rowvar=False)), (b.mean(0), np.cov(b, rowvar=False))
+        direct = np.sum((mu_a - mu_b) ** 2) + np.trace(s_a + s_b - 2 * linalg.sqrtm(s_a @ s_b).real)
+        assert frechet_distance(mu_a, s_a, mu_b, s_b) == pytest.approx(direct, rel=1e-5)
+
+
 def test_fad_is_zero_for_one_set_and_grows_with_a_shift():
     x = np.random.default_rng(1).normal(size=(40, 4))
     assert fad(x, x) == pytest.approx(0.0, abs=1e-6)
