@@ -386,6 +386,14 @@ def export(distiller: Distiller, config: DistillConfig, run_dir: Path, command: 
                         metrics=final_metrics(run_dir / "metrics.csv"))
 
 
+CARD_METRICS = {  # metrics.csv column -> how the model card names its last logged value
+    "kl": "KL to the CFG teacher, last training step (nats per sequence)",
+    "heldout_kl": "KL to the CFG teacher on held-out prompts (nats per sequence)",
+    "reward_mean": "diversity reward, last training step",
+    "heldout_diversity": "diversity on held-out prompts (reward embedder)",
+}
+
+
 def final_metrics(path: Path) -> dict[str, float]:
     """The last logged value of each held-out metric and of the training KL / reward, for the model card."""
     import csv
@@ -396,9 +404,9 @@ def final_metrics(path: Path) -> dict[str, float]:
         rows = list(csv.DictReader(f))
     found = {}
     for row in rows:
-        for name in ("kl", "reward_mean", "heldout_kl", "heldout_diversity"):
-            if row.get(name) not in (None, ""):
-                found[name] = float(row[name])
+        for column, label in CARD_METRICS.items():
+            if row.get(column) not in (None, ""):
+                found[label] = float(row[column])
     return found
 
 

@@ -112,7 +112,10 @@ def test_readme_workflow_end_to_end(tmp_path, monkeypatch, capsys):
         assert generation["guidance_scale"] == 1.0
         assert generation["musicgen_cfg"] | {"base_model": None} == {
             "teacher_guidance_scale": 3.0, "beta": beta, "lambda": None, "base_model": None}
-        assert f"| beta (diversity reward weight) | {beta} |" in (final / "README.md").read_text()
+        card = (final / "README.md").read_text()
+        assert f"| beta (diversity reward weight) | {beta} |" in card and "| training steps | 2 |" in card
+        assert "| KL to the CFG teacher on held-out prompts (nats per sequence) |" in card
+        assert card.startswith("---\nlicense: other\n")  # a local tiny base: its licence is unknown
 
     # 3. merge the run directories (= their final exports)
     out = run(capsys, substitute(by_step[3], tiny))
