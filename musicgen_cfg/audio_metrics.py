@@ -52,15 +52,20 @@ class EncodecEmbedder:
         return torch.nn.functional.normalize(self.features(waveforms, sample_rate), dim=-1)
 
 
-def clip_features(embedder, clips: list[np.ndarray], sample_rate: int) -> np.ndarray:
-    """One embedding per clip [N, D], clips of equal length batched (no zero padding enters a mean)."""
+def clip_features(embedder, clips: list[np.ndarray], sample_rate: int, batch_size: int = 16) -> np.ndarray:
+    """One embedding per clip [N, D]: `features` (unnormalised) where the embedder has them, else `embed`.
+
+    Clips of equal length are batched, at most `batch_size` at a time (EnCodec's first layers on a
+    batch of 10 s clips at 32 kHz take ~80 MB per clip), so no zero padding enters a mean."""
     extract = getattr(embedder, "features", embedder.embed)
     out: list[np.ndarray | None] = [None] * len(clips)
     for length in sorted({len(c) for c in clips}):
         rows = [i for i, c in enumerate(clips) if len(c) == length]
-        vectors = extract(torch.from_numpy(np.stack([clips[i] for i in rows]).astype(np.float32)), sample_rate)
-        for row, vector in zip(rows, vectors.numpy()):
-            out[row] = vector
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            vectors = extract(torch.from_numpy(np.stack([clips[i] for i in chunk]).astype(np.float32)), sample_rate)
+            for row, vector in zip(chunk, vectors.numpy()):
+                out[row] = vector
     return np.stack(out)
 
 

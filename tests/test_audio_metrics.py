@@ -84,6 +84,7 @@ def test_encodec_embedder_is_the_mean_of_the_encoder_latents(tiny_hf):
         direct = tiny_hf.audio_encoder.encoder(torch.from_numpy(np.stack([low, high]))[:, None]).mean(dim=-1)
     assert np.allclose(features[:2], direct.numpy(), atol=1e-6)
     assert np.array_equal(features[0], features[2]) and np.linalg.norm(features[0] - features[1]) > 1e-4
+    assert np.allclose(clip_features(embedder, [low, high, low, low[:4000]], RATE, batch_size=1), features, atol=1e-6)
     assert clip_features(embedder, tones([220], rate=32000), 32000).shape == (1, features.shape[1])  # resampled
     vectors = embedder.embed(torch.from_numpy(np.stack([low, high])), RATE)
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(2), atol=1e-5)
