@@ -2,8 +2,12 @@
 
     musicgen-cfg demo                        # shipped default models, 127.0.0.1, opens a browser (make demo)
     musicgen-cfg demo --no-browser --port 7861
-    musicgen-cfg app --quality runs/q/final --diversity runs/d/final --base facebook/musicgen-small \\
-        --embedder clap:laion/clap-htsat-unfused --device auto [--host 0.0.0.0 --port 7860] [--share]
+    musicgen-cfg app --quality runs/q --diversity runs/d --base facebook/musicgen-small \\
+        --embedder clap:laion/clap-htsat-unfused --device auto --no-browser [--host 0.0.0.0 --port 7860] [--share]
+
+Both take the same server options (--host, --port, --share, --device, --out, --no-browser). `app`
+takes checkpoint directories, training run directories (their final export, else their latest
+checkpoint), the shipped default-quality / default-diversity, or, for --base, also a hub id.
 
 `demo` serves default-quality and default-diversity with the base model `default` for the CFG
 comparison. Until the shipped quality/diversity models are built (musicgen_cfg/assets/default/quality,
@@ -35,18 +39,19 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     parser.add_argument("--out", default=None, help="folder for generated files + manifests (default: a new temp folder)")
+    parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
 
 
 def register(subparsers) -> None:
     demo = subparsers.add_parser("demo", help="launch the Gradio demo with the shipped default models",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _server_options(demo)
-    demo.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     demo.set_defaults(func=run_demo)
     app = subparsers.add_parser("app", help="serve your quality/diversity models in the Gradio demo",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    app.add_argument("--quality", required=True, help="the beta = 0 (quality) checkpoint directory")
-    app.add_argument("--diversity", required=True, help="the beta = 15 (diversity) checkpoint directory, same base")
+    app.add_argument("--quality", required=True, help="the beta = 0 (quality) checkpoint or training run directory")
+    app.add_argument("--diversity", required=True,
+                     help="the beta = 15 (diversity) checkpoint or training run directory, same base")
     app.add_argument("--base", default=None, help="base model (dir or hub id) for the 'compare with base + CFG' option")
     app.add_argument("--embedder", default=None,
                      help="reward embedder for the diversity readout: default, a trained dir, or clap:DIR "
@@ -71,7 +76,7 @@ def _out_root(out: str | None) -> Path:
     return Path(out) if out else Path(tempfile.mkdtemp(prefix="musicgen-cfg-app-"))
 
 
-def _serve(quality, diversity, base, embedder_spec, embedder_note, notes, args, inbrowser: bool) -> int:
+def _serve(quality, diversity, base, embedder_spec, embedder_note, notes, args) -> int:
     from app.engine import Engine
     from app.ui import launch
     from musicgen_cfg.model import pick_device
@@ -82,7 +87,7 @@ def _serve(quality, diversity, base, embedder_spec, embedder_note, notes, args, 
     engine = Engine.load(quality, diversity, base, embedder_spec, embedder_note, pick_device(args.device), out_root,
                          notes, log=log)
     log(f"generated files and manifest.jsonl go to {out_root}/session-*/")
-    launch(engine, args.host, args.port, share=args.share, inbrowser=inbrowser, log=log)
+    launch(engine, args.host, args.port, share=args.share, inbrowser=not args.no_browser, log=log)
     return 0
 
 
@@ -104,22 +109,27 @@ def run_demo(args) -> int:
     if not has_embedder:
         log(f"note: {EMBEDDER_MISSING}")
     return _serve(endpoints["quality"], endpoints["diversity"], Endpoint("base", "default", "default"),
-                  "default" if has_embedder else None, EMBEDDER_MISSING, notes, args, inbrowser=not args.no_browser)
+                  "default" if has_embedder else None, EMBEDDER_MISSING, notes, args)
 
 
 def run_app(args) -> int:
     from app.engine import Endpoint
     from musicgen_cfg.checkpoint import read_json
+    from musicgen_cfg.model import resolve_spec
     from rl.embedders import CONFIG_NAME, DEFAULT_EMBEDDER_DIR
 
+    resolved = {}
     for flag, value in (("--quality", args.quality), ("--diversity", args.diversity)):
-        if not Path(value).is_dir():
-            raise UserError(f"{flag} {value} is not a checkpoint directory")
+        resolved[flag] = resolve_spec(value, log=log)  # default-quality, ... -> the shipped directory
+        if not Path(resolved[flag]).is_dir():
+            raise UserError(f"{flag} {value} is not a checkpoint or training run directory (nor default-quality, "
+                            f"default-diversity)")
     embedder = args.embedder
     if embedder is None:  # default-world checkpoints come with the shipped embedder when it exists
-        symbolic = read_json(Path(args.quality) / "config.json").get("musicgen_cfg", {}).get("codec") == "symbolic"
-        if symbolic and (DEFAULT_EMBEDDER_DIR / CONFIG_NAME).is_file():
+        config = read_json(Path(resolved["--quality"]) / "config.json")
+        if config.get("musicgen_cfg", {}).get("codec") == "symbolic" and (DEFAULT_EMBEDDER_DIR / CONFIG_NAME).is_file():
             embedder = "default"
-    base = Endpoint("base", args.base, args.base) if args.base else None
-    return _serve(Endpoint("quality", args.quality, args.quality), Endpoint("diversity", args.diversity, args.diversity),
-                  base, embedder, NO_EMBEDDER, [], args, inbrowser=False)
+    base = Endpoint("base", args.base, resolve_spec(args.base, log=log)) if args.base else None
+    return _serve(Endpoint("quality", args.quality, resolved["--quality"]),
+                  Endpoint("diversity", args.diversity, resolved["--diversity"]),
+                  base, embedder, NO_EMBEDDER, [], args)

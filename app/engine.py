@@ -7,8 +7,14 @@ No Gradio here: app/ui.py builds the page and the API on top, app/cli.py starts 
 One module holds the served weights; `LiveMerge` rewrites them in place to
 (1 - lam) theta_q + lam theta_d when a request asks for another lam, so moving the slider never
 reloads anything. LiveMerge is not thread-safe, so setting lam and generating happen under one lock.
+
+Generated files go to OUT/session-<id>/<setting>/, one folder per model and sampling setting (e.g.
+`merged-lam0.7-1a2b3c`, `base-cfg-g3-4d5e6f`), each with a manifest.jsonl of
+`generate.record_generation` lines: the same record `musicgen-cfg generate` writes, so
+`musicgen-cfg evaluate OUT/session-<id>` evaluates a session setting by setting.
 """
 
+import hashlib
 import json
 import math
 import re
@@ -20,13 +26,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from app import plots
 from merging.merge import LiveMerge, check_compatible, open_checkpoint
+from musicgen_cfg.checkpoint import state_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.generate import MANIFEST, model_provenance
+from musicgen_cfg.generate import MANIFEST, load_manifest, model_provenance, record_generation
 from musicgen_cfg.model import MusicGen, load_model, resolve_spec
 from musicgen_cfg.sampler import SamplingConfig
 
@@ -139,6 +145,7 @@ class Engine:
         self.notes = notes
         self.lock = threading.Lock()
         self.examples = DEFAULT_EXAMPLES if model.is_symbolic else AUDIO_EXAMPLES
+        self._merged_sha: dict[float, str] = {}  # lam -> sha256 of theta(lam), hashed once per lam
 
     @classmethod
     def load(cls, quality: Endpoint, diversity: Endpoint, base: Endpoint | None, embedder_spec: str | None,
@@ -227,6 +234,17 @@ class Engine:
         return Request(prompt, lam, variations, duration, secrets.randbelow(MAX_SEED - MAX_VARIATIONS) if seed == -1
                        else seed, temperature, top_k or None, compare)
 
+    def served_provenance(self) -> dict:
+        """model_provenance of the weights served now, theta(lam): the quality model's source (its config and
+        codec), the sha256 of the merged weights, both betas, lam, and the teacher gamma. Call under the lock."""
+        lam = self.lam
+        if lam not in self._merged_sha:
+            self._merged_sha[lam] = state_sha256(self.model.lm.state_dict())
+        q, d = self.quality.provenance, self.diversity.provenance
+        betas, gammas = [q["beta"], d["beta"]], [q["teacher_guidance_scale"], d["teacher_guidance_scale"]]
+        return {"model": q["model"], "model_sha256": self._merged_sha[lam],
+                "beta": betas, "lambda": lam, "teacher_guidance_scale": gammas[0] if gammas[0] == gammas[1] else gammas}
+
     def set_lambda(self, lam) -> float:
         """Move the served weights to theta(lam) in place; returns the milliseconds it took."""
         lam = _as_number(lam, "lambda")
@@ -254,12 +272,14 @@ class Engine:
         with self.lock:
             self.merge.set_lambda(request.lam)
             outputs, seconds = self._timed_generate(self.model, request, seeds, sampling)
-        merged_record = {"model": "lerp(quality, diversity)", "lambda": request.lam, "guidance_scale": 1.0}
-        items = self._save(self.model, outputs, out_dir, run, "merged", request, sampling, seconds,
-                           {**merged_record, **endpoints})
+            served = self.served_provenance()
+        items = self._save(self.model, outputs, out_dir, run, "merged", request, sampling, seconds, served,
+                           {"weights": "lerp(quality, diversity)", "endpoints": endpoints})
         summary = {"prompt": request.prompt, "lambda": request.lam, "seeds": seeds, "duration": request.duration,
                    "temperature": request.temperature, "top_k": request.top_k, "guidance_scale": 1.0,
+                   "beta": served["beta"], "teacher_guidance_scale": served["teacher_guidance_scale"],
                    "time_s": round(seconds, 3), "files": [i.audio.name for i in items], "run": run,
+                   "folder": items[0].audio.parent.name,
                    "endpoints": {k: {"model": v["model"], "model_sha256": v["model_sha256"]} for k, v in endpoints.items()}}
         base_items = []
         if request.compare:
@@ -269,9 +289,10 @@ class Engine:
             with self.lock:
                 base_outputs, base_seconds = self._timed_generate(self.base, request, seeds, base_sampling)
             base_items = self._save(self.base, base_outputs, out_dir, run, "base-cfg", request, base_sampling,
-                                    base_seconds, {**self.base_endpoint.record(), "guidance_scale": gamma, **endpoints})
+                                    base_seconds, self.base_endpoint.provenance, {"endpoints": endpoints})
             summary["base"] = {"model": self.base_endpoint.provenance["model"], "guidance_scale": gamma,
-                               "time_s": round(base_seconds, 3), "files": [i.audio.name for i in base_items]}
+                               "time_s": round(base_seconds, 3), "files": [i.audio.name for i in base_items],
+                               "folder": base_items[0].audio.parent.name}
         progress(0.9, "measuring diversity")
         summary["diversity"], summary["diversity_note"] = self._diversity(outputs)
         if request.compare:
@@ -283,32 +304,32 @@ class Engine:
         outputs = model.generate([request.prompt] * len(seeds), seeds, request.duration, sampling)
         return outputs, time.perf_counter() - began
 
-    def _save(self, model: MusicGen, outputs, out_dir: Path, run: str, role: str, request: Request,
-              sampling: SamplingConfig, seconds: float, record: dict) -> list[Item]:
-        """WAV + codes + picture per output, and one manifest.jsonl line each (generate.py's fields)."""
-        import soundfile as sf
-
+    def _save(self, model: MusicGen, outputs, session_dir: Path, run: str, role: str, request: Request,
+              sampling: SamplingConfig, seconds: float, provenance: dict, extra: dict) -> list[Item]:
+        """WAV + codes + picture per output, and one manifest line each (generate.record_generation), in the
+        session's folder for this model and sampling setting; prompt_index counts that folder's prompts."""
         settings = {**asdict(sampling), "duration": request.duration}
+        key = json.dumps([provenance["model_sha256"], settings], sort_keys=True)
+        label = f"lam{provenance['lambda']:g}" if role == "merged" else f"g{sampling.guidance_scale:g}"
+        out_dir = session_dir / f"{role}-{label}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
+        out_dir.mkdir(exist_ok=True)
+        prompts = list(dict.fromkeys(entry["prompt"] for entry in load_manifest(out_dir)))
+        prompt_index = prompts.index(request.prompt) if request.prompt in prompts else len(prompts)
         items = []
         with open(out_dir / MANIFEST, "a") as manifest:
             for index, out in enumerate(outputs):
                 stem = f"{run}_{role}_{index}_s{out.seed}"
-                audio, image, codes = out_dir / f"{stem}.wav", out_dir / f"{stem}.png", out_dir / f"{stem}.wav.codes.npy"
-                sf.write(audio, np.clip(out.audio, -1, 1), out.sample_rate)
-                np.save(codes, out.codes.numpy().astype(np.int16))
+                image = out_dir / f"{stem}.png"
                 if model.is_symbolic:
                     from musicgen_cfg.codecs.symbolic import frame_seconds
 
                     plots.piano_roll(out.codes.numpy(), frame_seconds(out.render["tempo_bpm"]), image)
                 else:
                     plots.spectrogram(out.audio, out.sample_rate, image)
-                entry = {"file": audio.name, "codes_file": codes.name, "image_file": image.name, "run": run,
-                         "role": role, "prompt": out.prompt, "sample_index": index, "seed": out.seed, **record,
-                         "sampling": settings, "num_frames": int(out.codes.shape[-1]), "sample_rate": out.sample_rate,
-                         "render": out.render, "wall_time_s": round(seconds / len(outputs), 4),
-                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                manifest.write(json.dumps(entry) + "\n")
-                items.append(Item(audio, image, out.seed))
+                record_generation(manifest, out_dir, f"{stem}.wav", out, prompt_index=prompt_index, sample_index=index,
+                                  provenance=provenance, settings=settings, wall_time_s=seconds / len(outputs),
+                                  image_file=image.name, run=run, role=role, **extra)
+                items.append(Item(out_dir / f"{stem}.wav", image, out.seed))
         return items
 
     def _diversity(self, outputs) -> tuple[float | None, str | None]:

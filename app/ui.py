@@ -195,8 +195,11 @@ def build_app(engine: Engine) -> gr.Blocks:
             return {"lambda": engine.lam, "apply_ms": round(milliseconds, 3)}
 
         def info():
-            """The served models (sources, sha256), the lambda now loaded, gamma of the comparison, and the limits."""
-            return {"lambda": engine.lam, "guidance_scale": gamma, "notes": engine.notes,
+            """The served models (sources, sha256, beta, teacher gamma), the lambda now loaded and the provenance
+            of theta(lambda) (as in the manifest lines), gamma of the comparison, and the limits."""
+            with engine.lock:  # a generation in progress finishes first (the weights are in flux during set_lambda)
+                served = engine.served_provenance()
+            return {"lambda": served["lambda"], "served": served, "guidance_scale": gamma, "notes": engine.notes,
                     "quality": engine.quality.record(), "diversity": engine.diversity.record(),
                     "base": None if engine.base_endpoint is None else engine.base_endpoint.record(),
                     "limits": {"variations": MAX_VARIATIONS, "prompt_chars": MAX_PROMPT_CHARS,

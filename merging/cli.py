@@ -1,10 +1,13 @@
 """`musicgen-cfg merge`: mix the quality (beta = 0) and diversity (beta = 15) checkpoints.
 
+    musicgen-cfg merge --models runs/q runs/d --lam 0.5 --out runs/merged      # run dirs: their final exports
     musicgen-cfg merge --models Q D --lam 0.5 --out merged/
     musicgen-cfg merge --models Q D --sweep 0,0.25,0.5,0.75,1 --out sweep/     # sweep/lam_0.25, ...
     musicgen-cfg merge --models Q D --method task_arithmetic --base BASE --weights 0.5 0.5 --out DIR
 
-The merging itself lives in merging/merge.py.
+A model is a checkpoint directory, a `musicgen-cfg train` run directory (its final export, else its
+latest checkpoint, said on stderr) or a shipped default (default-quality, ...). The output is a
+hub-ready model directory (musicgen_cfg/export.py). The merging itself lives in merging/merge.py.
 """
 
 import argparse
@@ -22,7 +25,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--models", nargs="+", required=True, metavar="DIR", help="checkpoint dirs (quality first)"
+        "--models", nargs="+", required=True, metavar="DIR", help="checkpoint or training run dirs (quality first)"
     )
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("--lam", type=float, help="0 = first model, 1 = second model")
@@ -53,6 +56,10 @@ def parse_sweep(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from musicgen_cfg.model import resolve_spec
+
+    args.models = [resolve_spec(model) for model in args.models]
+    args.base = resolve_spec(args.base) if args.base is not None else None
     if args.sweep is not None:
         if args.weights is not None:
             raise UserError("--sweep varies lam; it cannot be combined with --weights")

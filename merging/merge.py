@@ -30,6 +30,7 @@ import torch
 
 from musicgen_cfg.checkpoint import atomic_directory, state_sha256
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.export import MODEL_CARD, TRAINING_STATE_FILES, write_hub_files
 
 METHODS = ("lerp", "slerp", "task_arithmetic")
 
@@ -47,7 +48,7 @@ NON_ARCHITECTURE_KEYS = frozenset({"_name_or_path", "transformers_version", "tor
 # or merged: distillation writes beta, teacher_guidance_scale, base_model, base_sha256); the
 # quality and diversity models differ there by design.
 PROVENANCE_KEYS = frozenset(
-    {"beta", "teacher_guidance_scale", "base_model", "base_sha256", "lambda", "merge", "training"}
+    {"beta", "teacher_guidance_scale", "base_model", "base_sha256", "lambda", "merge", "training", "license"}
 )
 
 # SLERP falls back to LERP above this |cos| between the flattened tensors: the great circle is then
@@ -645,6 +646,7 @@ def _write_merged(sources: _Sources, recipe: Recipe, out: Path) -> Path:
         }
         config = merged_config(sources.models, merge_record | {"sources": sources_record})
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        write_hub_files(staging)  # generation config (no CFG, this merge's provenance), processor, model card
         output = open_checkpoint(staging, "output")  # re-reading the headers also checks what was written
         manifest = merge_record | {
             "sources": sources_record,
@@ -656,24 +658,29 @@ def _write_merged(sources: _Sources, recipe: Recipe, out: Path) -> Path:
 
 
 def merged_config(models: Sequence[Checkpoint], merge_record: dict) -> dict:
-    """The first model's config.json, with its musicgen_cfg block made true of the merge: provenance
-    the models disagree on (beta) is dropped, what they share (base_model, ...) is kept, and
+    """The first model's config.json, with its musicgen_cfg block made true of the merge: `beta` becomes
+    the list of the models' betas (in merge order) when they differ, other provenance the models
+    disagree on (training) is dropped, what they share (base_model, teacher gamma, ...) is kept, and
     `lambda` (read by `generate` manifests) and `merge` describe this merge."""
     config = copy.deepcopy(models[0].config)
     blocks = [m.config.get("musicgen_cfg") or {} for m in models]
     block = config.setdefault("musicgen_cfg", {})
+    betas = [other.get("beta") for other in blocks]
     for key in PROVENANCE_KEYS & set(block):
         if any(other.get(key) != block[key] for other in blocks[1:]):
             del block[key]
+    if len(set(map(json.dumps, betas))) > 1:
+        block["beta"] = betas
     block["lambda"] = merge_record["lam"]
     block["merge"] = merge_record
     return config
 
 
 def _copy_non_weight_files(ckpt: Checkpoint, destination: Path) -> None:
-    """Tokenizer files, generation config, etc. come from the first model; its weights, config
-    (rewritten by merged_config) and source-only files do not."""
-    skip = set(ckpt.shard_files) | {INDEX_FILE, CONFIG_FILE} | SOURCE_ONLY_FILES
+    """Tokenizer, processor and generation config come from the first model (the generation config is then
+    rewritten by write_hub_files); its weights, config (rewritten by merged_config), model card, source-only
+    files and training state (a checkpoint's optimizer and trainer state) do not."""
+    skip = set(ckpt.shard_files) | {INDEX_FILE, CONFIG_FILE, MODEL_CARD} | SOURCE_ONLY_FILES | TRAINING_STATE_FILES
     for entry in ckpt.path.iterdir():
         if entry.name in skip:
             continue

@@ -5,6 +5,9 @@
     musicgen-cfg train --config configs/quality.yaml --steps 50 --lr 3e-5     # YAML + overrides
     accelerate launch --num_processes 2 -m musicgen_cfg.cli train --config ...  # DDP, same global batch
 
+The finished student is exported to OUT/final (or `export`) as a hub-ready model directory
+(musicgen_cfg/export.py); every command that takes a model also accepts OUT itself.
+
 One step, P prompts x G generations (follow it top to bottom in `train_step`):
   1. rollout  codes ~ student without CFG, no grad            [P*G, K, T]   sampler.sample
   2. reward   r = mean sibling 1 - cos of the embedded audio, per prompt, gated;  A = advantages(r)   rl/reward.py
@@ -26,7 +29,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
@@ -34,6 +36,7 @@ from musicgen_cfg.training import (
     MetricsLog,
     checkpoints,
     field,
+    final_export_dir,
     load_checkpoint,
     register_config_command,
     save_checkpoint,
@@ -86,7 +89,7 @@ class DistillConfig:
     threads: int = field(2, "torch CPU threads")
     device: str = field("auto", "auto | cpu | cuda")
     tensorboard: bool = field(True, "also write TensorBoard events")
-    export: str | None = field(None, "write the final student here (checkpoint + manifest.json)")
+    export: str | None = field(None, "where the finished student is exported (hub-ready model dir); None = OUT/final")
 
     def __post_init__(self):
         if self.beta < 0:
@@ -371,23 +374,45 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
             save_checkpoint(run_dir, done, distiller.student, distiller.optimizer, distiller.scheduler,
                             distiller.generator, distiller.data_rng, {}, config.keep_last, provenance)
         accelerator.wait_for_everyone()
-    if main_process and config.export:
+    if main_process:
         export(distiller, config, run_dir, command, provenance)
     return run_dir
 
 
-def export(distiller: Distiller, config: DistillConfig, run_dir: Path, command: str, provenance: dict):
-    with atomic_directory(config.export) as tmp:
-        distiller.student.write_files(tmp, provenance)
-        write_json({
-            "artifact": f"distilled student, beta={config.beta:g}",
-            "rebuild_command": command,
-            "config": asdict(config),
-            **provenance,
-            "weights_sha256": distiller.student.weights_sha256(refresh=True),
-            "model_safetensors_sha256": file_sha256(tmp / "model.safetensors"),
-            "metrics_csv": str(run_dir / "metrics.csv"),
-        }, tmp / "manifest.json")
+def export(distiller: Distiller, config: DistillConfig, run_dir: Path, command: str, provenance: dict) -> Path:
+    """The finished student as a hub-ready model directory (musicgen_cfg/export.py) at the run's export place."""
+    from musicgen_cfg.export import export_model
+
+    training = {key: getattr(config, key) for key in ("steps", "prompts", "prompts_per_step", "generations",
+                                                       "num_frames", "divergence", "lr", "embedder")}
+    return export_model(distiller.student, final_export_dir(run_dir, config.export), {**provenance, "training": training},
+                        manifest={"artifact": f"distilled student, beta={config.beta:g}", "rebuild_command": command,
+                                  "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv")},
+                        metrics=final_metrics(run_dir / "metrics.csv"))
+
+
+CARD_METRICS = {  # metrics.csv column -> how the model card names its last logged value
+    "kl": "KL to the CFG teacher, last training step (nats per sequence)",
+    "heldout_kl": "KL to the CFG teacher on held-out prompts (nats per sequence)",
+    "reward_mean": "diversity reward, last training step",
+    "heldout_diversity": "diversity on held-out prompts (reward embedder)",
+}
+
+
+def final_metrics(path: Path) -> dict[str, float]:
+    """The last logged value of each held-out metric and of the training KL / reward, for the model card."""
+    import csv
+
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    found = {}
+    for row in rows:
+        for column, label in CARD_METRICS.items():
+            if row.get(column) not in (None, ""):
+                found[label] = float(row[column])
+    return found
 
 
 def register(subparsers):

@@ -1,19 +1,28 @@
 """`musicgen-cfg evaluate`: quality, diversity and cost of `musicgen-cfg generate` runs, with 95% bootstrap CIs.
 
-    musicgen-cfg evaluate runs/base_g3 runs/quality --out table.csv
-    musicgen-cfg evaluate runs/real --reward-embedder clap:laion/clap-htsat-unfused --clap laion/clap-htsat-unfused
+    musicgen-cfg evaluate runs/base_g3 runs/quality --out table.csv                  # default world
+    musicgen-cfg evaluate runs/base-cfg3 runs/merged-gen --reference-dir my_reference_audio   # real, offline
+    musicgen-cfg evaluate runs/merged-gen --clap laion/clap-htsat-unfused \
+        --reward-embedder clap:laion/clap-htsat-unfused                                # + CLAP score / diversity
+    musicgen-cfg evaluate /tmp/musicgen-cfg-app-XXXX/session-abc                     # a demo session folder
 
-Per run directory (one model, one sampling setting; the manifest written by `generate`):
+Per run directory (one model, one sampling setting; the manifest written by `generate` or the demo;
+a folder of such directories, e.g. a demo session, is evaluated directory by directory):
 - quality: default world (symbolic codec) -> the judges of `musicgen_cfg/judges.py` on the codes
   (per-sample metrics, "quality" among them, plus the FAD-style `distribution_distance`);
-  real MusicGen -> the CLAP text-audio cosine (`clap_score`, also reported as "quality"; needs --clap).
+  real MusicGen -> with --clap, the CLAP text-audio cosine (`clap_score`, also reported as "quality").
 - diversity: per prompt, the mean pairwise 1 - cos among its samples (the training reward,
-  rl/reward.py) and the Vendi score, under the reward embedder AND a held-out embedder training never
-  saw (default world: the judges' code embedder; real: the CLAP audio tower); default world also the
+  rl/reward.py) and the Vendi score, under the reward embedder (when one is given; the default
+  world's is the shipped one) AND a held-out embedder training never saw (default world: the judges'
+  code embedder; real: `encodec-emb`, the mean-pooled EnCodec latents of the run's own codec, no
+  download); with --clap also under the CLAP audio tower (`diversity_clap`); default world also the
   note-level measures of musicgen_cfg/note_diversity.py (pitch-class, interval and rhythm histograms).
   Clips the reward gate calls degenerate (--reward-gate) add no diversity: pairs with one count 0 and
   the Vendi scores count the music samples only. degenerate_rate, silent_rate (every 100 ms window
   below -60 dBFS) and silent_window_fraction report how often that happens.
+- distance to real audio (real MusicGen, --reference-dir DIR of wav/flac/ogg files): FAD and KAD
+  (unbiased MMD) of the run's clips against the reference clips, per embedding, named in the metric
+  (`fad_encodec-emb`, `kad_encodec-emb`, and `fad_clap`, `kad_clap` with --clap); no CI.
 - cost: LM row-forward passes per generated second (one per decoder step and sequence; CFG runs the
   conditional and the null row, so 2 per step when gamma != 1) and measured wall seconds per generated
   second (manifest wall_time_s over the audio's length).
@@ -37,6 +46,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from musicgen_cfg.audio_metrics import (
+    ENCODEC_EMBEDDING,
+    EncodecEmbedder,
+    clip_features,
+    embed_files,
+    kernel_distance,
+    reference_files,
+)
+from musicgen_cfg.audio_metrics import fad as frechet_audio_distance
 from musicgen_cfg.checkpoint import file_sha256, read_json, state_sha256, write_json
 from musicgen_cfg.delay import num_steps
 from musicgen_cfg.errors import UserError
@@ -44,13 +62,14 @@ from musicgen_cfg.generate import MANIFEST, load_manifest
 from musicgen_cfg.note_diversity import group_note_diversity
 from musicgen_cfg.training import field
 from rl.diversity import pairwise_diversity, vendi_from_similarity
-from rl.reward import group_rewards, parse_gate_spec, reward_gate, silent_window_fraction
+from rl.reward import parse_gate_spec, reward_gate, silent_window_fraction
 
 # Bump when a metric's definition changes: cached metrics.json files of older versions are recomputed.
 EVALUATION_VERSION = 2
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
 WORLDS = ("auto", "default", "real")
 JUDGES_SPEC = "judges"
+NO_EMBEDDER = "none"
 # The manifest fields evaluation reads (written by musicgen_cfg/generate.py) and their types.
 REQUIRED_FIELDS = {"file": str, "codes_file": str, "prompt": str, "prompt_index": int, "seed": int, "model": str,
                    "model_sha256": str, "sampling": dict, "sample_rate": int, "wall_time_s": (int, float)}
@@ -59,16 +78,19 @@ CSV_COLUMNS = ("run", "metric", "mean", "ci_low", "ci_high", "num_prompts")
 
 @dataclass
 class EvaluateConfig:
-    reward_embedder: str = field("default", "diversity-reward embedder used in training: default | DIR | clap:<dir-or-id>")
+    reward_embedder: str | None = field(
+        None, "diversity-reward embedder used in training: default | DIR | clap:<dir-or-id> | none; None = default "
+              "(default world) or none (real MusicGen: a beta = 0 run has no reward embedder)")
     heldout_embedder: str | None = field(
-        None, "held-out diversity embedder: judges | default | DIR | clap:<dir-or-id>; None = judges (default "
-              "world) or clap:<clap> (real MusicGen)")
-    clap: str | None = field(None, "CLAP model (dir or hub id) for the text-audio score of real MusicGen runs")
+        None, f"held-out diversity embedder: judges | {ENCODEC_EMBEDDING} | default | DIR | clap:<dir-or-id>; "
+              f"None = judges (default world) or {ENCODEC_EMBEDDING} (real MusicGen: its own codec, no download)")
+    clap: str | None = field(None, "CLAP model (dir or hub id): text-audio score and CLAP diversity of real runs")
     judges_scorer: str | None = field(None, "default world: the judges' scorer directory; None = the shipped one")
     world: str = field("auto", "auto (from the run's model config) | default (symbolic codec) | real")
     bootstrap: int = field(1000, "bootstrap resamples over prompts for the 95% CIs")
     seed: int = field(0, "bootstrap seed")
     reward_gate: str = field("data", "degenerate-clip gate of the diversity measures (rl/reward.py): data | data:Q | none")
+    reference_dir: str | None = field(None, "real MusicGen: folder of reference audio (wav/flac/ogg) for FAD and KAD")
 
     def __post_init__(self):
         parse_gate_spec(self.reward_gate)
@@ -262,54 +284,74 @@ class Evaluator:
         return self._judges
 
     def clap(self) -> ClapScore:
-        if not self.config.clap:
-            raise UserError("real MusicGen runs need --clap DIR_OR_ID for the text-audio quality score")
         if "clap-score" not in self._loaded:
             self._loaded["clap-score"] = ClapScore(self.config.clap)
         return self._loaded["clap-score"]
 
-    def embedder(self, spec: str):
-        """An audio embedder by spec; the CLAP tower of --clap is shared with the CLAP score, not loaded twice."""
+    def embedder(self, spec: str, model_source: str | None = None):
+        """An audio embedder by spec; the CLAP tower of --clap is shared with the CLAP score, not loaded twice;
+        encodec-emb is the codec of `model_source` (the run's model)."""
         if self.config.clap and spec == f"clap:{self.config.clap}":
             return self.clap().audio
-        if spec not in self._loaded:
-            from rl.embedders import load_embedder
+        key = f"{spec}@{model_source}" if spec == ENCODEC_EMBEDDING else spec
+        if key not in self._loaded:
+            if spec == ENCODEC_EMBEDDING:
+                self._loaded[key] = EncodecEmbedder(_codec_of(model_source))
+            else:
+                from rl.embedders import load_embedder
 
-            self._loaded[spec] = load_embedder(spec)
-        return self._loaded[spec]
+                self._loaded[key] = load_embedder(spec)
+        return self._loaded[key]
+
+    def reward_spec(self, world: str) -> str | None:
+        spec = self.config.reward_embedder
+        if spec is None:
+            spec = "default" if world == "default" else NO_EMBEDDER
+        return None if spec == NO_EMBEDDER else spec
 
     def heldout_spec(self, world: str) -> str:
-        if self.config.heldout_embedder:
-            spec = self.config.heldout_embedder
-        elif world == "default":
-            spec = JUDGES_SPEC
-        elif self.config.clap:
-            spec = f"clap:{self.config.clap}"
-        else:
-            raise UserError("real MusicGen runs need --clap (the held-out embedder and quality score) "
-                            "or --heldout-embedder")
-        if spec == self.config.reward_embedder:
+        spec = self.config.heldout_embedder or (JUDGES_SPEC if world == "default" else ENCODEC_EMBEDDING)
+        if spec == self.reward_spec(world):
             raise UserError(f"the held-out embedder must differ from the reward embedder (both {spec!r})")
         if spec == JUDGES_SPEC and world != "default":
             raise UserError("the judges' held-out embedder reads symbolic codes: default-world runs only")
+        if spec == ENCODEC_EMBEDDING and world == "default":
+            raise UserError(f"{ENCODEC_EMBEDDING} embeds with the model's EnCodec: real-MusicGen runs only")
         return spec
 
-    def components(self, world: str) -> dict[str, dict]:
+    def components(self, world: str, model_source: str) -> dict[str, dict]:
         """What scores this run and its identity (sha256 of the weights): recorded and part of the cache key."""
-        reward = self.config.reward_embedder
+        if world == "default" and self.config.reference_dir:
+            raise UserError("--reference-dir is for real-MusicGen runs (the default world's distribution_distance "
+                            "compares with its own test data)")
+        used = {}
+        reward = self.reward_spec(world)
+        if reward is not None:
+            used["reward_embedder"] = {"spec": reward, "sha256": _weights_sha(self.embedder(reward))}
         heldout = self.heldout_spec(world)
-        used = {"reward_embedder": {"spec": reward, "sha256": _weights_sha(self.embedder(reward))}}
         if heldout == JUDGES_SPEC:
             used["heldout_embedder"] = {"spec": heldout, **_judges_identity(self.judges())}
         else:
-            used["heldout_embedder"] = {"spec": heldout, "sha256": _weights_sha(self.embedder(heldout))}
+            used["heldout_embedder"] = {"spec": heldout, "sha256": _weights_sha(self.embedder(heldout, model_source))}
         if world == "default":
             used["quality"] = {"spec": JUDGES_SPEC, **_judges_identity(self.judges())}
-        else:
+        elif self.config.clap:
             used["quality"] = {"spec": f"clap:{self.clap().source}", "sha256": _weights_sha(self.clap().audio)}
         gate = reward_gate(self.config.reward_gate, symbolic=world == "default")
         used["reward_gate"] = {"spec": self.config.reward_gate, "class": type(gate).__name__, **vars(gate)}
+        if self.config.reference_dir:
+            files = reference_files(self.config.reference_dir)
+            digest = hashlib.sha256("".join(f"{p.name}:{file_sha256(p)}" for p in files).encode()).hexdigest()
+            used["reference"] = {"dir": str(self.config.reference_dir), "num_files": len(files), "sha256": digest,
+                                 "embeddings": self.distance_embeddings(heldout)}
         return used
+
+    def distance_embeddings(self, heldout: str) -> dict[str, str]:
+        """Name -> embedder spec of the embeddings FAD and KAD are computed in: the held-out one, and CLAP."""
+        names = {ENCODEC_EMBEDDING if heldout == ENCODEC_EMBEDDING else "heldout": heldout}
+        if self.config.clap:
+            names["clap"] = f"clap:{self.config.clap}"
+        return names
 
     def evaluate(self, run_dir: str | Path, force: bool = False) -> dict:
         """metrics.json content of one run (computed, or read back when nothing it depends on changed)."""
@@ -317,7 +359,7 @@ class Evaluator:
         entries = read_entries(run_dir)
         first = entries[0]
         world = detect_world(run_dir, first, self.config.world)
-        components = self.components(world)
+        components = self.components(world, first["model"])
         key = hashlib.sha256(json.dumps({
             "version": EVALUATION_VERSION, "manifest": file_sha256(run_dir / MANIFEST), "components": components,
             "bootstrap": self.config.bootstrap, "seed": self.config.seed}, sort_keys=True).encode()).hexdigest()
@@ -330,12 +372,13 @@ class Evaluator:
             if previous.get("cache_key") == key:
                 return previous
         groups = read_samples(run_dir, entries)
-        per_prompt, whole_set = self._metrics(groups, world, components["heldout_embedder"]["spec"])
+        per_prompt, whole_set = self._metrics(groups, world, components, first["model"])
         counts = sorted({len(samples) for samples in groups.values()})
         result = {
             "run": str(run_dir), "world": world, "num_prompts": len(groups), "samples_per_prompt": counts,
             "checkpoint": {"model": first["model"], "model_sha256": first["model_sha256"]},
-            "beta": first.get("beta"), "lambda": first.get("lambda"), "sampling": first["sampling"],
+            "beta": first.get("beta"), "lambda": first.get("lambda"),
+            "teacher_guidance_scale": first.get("teacher_guidance_scale"), "sampling": first["sampling"],
             "components": components, "metrics": summarise(per_prompt, self.config.bootstrap, self.config.seed),
             "per_prompt": {name: [None if np.isnan(v) else float(v) for v in values] for name, values in per_prompt.items()},
             "prompts": [samples[0].entry["prompt"] for samples in groups.values()],
@@ -347,11 +390,19 @@ class Evaluator:
         write_csv(csv_rows(result), run_dir / METRICS_CSV)
         return result
 
-    def _metrics(self, groups: dict[int, list[Sample]], world: str, heldout: str) -> tuple[dict, dict]:
+    def _metrics(self, groups: dict[int, list[Sample]], world: str, components: dict, model_source: str
+                 ) -> tuple[dict, dict]:
         """Per-prompt metric values {name: [P]} and whole-set metrics {name: float}."""
         if min(len(samples) for samples in groups.values()) < 2:
             raise UserError("diversity needs >= 2 samples per prompt; generate with --num-samples 2 or more")
-        reward = self.embedder(self.config.reward_embedder)
+        embedders = {}  # name -> audio embedder of the diversity metrics
+        if "reward_embedder" in components:
+            embedders["reward"] = self.embedder(components["reward_embedder"]["spec"])
+        heldout = components["heldout_embedder"]["spec"]
+        if heldout != JUDGES_SPEC:
+            embedders["heldout"] = self.embedder(heldout, model_source)
+        if world == "real" and self.config.clap:
+            embedders["clap"] = self.clap().audio
         gate = reward_gate(self.config.reward_gate, symbolic=world == "default")
         per_prompt = defaultdict(list)
         for samples in groups.values():
@@ -359,21 +410,20 @@ class Evaluator:
             rate = samples[0].entry["sample_rate"]
             audio = _pad_stack([s.audio for s in samples])
             codes = _pad_stack([s.codes for s in samples])  # samples of one prompt have one length
-            scored = group_rewards(torch.from_numpy(audio), rate, codes, reward, gate)
-            music = scored.music
-            vectors = {"reward": scored.embeddings.numpy()}
+            music = np.asarray(gate.music(codes, torch.from_numpy(audio), rate), dtype=bool)  # [G]
+            vectors, computed = {}, {}  # one embedder may serve two roles (CLAP as reward and as clap): embed once
+            for which, embedder in embedders.items():
+                if id(embedder) not in computed:
+                    computed[id(embedder)] = embedder.embed(torch.from_numpy(audio), rate).numpy()
+                vectors[which] = computed[id(embedder)]
             if heldout == JUDGES_SPEC:
                 vectors["heldout"] = np.asarray(self.judges().embed_codes(codes))
-            else:
-                vectors["heldout"] = self.embedder(heldout).embed(torch.from_numpy(audio), rate).numpy()
             if world == "default":
                 for name, values in self.judges().score(codes, prompts).items():
                     # NaN: the prompt does not state what this judge checks (e.g. no key): left out
                     per_prompt[name].append(float(np.nan if np.isnan(values).all() else np.nanmean(values)))
-            else:
-                clap_audio = (vectors["heldout"] if self.embedder(heldout) is self.clap().audio
-                              else self.clap().audio.embed(torch.from_numpy(audio), rate).numpy())
-                scores = (clap_audio * self.clap().text(prompts)).sum(axis=1)
+            elif "clap" in vectors:
+                scores = (vectors["clap"] * self.clap().text(prompts)).sum(axis=1)
                 per_prompt["clap_score"].append(float(scores.mean()))
                 per_prompt["quality"].append(float(scores.mean()))
             for which, emb in vectors.items():
@@ -392,15 +442,41 @@ class Evaluator:
             per_prompt["lm_passes_per_second"].append(passes / seconds)
             per_prompt["seconds_per_second"].append(sum(s.entry["wall_time_s"] for s in samples) / seconds)
         whole_set = {}
+        everything = [s for samples in groups.values() for s in samples]
         if world == "default":
             # Rows differ in length across prompts (the tempo sets the frames per second): compare the
             # first frames every sample has.
-            shortest = min(s.codes.shape[-1] for samples in groups.values() for s in samples)
-            everything = [s for samples in groups.values() for s in samples]
+            shortest = min(s.codes.shape[-1] for s in everything)
             codes = np.stack([s.codes[:, :shortest] for s in everything])
             whole_set["distribution_distance"] = float(
                 self.judges().distribution_distance(codes, [s.entry["prompt"] for s in everything]))
+        if "reference" in components:
+            files = reference_files(self.config.reference_dir)
+            rate = everything[0].entry["sample_rate"]
+            for name, spec in components["reference"]["embeddings"].items():
+                embedder = self.embedder(spec, model_source)
+                run = clip_features(embedder, [s.audio for s in everything], rate)
+                reference = self._reference_embeddings(spec, model_source, files)
+                whole_set[f"fad_{name}"] = frechet_audio_distance(run, reference)
+                whole_set[f"kad_{name}"] = kernel_distance(run, reference)
         return dict(per_prompt), whole_set
+
+    def _reference_embeddings(self, spec: str, model_source: str, files) -> np.ndarray:
+        """The reference set's embeddings [M, D], computed once per embedder for all runs evaluated."""
+        key = f"reference:{spec}@{model_source if spec == ENCODEC_EMBEDDING else ''}"
+        if key not in self._loaded:
+            self._loaded[key] = embed_files(self.embedder(spec, model_source), files)
+        return self._loaded[key]
+
+
+def _codec_of(model_source: str):
+    """The EnCodec model of the MusicGen checkpoint a run was generated with (for encodec-emb)."""
+    from musicgen_cfg.model import load_model
+
+    model = load_model(model_source)
+    if model.is_symbolic:
+        raise UserError(f"{ENCODEC_EMBEDDING} needs an EnCodec model; {model_source} uses the symbolic codec")
+    return model.codec.model
 
 
 def _pad_stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -451,6 +527,16 @@ def write_csv(rows: list[dict], path: Path):
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
 
 
+def expand_runs(paths: list[str]) -> list[Path]:
+    """Run directories: each path itself when it has a manifest, else its subdirectories that have one
+    (a demo session folder keeps one per model and sampling setting)."""
+    runs = []
+    for path in map(Path, paths):
+        nested = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
+        runs += nested if nested and not (path / MANIFEST).is_file() else [path]
+    return runs
+
+
 def _help(name: str) -> str:
     """The config field's help, escaped for argparse (which %-formats help strings)."""
     return next(f.metadata["help"] for f in fields(EvaluateConfig) if f.name == name).replace("%", "%%")
@@ -459,9 +545,10 @@ def _help(name: str) -> str:
 def register(subparsers):
     parser = subparsers.add_parser("evaluate", help="quality / diversity / cost of generation runs (metrics.json + CSV)",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by `musicgen-cfg generate`")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="directories written by `musicgen-cfg generate`, or folders of them (a demo session)")
     parser.add_argument("--out", default=None, help="also write one CSV with every run's metrics")
-    parser.add_argument("--reward-embedder", default="default", help=_help("reward_embedder"))
+    parser.add_argument("--reward-embedder", default=None, help=_help("reward_embedder"))
     parser.add_argument("--heldout-embedder", default=None, help=_help("heldout_embedder"))
     parser.add_argument("--clap", default=None, help=_help("clap"))
     parser.add_argument("--judges-scorer", default=None, help=_help("judges_scorer"))
@@ -469,6 +556,7 @@ def register(subparsers):
     parser.add_argument("--bootstrap", type=int, default=1000, help=_help("bootstrap"))
     parser.add_argument("--seed", type=int, default=0, help=_help("seed"))
     parser.add_argument("--reward-gate", default="data", help=_help("reward_gate"))
+    parser.add_argument("--reference-dir", default=None, help=_help("reference_dir"))
     parser.add_argument("--force", action="store_true", help="recompute even when metrics.json is up to date")
     parser.set_defaults(func=main)
 
@@ -477,12 +565,12 @@ def main(args) -> int:
     config = EvaluateConfig(**{f.name: getattr(args, f.name) for f in fields(EvaluateConfig)})
     evaluator = Evaluator(config)
     rows = []
-    for run in args.runs:
+    for run in expand_runs(args.runs):
         result = evaluator.evaluate(run, force=args.force)
         rows += csv_rows(result)
-        shown = ", ".join(f"{name} {result['metrics'][name]['mean']:.4f}" for name in
-                          ("quality", "diversity_reward", "diversity_heldout", "note_diversity", "degenerate_rate")
-                          if name in result["metrics"])
+        shown = ", ".join(f"{name} {result['metrics'][name]['mean']:.4f}" for name in sorted(result["metrics"])
+                          if name in ("quality", "diversity_reward", "diversity_heldout", "diversity_clap",
+                                      "note_diversity", "degenerate_rate") or name.startswith(("fad_", "kad_")))
         print(f"{run}: {shown} ({result['num_prompts']} prompts) -> {Path(run) / METRICS_JSON}")
     if args.out:
         write_csv(rows, Path(args.out))

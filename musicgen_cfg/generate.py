@@ -5,8 +5,11 @@
     musicgen-cfg generate --model DIR --prompts-file prompts.txt --num-samples 4 --guidance-scale 3 --out runs/x
 
 Writes one audio file per (prompt, sample), its codes [K, T] beside it (`<file>.codes.npy`, int16,
-read by the default world's judges) and `manifest.jsonl` (prompt, seed, model source + weights
-sha256, gamma / beta / lambda, sampling settings, render settings, wall time). Rerunning the same
+read by the default world's judges) and `manifest.jsonl`: one `record_generation` line per file
+(prompt, prompt and sample index, seed, model source + weights sha256, the model's beta, lambda and
+teacher gamma, sampling settings with the gamma used, render settings, wall time) -- the same record
+the demo writes, and what `musicgen-cfg evaluate` reads. --model takes a training run directory too
+(its final export, else its latest checkpoint). Rerunning the same
 command skips items already in the manifest whose file exists, so an interrupted run resumes.
 Item seeds are `--seed + prompt_index * num_samples + sample_index`; a row's codes depend only on
 its own seed, so resumed and batched runs give the same files.
@@ -14,6 +17,7 @@ its own seed, so resumed and batched runs give the same files.
 
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,15 +86,36 @@ def slug(text: str, length: int = 40) -> str:
 
 
 def model_provenance(model) -> dict:
-    """What identifies the weights and how they were made: source, sha256, beta, lambda, teacher gamma."""
+    """What identifies the weights and how they were made: source, sha256, beta, lambda, teacher gamma
+    (None for a model that was not distilled; beta is a list of the merged models' betas for a merge)."""
     info = model.config.get("musicgen_cfg", {})
     return {
         "model": model.source,
         "model_sha256": model.weights_sha256(),
         "beta": info.get("beta"),
         "lambda": info.get("lambda"),
-        "teacher_guidance_scale": info.get("guidance_scale"),
+        "teacher_guidance_scale": info.get("teacher_guidance_scale"),
     }
+
+
+def record_generation(manifest, out_dir: Path, name: str, output, *, prompt_index: int, sample_index: int,
+                      provenance: dict, settings: dict, wall_time_s: float, **extra) -> dict:
+    """Write one generated item (audio `name` + its codes `name.codes.npy`) and its manifest line; return the line.
+
+    The one record type of generated files (`generate` and the demo): `provenance` is model_provenance's
+    fields (model: a loadable spec whose config and codec the weights use), `settings` the sampling
+    settings with the gamma used and the duration; `extra` adds writer-specific fields (the demo's
+    run, role, picture, endpoints)."""
+    import soundfile as sf
+
+    sf.write(out_dir / name, np.clip(output.audio, -1, 1), output.sample_rate)
+    np.save(out_dir / f"{name}.codes.npy", output.codes.numpy().astype(np.int16))  # for code-level judges
+    entry = {"file": name, "codes_file": f"{name}.codes.npy", "prompt": output.prompt, "prompt_index": prompt_index,
+             "sample_index": sample_index, "seed": output.seed, **provenance, "sampling": settings,
+             "num_frames": int(output.codes.shape[-1]), "sample_rate": output.sample_rate, "render": output.render,
+             "wall_time_s": round(wall_time_s, 4), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    manifest.write(json.dumps(entry) + "\n")
+    return entry
 
 
 def load_manifest(out_dir: Path) -> list[dict]:
@@ -110,8 +135,6 @@ def load_manifest(out_dir: Path) -> list[dict]:
 def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig, out_dir: Path,
                    progress=None) -> list[dict]:
     """Generate all (prompt, sample) items not already done; append their manifest entries; return all entries."""
-    import soundfile as sf
-
     validate_prompts(prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance = model_provenance(model)
@@ -132,14 +155,8 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
             wall = (time.perf_counter() - began) / len(chunk)
             for (i, j, prompt, seed), out in zip(chunk, outputs):
                 name = f"{i:04d}_{j:02d}_{slug(prompt)}_s{seed}.{config.audio_format}"
-                sf.write(out_dir / name, np.clip(out.audio, -1, 1), out.sample_rate)
-                np.save(out_dir / f"{name}.codes.npy", out.codes.numpy().astype(np.int16))  # for code-level judges
-                entry = {"file": name, "codes_file": f"{name}.codes.npy", "prompt": prompt, "prompt_index": i, "sample_index": j, "seed": seed,
-                         **provenance, "sampling": settings, "num_frames": int(out.codes.shape[-1]),
-                         "sample_rate": out.sample_rate, "render": out.render, "wall_time_s": round(wall, 4),
-                         "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-                manifest.write(json.dumps(entry) + "\n")
-                done[key(prompt, seed)] = entry
+                done[key(prompt, seed)] = record_generation(manifest, out_dir, name, out, prompt_index=i, sample_index=j,
+                                                            provenance=provenance, settings=settings, wall_time_s=wall)
             manifest.flush()
             if progress is not None:
                 progress(min(start + config.batch_size, len(todo)), len(todo))
@@ -149,7 +166,8 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
 def register(subparsers):
     parser = subparsers.add_parser("generate", help="generate audio from text prompts (writes WAVs + manifest.jsonl)",
                                    description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default", help="default[-quality|-diversity], checkpoint dir or hub id")
+    parser.add_argument("--model", default="default",
+                        help="default[-quality|-diversity], checkpoint dir, training run dir or hub id")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", action="append", help="a text prompt (repeat for several)")
     source.add_argument("--prompts-file", help=".txt (one prompt per line) or .jsonl ({'prompt': ...})")
@@ -180,6 +198,10 @@ def main(args) -> int:
     max_seconds = _max_duration(model, prompts)
     if config.duration > max_seconds:
         raise UserError(f"--duration {config.duration} s is too long for this model (at most {max_seconds:.1f} s)")
+    recommended = model.default_guidance_scale
+    if args.guidance_scale is None and recommended != 1.0 and model_provenance(model)["teacher_guidance_scale"] is None:
+        print(f"note: sampling without CFG (gamma 1); {args.model} is meant to be sampled with gamma {recommended:g} "
+              f"(its generation config): pass --guidance-scale {recommended:g} for that", file=sys.stderr)
     began = time.perf_counter()
     entries = run_generation(model, prompts, config, sampling, Path(args.out),
                              progress=lambda done, total: print(f"  {done}/{total} generated", flush=True))

@@ -2,6 +2,7 @@
 
     model = load_model("default")                  # the embedded default (musicgen_cfg/assets/default)
     model = load_model("facebook/musicgen-small")  # real MusicGen: hub id or local dir (transformers format)
+    model = load_model("runs/q")                   # a training run: its final export, else its latest checkpoint
     out = model.generate(["a joyful Irish jig"], seeds=[0], duration=8.0, sampling=SamplingConfig())
     model.save("runs/my-model")                    # same format, atomic, safetensors only
 
@@ -10,6 +11,7 @@ HF_HUB_OFFLINE); the decoder weights move into our compact `MusicgenLM` unchange
 """
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +64,12 @@ class MusicGen:
 
     @property
     def default_guidance_scale(self) -> float:
-        return float(self.config.get("musicgen_cfg", {}).get("guidance_scale", 3.0))
+        """The CFG gamma this checkpoint is meant to be sampled with (the teacher gamma when it is the base):
+        our config block's `guidance_scale`, else the generation config's (facebook/musicgen-*: 3), else 3."""
+        recorded = self.config.get("musicgen_cfg", {}).get("guidance_scale")
+        if recorded is None and self.generation_config is not None:
+            recorded = getattr(self.generation_config, "guidance_scale", None)
+        return float(3.0 if recorded is None else recorded)
 
     @property
     def device(self) -> torch.device:
@@ -140,18 +147,52 @@ def pick_device(device: str) -> str:
     return device
 
 
-def resolve_spec(spec: str) -> str:
-    """'default', 'default-quality', ... -> the shipped directory; anything else unchanged."""
+def resolve_spec(spec: str, log=None) -> str:
+    """The checkpoint a model spec names: 'default', 'default-quality', ... -> the shipped directory; a training
+    run directory -> its final export, else its latest checkpoint (said on stderr, or through `log`); a
+    checkpoint directory or hub id -> unchanged."""
     if spec in DEFAULT_MODELS:
         path = ASSETS / DEFAULT_MODELS[spec]
         if not (path / "config.json").is_file():
             raise UserError(f"the shipped model {spec!r} is missing at {path} (rebuild: see README, 'Default model')")
         return str(path)
+    path = Path(spec)
+    if path.is_dir() and not (path / "config.json").is_file():
+        resolved, what = run_directory_model(path)
+        (log or _stderr)(f"{spec} is a training run: using {what} {resolved}")
+        return str(resolved)
     return spec
 
 
+def run_directory_model(run_dir: Path) -> tuple[Path, str]:
+    """(checkpoint dir, 'its final export' | 'its latest checkpoint') of a `musicgen-cfg train` run directory.
+
+    The export is where the run's run.json says (`export`, default RUN/final); a run that was stopped
+    before its end has no export, so its newest checkpoint-N stands in."""
+    from musicgen_cfg.training import CHECKPOINT_PREFIX, checkpoints, final_export_dir
+
+    run_json = run_dir / "run.json"
+    found = checkpoints(run_dir)
+    if not run_json.is_file() and not found:
+        raise UserError(f"{run_dir} is neither a model checkpoint (no config.json) nor a training run "
+                        f"(no run.json or {CHECKPOINT_PREFIX}* directories)")
+    if run_json.is_file():
+        config = read_json(run_json).get("config", {})
+        export = final_export_dir(run_dir, config.get("export"))
+        if (export / "config.json").is_file():
+            return export, "its final export"
+    if not found:
+        raise UserError(f"training run {run_dir} has no export and no checkpoint yet: let it reach its first "
+                        f"checkpoint or its end")
+    return found[-1], "its latest checkpoint"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def load_model(spec: str, device: str | torch.device = "cpu") -> MusicGen:
-    """Load `default[-quality|-diversity]`, a checkpoint directory, or a hub id (real MusicGen)."""
+    """Load `default[-quality|-diversity]`, a checkpoint or run directory, or a hub id (real MusicGen)."""
     source = resolve_spec(spec)
     path = Path(source)
     if path.is_dir():

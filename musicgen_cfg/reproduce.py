@@ -75,7 +75,7 @@ class ReproduceConfig:
                                                         "embedder, out, export, threads, device are set here)")
     lambdas: tuple[float, ...] = field((0.0, 0.25, 0.5, 0.75, 1.0), "LERP lambdas between quality and diversity models")
     reward_embedder: str = field("default", "diversity embedder used in training: default | DIR | clap:<dir-or-id>")
-    heldout_embedder: str | None = field(None, "held-out diversity embedder (None: judges / clap:<clap>)")
+    heldout_embedder: str | None = field(None, "held-out diversity embedder (None: judges / encodec-emb of the run's codec)")
     clap: str | None = field(None, "CLAP dir or hub id (real MusicGen: quality score and held-out embedder)")
     judges_scorer: str | None = field(None, "default world: the judges' scorer directory; None = the shipped one")
     world: str = field("auto", "auto | default | real (see musicgen-cfg evaluate)")

@@ -1,8 +1,9 @@
-"""Tiny randomly initialised real-MusicGen checkpoints (T5 + EnCodec + decoder), for tests and benchmarks.
+"""Tiny randomly initialised real-MusicGen checkpoints (T5 + EnCodec + decoder) and CLAP models, for tests
+and benchmarks.
 
 Nothing is downloaded: configs are built in code, the tokenizer is a word-level one made here, and
-the result is saved in transformers' format so it loads back through the same path as
-facebook/musicgen-*.
+the result is saved in transformers' format (with a processor and a generation config at
+guidance_scale 3, like facebook/musicgen-*) so it loads back through the same path as the real ones.
 
     .venv/bin/python -m musicgen_cfg.tiny OUT_DIR     # write one
 """
@@ -67,6 +68,7 @@ def tiny_musicgen(
     model.generation_config.decoder_start_token_id = vocab_size
     model.generation_config.pad_token_id = vocab_size
     model.generation_config.bos_token_id = vocab_size
+    model.generation_config.guidance_scale = 3.0  # facebook/musicgen-*'s: the default teacher gamma
     return model, tiny_tokenizer()
 
 
@@ -92,9 +94,35 @@ def randomize_codebooks(encodec, seed: int = 0, scale: float = 30.0) -> None:
 
 
 def save_tiny_musicgen(path: str | Path, **kwargs) -> Path:
+    from musicgen_cfg.export import write_processor
+
     model, tokenizer = tiny_musicgen(**kwargs)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    write_processor(Path(path), model.config.to_dict())
+    return Path(path)
+
+
+def save_tiny_clap(path: str | Path, fusion: bool = False, seed: int = 0) -> Path:
+    """A tiny random transformers CLAP (audio + text towers, 16-d projections), its feature extractor
+    (1 s windows) and the word-level tokenizer: loads as `clap:PATH` and scores text against audio."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    torch.manual_seed(seed)
+    config = ClapConfig(
+        text_config=dict(vocab_size=99, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16, max_position_embeddings=64, projection_dim=16),
+        audio_config=dict(window_size=4, num_mel_bins=32, spec_size=64, patch_size=4, patch_stride=(4, 4),
+                          hidden_size=32, projection_dim=16, depths=[1, 1], num_attention_heads=[2, 2],
+                          patch_embeds_hidden_size=16, enable_fusion=fusion, fusion_type="aff_2d" if fusion else None),
+        projection_dim=16,
+    )
+    # 1-second windows at a coarse hop keep the spectrogram inside the tiny model's 64 x 64 input.
+    extractor = ClapFeatureExtractor(feature_size=32, hop_length=960, max_length_s=1,
+                                     truncation="fusion" if fusion else "rand_trunc")
+    ClapModel(config).save_pretrained(path)
+    extractor.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
     return Path(path)
 
 

@@ -3,7 +3,8 @@
 Used by `musicgen-cfg pretrain` (the default base model) and `musicgen-cfg train` (distillation).
 
 A run directory holds `checkpoint-000123/` folders (HF-style: config.json + model.safetensors, plus
-optimizer.safetensors and trainer_state.json), `metrics.csv`, TensorBoard events and `run.json`.
+optimizer.safetensors and trainer_state.json), `metrics.csv`, TensorBoard events, `run.json` and, once
+training ends, `final/` (the exported model, unless the config's `export` names another place).
 Checkpoints are written atomically and only the last `keep_last` are kept.
 """
 
@@ -25,6 +26,7 @@ from musicgen_cfg.checkpoint import atomic_directory, load_tensors, read_json, s
 from musicgen_cfg.errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint-"
+FINAL_EXPORT = "final"  # RUN/final: where `train` exports the finished model unless `export` says otherwise
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -151,6 +153,11 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], f
             state = {k[len(prefix):]: v.to(param.device) for k, v in flat.items() if k.startswith(prefix)}
             if state:
                 optimizer.state[param] = state
+
+
+def final_export_dir(run_dir: str | Path, export: str | None) -> Path:
+    """Where a run's finished model goes: `export` when set, else RUN/final."""
+    return Path(export) if export else Path(run_dir) / FINAL_EXPORT
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from gradio_client import Client
 from safetensors.torch import load_file
 
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.evaluate import check_entry
 
 PROMPT = "a calm folk song on the piano"
 PARAMETER = "decoder.lm_heads.0.weight"
@@ -59,8 +60,11 @@ def served_tensor(engine, name=PARAMETER) -> torch.Tensor:
 
 
 def manifest_entries(engine) -> list[dict]:
-    (session,) = engine.out_root.glob("session-*")  # one client = one session
-    return [json.loads(line) for line in (session / "manifest.jsonl").read_text().splitlines()]
+    """Every manifest line of the one session (one client = one session), oldest first, with its folder."""
+    (session,) = engine.out_root.glob("session-*")
+    entries = [{**json.loads(line), "folder": manifest.parent} for manifest in session.glob("*/manifest.jsonl")
+               for line in manifest.read_text().splitlines()]
+    return sorted(entries, key=lambda e: (e["created"], e["run"], e["sample_index"]))
 
 
 def test_generate_change_lambda_generate_again(served, endpoints):
@@ -85,21 +89,28 @@ def test_generate_change_lambda_generate_again(served, endpoints):
 
     entries = manifest_entries(engine)
     assert [(e["lambda"], e["seed"]) for e in entries] == [(0.0, 7), (0.0, 8), (0.0, 9), (0.75, 7), (0.75, 8)]
-    session = next(engine.out_root.glob("session-*"))
+    assert len({e["folder"] for e in entries}) == 2  # one folder per lambda (model) and sampling setting
     for entry in entries:
-        assert (session / entry["file"]).is_file() and (session / entry["image_file"]).is_file()
-        assert entry["prompt"] == PROMPT and entry["guidance_scale"] == 1.0 and entry["sampling"]["duration"] == 1.0
-        assert entry["quality"]["model_sha256"] == engine.quality.provenance["model_sha256"]
-        assert entry["diversity"]["model_sha256"] == engine.diversity.provenance["model_sha256"]
+        check_entry(entry, "demo")  # the record `generate` writes and `evaluate` reads
+        assert (entry["folder"] / entry["file"]).is_file() and (entry["folder"] / entry["image_file"]).is_file()
+        assert entry["prompt"] == PROMPT and entry["prompt_index"] == 0 and entry["sampling"]["guidance_scale"] == 1.0
+        assert entry["sampling"]["duration"] == 1.0 and entry["model"] == str(quality)
+        assert entry["endpoints"]["quality"]["model_sha256"] == engine.quality.provenance["model_sha256"]
+        assert entry["endpoints"]["diversity"]["model_sha256"] == engine.diversity.provenance["model_sha256"]
+        assert entry["beta"] == [None, None] and entry["teacher_guidance_scale"] is None  # undistilled endpoints
     assert engine.quality.provenance["model_sha256"] != engine.diversity.provenance["model_sha256"]
+    # model_sha256 is the served theta(lam): the quality weights at lam 0, a new hash at 0.75
+    assert entries[0]["model_sha256"] == engine.quality.provenance["model_sha256"] != entries[3]["model_sha256"]
     # Same seed, other weights: the music changed with lam.
-    first, again = (np.load(session / entries[i]["codes_file"]) for i in (0, 3))
+    first, again = (np.load(entries[i]["folder"] / entries[i]["codes_file"]) for i in (0, 3))
     assert not np.array_equal(first, again)
 
     result = client.predict(lam=0.25, api_name="/set_lambda")
     assert result["lambda"] == 0.25
     assert torch.allclose(served_tensor(engine), torch.lerp(q, d, 0.25), atol=1e-6)
-    assert client.predict(api_name="/info")["lambda"] == 0.25
+    info = client.predict(api_name="/info")
+    assert info["lambda"] == 0.25 and info["served"]["lambda"] == 0.25
+    assert set(info["served"]) == {"model", "model_sha256", "beta", "lambda", "teacher_guidance_scale"}
 
 
 def test_compare_with_base_cfg(served):
@@ -111,7 +122,8 @@ def test_compare_with_base_cfg(served):
     assert summary["base"]["time_s"] > 0 and summary["base"]["diversity"] is not None
     base_entries = [e for e in manifest_entries(engine) if e["role"] == "base-cfg"]
     assert [e["seed"] for e in base_entries[-2:]] == [3, 4]
-    assert all(e["guidance_scale"] == 3.0 and e["sampling"]["guidance_scale"] == 3.0 for e in base_entries)
+    assert all(e["sampling"]["guidance_scale"] == 3.0 and e["model_sha256"] == engine.base_endpoint.provenance[
+        "model_sha256"] for e in base_entries)
 
 
 def test_shown_diversity_is_the_gated_reward(served):
@@ -189,7 +201,7 @@ def test_cli_registers_app_and_demo():
     assert not demo.share
     app = parser.parse_args(["app", "--quality", "q", "--diversity", "d", "--share"])
     assert app.func is cli.run_app and app.share and app.base is None and app.host == "127.0.0.1"
-    with pytest.raises(UserError, match="--quality q is not a checkpoint directory"):
+    with pytest.raises(UserError, match="--quality q is not a checkpoint or training run directory"):
         cli.run_app(app)
 
 
@@ -214,4 +226,4 @@ def test_demo_command_serves_the_shipped_models_or_stand_ins(monkeypatch, tmp_pa
     result = engine.generate(request, "session")
     assert len(result.items) == 2 and len(result.base_items) == 2
     assert all(item.image.read_bytes().startswith(b"\x89PNG") for item in result.items)
-    assert (tmp_path / "session-session" / "manifest.jsonl").is_file()
+    assert len(list((tmp_path / "session-session").glob("*/manifest.jsonl"))) == 2  # merged, base + CFG

@@ -238,43 +238,9 @@ def test_cli_rejects_bad_input(tmp_path):
 
 
 def _tiny_clap_dir(tmp_path, fusion: bool):
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+    from musicgen_cfg.tiny import save_tiny_clap
 
-    torch.manual_seed(0)
-    config = ClapConfig(
-        text_config=dict(
-            vocab_size=99,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=16,
-            max_position_embeddings=64,
-            projection_dim=16,
-        ),
-        audio_config=dict(
-            window_size=4,
-            num_mel_bins=32,
-            spec_size=64,
-            patch_size=4,
-            patch_stride=(4, 4),
-            hidden_size=32,
-            projection_dim=16,
-            depths=[1, 1],
-            num_attention_heads=[2, 2],
-            patch_embeds_hidden_size=16,
-            enable_fusion=fusion,
-            fusion_type="aff_2d" if fusion else None,
-        ),
-        projection_dim=16,
-    )
-    # 1-second windows at a coarse hop keep the spectrogram inside the tiny model's 64 x 64 input.
-    extractor = ClapFeatureExtractor(
-        feature_size=32, hop_length=960, max_length_s=1, truncation="fusion" if fusion else "rand_trunc"
-    )
-    directory = tmp_path / "clap"
-    ClapModel(config).save_pretrained(directory)
-    extractor.save_pretrained(directory)
-    return directory
+    return save_tiny_clap(tmp_path / "clap", fusion=fusion)
 
 
 @pytest.mark.parametrize("fusion", [False, True])

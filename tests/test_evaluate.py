@@ -34,14 +34,10 @@ PROMPTS = ["sad piano", "a joyful jig with drums"]
 
 @pytest.fixture(scope="session")
 def clap_dir(tmp_path_factory):
-    """A tiny random CLAP (from test_embedders) plus a word-level tokenizer, so it also scores text."""
-    from test_embedders import _tiny_clap_dir
+    """A tiny random CLAP with a word-level tokenizer, so it also scores text."""
+    from musicgen_cfg.tiny import save_tiny_clap
 
-    from musicgen_cfg.tiny import tiny_tokenizer
-
-    directory = _tiny_clap_dir(tmp_path_factory.mktemp("clap"), fusion=False)
-    tiny_tokenizer().save_pretrained(directory)
-    return directory
+    return save_tiny_clap(tmp_path_factory.mktemp("clap") / "clap")
 
 
 @pytest.fixture(scope="session")
@@ -178,12 +174,13 @@ def test_evaluate_tiny_real_run(tiny_run, clap_dir, reward_dir, tmp_path, capsys
     assert code == 0, captured.err
     result = json.loads((tiny_run / "metrics.json").read_text())
     assert result["world"] == "real" and result["num_prompts"] == 2 and result["samples_per_prompt"] == [3]
-    assert result["components"]["heldout_embedder"]["spec"] == f"clap:{clap_dir}"
+    assert result["components"]["heldout_embedder"]["spec"] == "encodec-emb"  # the run's own codec, offline
+    assert len(result["components"]["heldout_embedder"]["sha256"]) == 64
     assert len(result["components"]["reward_embedder"]["sha256"]) == 64
     assert len(result["checkpoint"]["model_sha256"]) == 64
     metrics = result["metrics"]
-    for name in ("quality", "clap_score", "diversity_reward", "diversity_heldout", "vendi_reward", "vendi_heldout",
-                 "lm_passes_per_second", "seconds_per_second"):
+    for name in ("quality", "clap_score", "diversity_reward", "diversity_heldout", "diversity_clap", "vendi_reward",
+                 "vendi_heldout", "vendi_clap", "lm_passes_per_second", "seconds_per_second"):
         stats = metrics[name]
         assert stats["ci_low"] - 1e-9 <= stats["mean"] <= stats["ci_high"] + 1e-9, name
     assert -1 <= metrics["clap_score"]["mean"] <= 1 and metrics["quality"] == metrics["clap_score"]
@@ -307,7 +304,8 @@ def test_bad_settings_give_one_clear_line(tiny_run, reward_dir, capsys):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
-    assert "--clap" in _one_line_error(capsys, tiny_run, "--reward-embedder", reward_dir)
+    assert "is not a directory" in _one_line_error(capsys, tiny_run, "--reference-dir", tiny_run / "nowhere")
+    assert "FAD and KAD need at least 2" in _one_line_error(capsys, tiny_run, "--reference-dir", reward_dir)
     assert "must differ" in _one_line_error(capsys, tiny_run, "--reward-embedder", reward_dir,
                                             "--heldout-embedder", reward_dir)
     assert "default-world runs only" in _one_line_error(capsys, tiny_run, "--reward-embedder", reward_dir,

@@ -258,18 +258,23 @@ def test_truncated_safetensors_gives_a_clear_error(tmp_path, pair):
 
 def test_streaming_merge_matches_in_memory_merge_and_records_a_manifest(tmp_path, pair, quality, diversity):
     (pair[0] / "manifest.json").write_text('{"artifact": "distilled student, beta=0"}')
+    for name in ("optimizer.safetensors", "trainer_state.json", "README.md"):  # a training checkpoint's files
+        (pair[0] / name).write_text("{}")
     out = merge_checkpoints(pair, tmp_path / "out", lam=0.25)
     merged = load_file(out / "model.safetensors")
     assert_state_equal(merged, merge_state_dicts([quality, diversity], lam=0.25))
     assert (out / "tokenizer.json").read_text() == '{"tiny": true}'
     assert not (out / "manifest.json").exists()  # it describes the beta = 0 source, not the merge
+    assert not (out / "optimizer.safetensors").exists() and not (out / "trainer_state.json").exists()
+    card = (out / "README.md").read_text()  # the merge's own model card, not the source's
+    assert "weight merge at lambda = 0.25" in card and "| beta (diversity reward weight) | [0.0, 15.0] |" in card
 
     config = json.loads((out / "config.json").read_text())
     block = config.pop("musicgen_cfg")
     expected = tiny_config()
     expected_block = expected.pop("musicgen_cfg")
     assert config == expected  # the first model's config
-    assert "beta" not in block  # the sources disagree on it
+    assert block["beta"] == [0.0, 15.0]  # the sources disagree on it: both, in merge order
     assert block["base_model"] == "default" and block["lambda"] == 0.25 and block["merge"]["method"] == "lerp"
     assert {k: block[k] for k in ("codec", "guidance_scale")} == {"codec": "symbolic", "guidance_scale": 3.0}
     assert expected_block["beta"] == 0.0
