@@ -50,7 +50,7 @@ def score(
     inputs = teacher_forcing_inputs(codes, lm.pad_id)
     if guidance_scale is None:
         logits, cfg_logits = forward(inputs, cond).float(), None
-    else:  # the CFG combination in fp32 (the bf16 difference cond - uncond would lose most of its bits)
+    else:  # the CFG combination in fp32: no bf16 rounding of the guided logits the KL reads
         logits, cfg_logits = split_and_combine(forward(torch.cat([inputs, inputs]), with_null(cond)).float(), guidance_scale)
         cfg_logits = revert_delay_pattern(cfg_logits)
     return Scores(revert_delay_pattern(logits), frame_mask(lengths, tuple(codes.shape), codes.device), cfg_logits)
