@@ -5,7 +5,7 @@
     musicgen-cfg train --config configs/quality.yaml --steps 50 --lr 3e-5     # YAML + overrides
     accelerate launch --num_processes 2 -m musicgen_cfg.cli train --config ...  # DDP, same global batch
 
-One step, P prompts x G generations (follow it top to bottom in `train_step`):
+One step, P prompts x G generations (follow it top to bottom in `Distiller.accumulate_gradients`):
   1. rollout  codes ~ student without CFG, no grad            [P*G, K, T]   sampler.sample
   2. reward   r = mean sibling 1 - cos of the embedded audio;  A = advantages(r)   rl/diversity.py
   3. teacher  pi_gamma = softmax(uncond + gamma (cond - uncond)) of the FROZEN base, one batched pass
@@ -15,6 +15,11 @@ One step, P prompts x G generations (follow it top to bottom in `train_step`):
 The student is scored with dropout off: the KL is between the policy we sample and the teacher.
 Rollout seeds depend on (seed, step, global row) only, so a run is reproducible, resumable to the
 bit, and the same under DDP with any number of processes for the same global batch.
+
+Real MusicGen (configs/musicgen_*.yaml): bf16 autocast with the CFG combination, log-softmax and KL in
+fp32; a bf16 teacher (teacher_dtype) sharing the student's text encoder and codec; gradient
+checkpointing; rollouts in chunks of rollout_batch_size rows; grad_accum equal micro-batches of each
+process's rows whose losses are weighted by the global sequence count. Memory: bench/train_memory.py.
 """
 
 import copy
