@@ -34,14 +34,13 @@ from musicgen_cfg.checkpoint import state_sha256
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.generate import MANIFEST, load_manifest, model_provenance, record_generation
 from musicgen_cfg.model import MusicGen, load_model, resolve_spec
-from musicgen_cfg.sampler import SamplingConfig
+from musicgen_cfg.sampler import MAX_SEED, SamplingConfig
 
 MAX_VARIATIONS = 8
 MAX_PROMPT_CHARS = 300
 MIN_DURATION_S = 0.5
 MAX_DURATION_S = 30.0
 MAX_TEMPERATURE = 2.0
-MAX_SEED = 2**31 - 1
 DEFAULT_LAMBDA = 0.5
 DEFAULT_TOP_K = 250  # MusicGen's default; vocabularies at or below it (the default model's 64) sample in full
 

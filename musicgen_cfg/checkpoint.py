@@ -18,6 +18,12 @@ from safetensors.torch import load_file, save_file
 
 from musicgen_cfg.errors import UserError
 
+# The file names of a checkpoint directory (transformers' conventions), spelled once for the project.
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"  # a sharded checkpoint: model-0000k-of-0000n.safetensors
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # never opened: refused by name
+
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path):
@@ -94,3 +100,41 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def require_safetensors_weights(directory: str | Path) -> None:
+    """A one-line UserError unless `directory` holds safetensors weights (single file or sharded index).
+
+    Checked by name before any loader runs, so a directory with only pickled weights (pytorch_model.bin)
+    is refused without a pickle ever being opened."""
+    directory = Path(directory)
+    if (directory / WEIGHTS_NAME).is_file() or (directory / WEIGHTS_INDEX_NAME).is_file():
+        return
+    pickled = [name for name in PICKLE_NAMES if (directory / name).exists()]
+    if pickled:
+        raise UserError(f"{directory} has only pickled weights ({pickled[0]}), which are never loaded: convert them "
+                        f"to {WEIGHTS_NAME} (transformers: model.save_pretrained(DIR, safe_serialization=True))")
+    raise UserError(f"{directory} is not a model checkpoint: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
+
+
+def check_output_directory(path: str | Path, flag: str = "--out") -> Path:
+    """A one-line UserError unless `path` is (or can be created as) a writable directory; creates nothing.
+
+    Checked before any work, so a bad --out never costs a model load or leaves a partial output:
+    an existing file, a missing parent that is a file, or an unwritable place (read-only directory or
+    file system) are refused. Writability is probed with a temporary file (os.access ignores
+    read-only mounts and says yes to root)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} exists and is not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path} cannot be created: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {path} is not writable: {err.strerror or err} in {existing}") from None
+    return path

@@ -20,7 +20,7 @@ Default-world (symbolic codec) directories have the same files except the transf
 
 from pathlib import Path
 
-from musicgen_cfg.checkpoint import atomic_directory, file_sha256, read_json, write_json
+from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, read_json, write_json
 
 PROJECT_KEY = "musicgen_cfg"
 GENERATION_CONFIG = "generation_config.json"
@@ -49,7 +49,7 @@ def export_model(model, out_dir: str | Path, provenance: dict, manifest: dict | 
         write_hub_files(tmp, metrics)
         if manifest is not None:
             write_json({**manifest, **block, "weights_sha256": model.weights_sha256(refresh=True),
-                        "model_safetensors_sha256": file_sha256(tmp / "model.safetensors")}, tmp / "manifest.json")
+                        "model_safetensors_sha256": file_sha256(tmp / WEIGHTS_NAME)}, tmp / "manifest.json")
     return Path(out_dir)
 
 

@@ -199,7 +199,7 @@ def run_sweep(config: SweepConfig, out: Path, dataset_path=None, scorer_dir=None
     from musicgen_cfg.corpus import load_dataset
     from musicgen_cfg.judges import DefaultWorldJudges, prompt_attributes
     from musicgen_cfg.model import load_model, pick_device
-    from musicgen_cfg.scorer import WEIGHTS
+    from musicgen_cfg.checkpoint import WEIGHTS_NAME
     from rl.diversity import pairwise_diversity
 
     test = load_dataset("test", dataset_path)
@@ -212,7 +212,7 @@ def run_sweep(config: SweepConfig, out: Path, dataset_path=None, scorer_dir=None
     real_scores = judges.score(test.codes(indices), prompts)
     result = {"settings": {**asdict(config), "frames": SEGMENT_FRAMES}, "model_weights_sha256": model.weights_sha256(),
               "dataset_sha256": judges.dataset_sha256,
-              "scorer_weights_sha256": file_sha256(judges.scorer_dir / WEIGHTS),
+              "scorer_weights_sha256": file_sha256(judges.scorer_dir / WEIGHTS_NAME),
               "prompts": [{"test_index": int(i), "style": s, "prompt": p, "parsed": prompt_attributes(p)}
                           for i, s, p in zip(indices, styles, prompts)],
               "real": {**summarise(real_scores, 1, styles),

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.sampler import SamplingConfig
+from musicgen_cfg.sampler import MAX_SEED, SamplingConfig
 
 MANIFEST = "manifest.jsonl"
 MAX_PROMPT_CHARS = 2000
+MAX_NUM_SAMPLES = 1000  # per prompt
+MAX_DURATION_S = 600.0  # hard cap; the model's position table usually allows less (checked after loading)
 
 
 @dataclass
@@ -42,10 +44,12 @@ class GenerateConfig:
     device: str = "auto"  # auto, cpu, cuda
 
     def __post_init__(self):
-        if self.num_samples < 1:
-            raise UserError(f"--num-samples must be >= 1, got {self.num_samples}")
-        if not self.duration > 0:
-            raise UserError(f"--duration must be positive, got {self.duration}")
+        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise UserError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, got {self.num_samples}")
+        if not 0 < self.duration <= MAX_DURATION_S:
+            raise UserError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {self.duration}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.audio_format not in ("wav", "flac"):
@@ -57,8 +61,14 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"prompts file not found: {path}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"prompts file {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    if "\x00" in text:
+        raise UserError(f"prompts file {path} is binary (it contains NUL bytes), not one prompt per line")
     prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -73,12 +83,23 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def validate_prompts(prompts: list[str]) -> list[str]:
+    """The prompts unchanged, or a UserError for an empty list, a blank prompt or one over MAX_PROMPT_CHARS."""
     if not prompts:
         raise UserError("no prompts given (empty prompt list)")
-    for p in prompts:
+    for number, p in enumerate(prompts, 1):
+        if not p.strip():
+            raise UserError(f"prompt {number} is empty: describe the music to generate")
         if len(p) > MAX_PROMPT_CHARS:
-            raise UserError(f"prompt of {len(p)} characters exceeds the {MAX_PROMPT_CHARS}-character limit")
+            raise UserError(f"prompt {number} has {len(p)} characters; at most {MAX_PROMPT_CHARS} are allowed")
     return prompts
+
+
+def check_seed_room(config: GenerateConfig, prompts: list[str]) -> None:
+    """Item seeds run from config.seed to seed + items - 1; all must stay within MAX_SEED."""
+    last_seed = config.seed + len(prompts) * config.num_samples - 1
+    if last_seed > MAX_SEED:
+        raise UserError(f"--seed {config.seed} leaves no room for {len(prompts) * config.num_samples} items: the last "
+                        f"item's seed {last_seed} exceeds {MAX_SEED}")
 
 
 def slug(text: str, length: int = 40) -> str:
@@ -114,7 +135,7 @@ def record_generation(manifest, out_dir: Path, name: str, output, *, prompt_inde
              "sample_index": sample_index, "seed": output.seed, **provenance, "sampling": settings,
              "num_frames": int(output.codes.shape[-1]), "sample_rate": output.sample_rate, "render": output.render,
              "wall_time_s": round(wall_time_s, 4), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-    manifest.write(json.dumps(entry) + "\n")
+    manifest.write(json.dumps(entry, allow_nan=False) + "\n")  # Infinity / NaN are not JSON
     return entry
 
 
@@ -134,9 +155,10 @@ def load_manifest(out_dir: Path) -> list[dict]:
 
 def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig, out_dir: Path,
                    progress=None) -> list[dict]:
-    """Generate all (prompt, sample) items not already done; append their manifest entries; return all entries."""
-    validate_prompts(prompts)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Generate all (prompt, sample) items not already done; append their manifest entries; return all entries.
+
+    Nothing is created before the first item is generated: a run that fails first leaves no empty manifest."""
+    check_seed_room(config, validate_prompts(prompts))
     provenance = model_provenance(model)
     settings = {**asdict(sampling), "duration": config.duration}
     done = {}
@@ -146,13 +168,17 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
     items = [(i, j, p, config.seed + i * config.num_samples + j) for i, p in enumerate(prompts) for j in range(config.num_samples)]
     key = lambda p, s: (p, s, provenance["model_sha256"], json.dumps(settings, sort_keys=True))  # noqa: E731
     todo = [item for item in items if key(item[2], item[3]) not in done]
-    with open(out_dir / MANIFEST, "a") as manifest:
+    manifest = None
+    try:
         for start in range(0, len(todo), config.batch_size):
             chunk = todo[start : start + config.batch_size]
             began = time.perf_counter()
             outputs = model.generate([c[2] for c in chunk], [c[3] for c in chunk], config.duration, sampling,
                                      max_batch=config.batch_size)
             wall = (time.perf_counter() - began) / len(chunk)
+            if manifest is None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                manifest = open(out_dir / MANIFEST, "a")
             for (i, j, prompt, seed), out in zip(chunk, outputs):
                 name = f"{i:04d}_{j:02d}_{slug(prompt)}_s{seed}.{config.audio_format}"
                 done[key(prompt, seed)] = record_generation(manifest, out_dir, name, out, prompt_index=i, sample_index=j,
@@ -160,6 +186,11 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
             manifest.flush()
             if progress is not None:
                 progress(min(start + config.batch_size, len(todo)), len(todo))
+    except OSError as err:
+        raise UserError(f"cannot write to {out_dir}: {err.strerror or err}") from None
+    finally:
+        if manifest is not None:
+            manifest.close()
     return [done[key(p, s)] for _, _, p, s in items]
 
 
@@ -169,32 +200,40 @@ def register(subparsers):
     parser.add_argument("--model", default="default",
                         help="default[-quality|-diversity], checkpoint dir, training run dir or hub id")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", action="append", help="a text prompt (repeat for several)")
-    source.add_argument("--prompts-file", help=".txt (one prompt per line) or .jsonl ({'prompt': ...})")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per sample")
+    source.add_argument("--prompt", action="append",
+                        help=f"a text prompt (repeat for several; at most {MAX_PROMPT_CHARS} characters each)")
+    source.add_argument("--prompts-file", help="UTF-8 .txt (one prompt per line) or .jsonl ({'prompt': ...})")
+    parser.add_argument("--num-samples", type=int, default=1, help=f"samples per prompt, 1 to {MAX_NUM_SAMPLES}")
+    parser.add_argument("--duration", type=float, default=8.0,
+                        help=f"seconds per sample, at most the model's context (checked after loading) and {MAX_DURATION_S:g}")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="CFG gamma (1 = no CFG, one pass); default: 1")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=250)
+    parser.add_argument("--top-k", type=int, default=250, help="keep the k most likely tokens per codebook; 0 = off")
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help=f"base seed, 0 to {MAX_SEED} (item seeds count up from it and stay within that range)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--format", dest="audio_format", default="wav", choices=["wav", "flac"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--out", required=True, help="output directory (created; a file or unwritable place is refused)")
     parser.set_defaults(func=main)
 
 
 def main(args) -> int:
+    from musicgen_cfg.checkpoint import check_output_directory
     from musicgen_cfg.model import load_model, pick_device
 
+    # Every check that needs no model runs before the model loads, and before anything is written.
     prompts = validate_prompts(args.prompt if args.prompt else read_prompts(args.prompts_file))
     config = GenerateConfig(args.model, args.num_samples, args.duration, args.seed, args.batch_size,
                             args.audio_format, args.device)
     sampling = SamplingConfig(guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    model = load_model(args.model, device=pick_device(config.device))
+    check_seed_room(config, prompts)
+    check_output_directory(args.out)
+    device = pick_device(config.device)
+    model = load_model(args.model, device=device)
     max_seconds = _max_duration(model, prompts)
     if config.duration > max_seconds:
         raise UserError(f"--duration {config.duration} s is too long for this model (at most {max_seconds:.1f} s)")

@@ -22,9 +22,11 @@ from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import Condition
 from musicgen_cfg.checkpoint import (
+    WEIGHTS_NAME,
     atomic_directory,
     load_tensors,
     read_json,
+    require_safetensors_weights,
     save_tensors,
     state_sha256,
     write_json,
@@ -35,7 +37,6 @@ from musicgen_cfg.sampler import SamplingConfig, sample
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "default"
 DEFAULT_MODELS = {"default": "base", "default-base": "base", "default-quality": "quality", "default-diversity": "diversity"}
-WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -130,7 +131,7 @@ class MusicGen:
         if not self.is_symbolic:  # a real checkpoint keeps its frozen towers so transformers can load it
             state.update({f"text_encoder.{k}": v for k, v in self.text_encoder.encoder.state_dict().items()})
             state.update({f"audio_encoder.{k}": v for k, v in self.codec.model.state_dict().items()})
-        save_tensors(state, directory / WEIGHTS, metadata={"format": "pt"})
+        save_tensors(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
         write_json(config, directory / "config.json")
         if not self.is_symbolic:
             self.text_encoder.tokenizer.save_pretrained(directory)
@@ -139,11 +140,24 @@ class MusicGen:
 
 
 def pick_device(device: str) -> str:
-    """'auto' -> cuda when available, else cpu; an unavailable cuda request is a user error."""
+    """'auto' -> cuda when available, else cpu; 'cpu', 'cuda[:N]' or 'mps' when that device exists, else a user error."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but no CUDA device is available")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device {device!r} requested but no CUDA device is available")
+        if parsed.index is not None and parsed.index >= count:
+            raise UserError(f"device {device!r} requested but only {count} CUDA device(s) exist (cuda:0..cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"device {device!r} requested but MPS is not available")
+    elif parsed.type != "cpu":
+        raise UserError(f"unsupported device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -199,6 +213,7 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> MusicGen:
         config = read_json(path / "config.json")
         if config.get("musicgen_cfg", {}).get("codec") == "symbolic":
             return _load_symbolic(path, config).to(device)
+        require_safetensors_weights(path)
         return _load_transformers(source).to(device)
     if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise UserError(f"model directory not found: {source}")
@@ -211,7 +226,7 @@ def _load_symbolic(path: Path, config: dict) -> MusicGen:
 
     text_encoder = minilm_text_encoder(cache_size=4096)
     lm = MusicgenLM(MusicgenDecoderConfig(**config["decoder"]), text_encoder.hidden_size)
-    _load_lm_state(lm, load_tensors(path / WEIGHTS), path)
+    _load_lm_state(lm, load_tensors(path / WEIGHTS_NAME), path)
     return MusicGen(lm.eval(), text_encoder, SymbolicCodec(), config, str(path))
 
 
@@ -222,7 +237,8 @@ def _load_transformers(source: str) -> MusicGen:
     from musicgen_cfg.conditioning import TextEncoder
 
     try:
-        hf = MusicgenForConditionalGeneration.from_pretrained(source)
+        # use_safetensors: a hub repository without safetensors weights fails here instead of unpickling
+        hf = MusicgenForConditionalGeneration.from_pretrained(source, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise UserError(f"cannot load MusicGen checkpoint {source!r}: {str(err).strip().splitlines()[0]}") from None

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import drop_condition
-from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
+from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, write_json
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training import (
@@ -205,7 +205,7 @@ def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: 
             "dataset": str(dataset_path.name),
             "dataset_sha256": file_sha256(dataset_path),
             "weights_sha256": model.weights_sha256(refresh=True),
-            "model_safetensors_sha256": file_sha256(tmp / "model.safetensors"),
+            "model_safetensors_sha256": file_sha256(tmp / WEIGHTS_NAME),
             "parameters": sum(p.numel() for p in model.lm.parameters()),
             "train_seconds": round(elapsed, 1),
             "final_metrics_csv": str(run_dir / "metrics.csv"),

@@ -11,6 +11,7 @@ On CUDA the per-step work (forward, CFG, filtering, sampling) is captured once i
 replayed: at batch 1 the step is bound by launch overhead, not by reading the weights.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,18 +26,20 @@ from musicgen_cfg.lm import KVCache, MusicgenLM
 class SamplingConfig:
     guidance_scale: float = 1.0  # CFG strength gamma; 1 = plain conditional sampling (one pass)
     temperature: float = 1.0  # softmax temperature (> 0)
-    top_k: int | None = 250  # keep the k most likely tokens per codebook; None = all
+    top_k: int | None = 250  # keep the k most likely tokens per codebook; 0 or None = all (as in transformers)
     top_p: float = 1.0  # nucleus: smallest set with probability >= top_p; 1 = off
     greedy: bool = False  # argmax instead of sampling (ignores temperature / top-k / top-p)
     use_cuda_graph: bool = True  # capture the decoding step on CUDA devices
 
     def __post_init__(self):
-        if not self.guidance_scale >= 0:
-            raise UserError(f"guidance scale must be >= 0, got {self.guidance_scale}")
-        if not self.temperature > 0:
-            raise UserError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k <= 0:
-            raise UserError(f"top-k must be a positive integer, got {self.top_k}")
+        if not (self.guidance_scale >= 0 and math.isfinite(self.guidance_scale)):
+            raise UserError(f"guidance scale must be a finite number >= 0, got {self.guidance_scale}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise UserError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise UserError(f"top-k must be 0 (off) or a positive integer, got {self.top_k}")
+        if self.top_k == 0:  # one meaning everywhere (CLI, app, transformers): 0 keeps every token
+            self.top_k = None
         if not 0 < self.top_p <= 1:
             raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
 
@@ -46,6 +49,7 @@ class SamplingConfig:
 
 
 _MASK32 = 0xFFFFFFFF
+MAX_SEED = 2**31 - 1  # seeds are hashed as 32-bit values; the one bound of every seed a user gives
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from torch import nn
 
 from musicgen_cfg import symbolic
 from musicgen_cfg.checkpoint import (
+    WEIGHTS_NAME,
     atomic_directory,
     file_sha256,
     load_tensors,
@@ -49,7 +50,6 @@ from musicgen_cfg.errors import UserError
 from musicgen_cfg.training import field, warmup_cosine
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "default" / "scorer"
-WEIGHTS = "model.safetensors"
 TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
 RETRIEVAL_GROUP = 32  # held-out retrieval: one caption against this many segments
 MAX_SIZE_BYTES = 5 * 1024 * 1024
@@ -174,8 +174,8 @@ class ContrastiveScorer(nn.Module):
         """Atomically write config.json, model.safetensors and manifest.json (+ weights sha256); returns it."""
         with atomic_directory(directory) as tmp:
             write_json(asdict(self.config), tmp / "config.json")
-            save_tensors(self.state_dict(), tmp / WEIGHTS)
-            digest = file_sha256(tmp / WEIGHTS)
+            save_tensors(self.state_dict(), tmp / WEIGHTS_NAME)
+            digest = file_sha256(tmp / WEIGHTS_NAME)
             write_json({**manifest, "weights_sha256": digest}, tmp / "manifest.json")
         return digest
 
@@ -189,7 +189,7 @@ class ContrastiveScorer(nn.Module):
             raise UserError(f"{directory / 'config.json'} is not a scorer config: {err}") from None
         model = cls(config)
         try:
-            model.load_state_dict(load_tensors(directory / WEIGHTS))
+            model.load_state_dict(load_tensors(directory / WEIGHTS_NAME))
         except RuntimeError as err:
             raise UserError(f"scorer weights in {directory} do not match its config: "
                             f"{str(err).splitlines()[0]}") from None
@@ -374,9 +374,9 @@ def run_train(args: argparse.Namespace) -> int:
         "heldout": final, "heldout_by_step": {str(k): v for k, v in metrics["heldout"].items()},
     }
     digest = model.save(Path(args.out), manifest)
-    size = (Path(args.out) / WEIGHTS).stat().st_size
+    size = (Path(args.out) / WEIGHTS_NAME).stat().st_size
     if size > MAX_SIZE_BYTES:
-        say(f"warning: {Path(args.out) / WEIGHTS} is {size / 2**20:.1f} MB, over the 5 MB budget")
+        say(f"warning: {Path(args.out) / WEIGHTS_NAME} is {size / 2**20:.1f} MB, over the 5 MB budget")
     say(f"saved {args.out} (model.safetensors sha256 {digest}); held-out retrieval top-1 "
         f"{final['retrieval_top1']:.3f}, own caption above another {final['own_vs_other']:.3f}")
     return 0

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from musicgen_cfg.checkpoint import atomic_directory, load_tensors, read_json, save_tensors, write_json
+from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, load_tensors, read_json, save_tensors, write_json
 from musicgen_cfg.errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -184,9 +184,9 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, gener
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, data_rng: random.Random) -> dict:
     """Restore weights, optimizer, scheduler and every RNG from checkpoint `path`; returns trainer_state."""
-    from musicgen_cfg.model import WEIGHTS, _load_lm_state
+    from musicgen_cfg.model import _load_lm_state
 
-    _load_lm_state(model.lm, load_tensors(path / WEIGHTS, device=str(model.device)), path)
+    _load_lm_state(model.lm, load_tensors(path / WEIGHTS_NAME, device=str(model.device)), path)
     tensors = load_tensors(path / "optimizer.safetensors")
     torch.set_rng_state(tensors.pop("rng::torch"))
     generator.set_state(tensors.pop("rng::generator"))

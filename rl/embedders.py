@@ -22,14 +22,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from musicgen_cfg.checkpoint import atomic_directory, file_sha256
+from musicgen_cfg.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_directory, file_sha256
 from musicgen_cfg.errors import UserError
 
 DEFAULT_EMBEDDER_DIR = (
     Path(__file__).resolve().parent.parent / "musicgen_cfg" / "assets" / "default" / "embedder"
 )
 CONTRASTIVE_KIND = "contrastive-music"  # the "embedder" field of our config.json
-CONFIG_NAME, WEIGHTS_NAME, MANIFEST_NAME = "config.json", "model.safetensors", "manifest.json"
+MANIFEST_NAME = "manifest.json"
 
 
 class Embedder(Protocol):

@@ -1,7 +1,9 @@
 """`musicgen-cfg generate` end to end on a tiny saved checkpoint: files, manifest, resume, bad input."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -36,9 +38,9 @@ def test_generate_writes_playable_wavs_and_manifest_and_resumes(tiny_dir, tmp_pa
 
 @pytest.mark.parametrize("extra, message", [
     (["--duration", "0"], "duration"),
-    (["--duration", "100000"], "too long"),
+    (["--duration", "500"], "too long"),
     (["--guidance-scale", "-1"], "guidance scale"),
-    (["--top-k", "0"], "top-k"),
+    (["--top-k", "-1"], "top-k"),
     (["--top-p", "1.5"], "top-p"),
 ])
 def test_bad_generation_settings_give_one_line(tiny_dir, tmp_path, capsys, extra, message):
@@ -70,3 +72,89 @@ def test_corrupt_default_style_checkpoint(tmp_path, capsys, tiny_dir):
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
     code, captured = run(capsys, "generate", "--model", str(broken), "--prompt", "x", "--out", str(tmp_path / "o"))
     assert code == 2 and captured.err.startswith("error:") and len(captured.err.strip().splitlines()) == 1
+
+
+def test_top_k_zero_means_off_as_in_the_app(tiny_dir, tmp_path, capsys):
+    from musicgen_cfg.sampler import SamplingConfig
+
+    assert SamplingConfig(top_k=0) == SamplingConfig(top_k=None)
+    outs = {}
+    for top_k in ("0", "100000"):  # 0 = off, and a k above the vocabulary keeps every token too
+        out = tmp_path / top_k
+        code, _ = run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "x", "--duration", "0.3",
+                      "--top-k", top_k, "--out", str(out))
+        assert code == 0
+        entry = json.loads((out / "manifest.jsonl").read_text())
+        outs[top_k] = (np.load(out / entry["codes_file"]), entry["sampling"]["top_k"])
+    assert outs["0"][1] is None and np.array_equal(outs["0"][0], outs["100000"][0])
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    (lambda d: ["--prompt", ""], "prompt 1 is empty"),
+    (lambda d: ["--prompt", "a jig", "--prompt", " \t "], "prompt 2 is empty"),
+    (lambda d: ["--prompt", "x" * 2001], "at most 2000 are allowed"),
+    (lambda d: ["--prompt", "x", "--num-samples", "1000000"], "--num-samples must be between 1 and 1000"),
+    (lambda d: ["--prompt", "x", "--duration", "1e9"], "--duration must be in (0, 600]"),
+    (lambda d: ["--prompt", "x", "--guidance-scale", "inf"], "guidance scale must be a finite number"),
+    (lambda d: ["--prompt", "x", "--guidance-scale", "nan"], "guidance scale must be a finite number"),
+    (lambda d: ["--prompt", "x", "--temperature", "inf"], "temperature must be a finite number"),
+    (lambda d: ["--prompt", "x", "--seed", str(2**70)], "--seed must be between 0 and 2147483647"),
+    (lambda d: ["--prompt", "x", "--seed", "-1"], "--seed must be between 0 and"),
+    (lambda d: ["--prompt", "x", "--prompt", "y", "--seed", str(2**31 - 1)], "leaves no room for 2 items"),
+    (lambda d: ["--prompt", "x", "--device", "tpu9"], "unknown device 'tpu9'"),
+    (lambda d: ["--prompt", "x", "--device", "cuda:99"], "device 'cuda:99' requested but"),
+    (lambda d: ["--prompts-file", _write(d / "latin1.txt", "caf\xe9 jazz\n".encode("latin-1"))], "is not UTF-8 text"),
+    (lambda d: ["--prompts-file", _write(d / "binary.txt", bytes(range(256)))], "is not UTF-8 text"),
+    (lambda d: ["--prompts-file", _write(d / "nul.txt", b"a jig\x00\x00\n")], "is binary"),
+])
+def test_bad_input_is_one_line_before_any_model_load_and_writes_nothing(tiny_dir, tmp_path, capsys, monkeypatch,
+                                                                      case, message):
+    import musicgen_cfg.model
+
+    monkeypatch.setattr(musicgen_cfg.model, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    code, captured = run(capsys, "generate", "--model", str(tiny_dir), *case(tmp_path), "--out", str(out))
+    assert code == 2 and captured.err.startswith("error: ") and message in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_out_that_is_a_file_or_unwritable_is_refused_before_loading(tiny_dir, tmp_path, capsys, monkeypatch):
+    import musicgen_cfg.model
+
+    monkeypatch.setattr(musicgen_cfg.model, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    existing = tmp_path / "file.wav"
+    existing.write_bytes(b"keep me")
+    places = [(existing, "exists and is not a directory"), (existing / "sub", "is a file")]
+    if Path("/proc/self").is_dir():  # a read-only place even for root (chmod does not stop root)
+        places.append((Path("/proc/musicgen-cfg-out"), "is not writable"))
+    for out, message in places:
+        code, captured = run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "x", "--out", str(out))
+        assert code == 2 and message in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_a_failure_before_the_first_item_leaves_no_manifest(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, captured = run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "x", "--duration", "500",
+                         "--out", str(out))  # too long for the tiny model: found after loading
+    assert code == 2 and "too long" in captured.err and not out.exists()
+
+
+def test_pickle_only_transformers_directory_is_refused_without_unpickling(tiny_dir, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import torch
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(tiny_dir / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    code, captured = run(capsys, "generate", "--model", str(pickled), "--prompt", "x", "--out", str(tmp_path / "o"))
+    assert code == 2 and "only pickled weights (pytorch_model.bin)" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
