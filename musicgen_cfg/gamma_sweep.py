@@ -196,10 +196,10 @@ def markdown(result: dict) -> str:
 def run_sweep(config: SweepConfig, out: Path, dataset_path=None, scorer_dir=None, log=print, judges=None) -> dict:
     """Generate, judge and write the sweep (module docstring); returns the results dict.
     `judges`: a DefaultWorldJudges to reuse (else one is built from dataset_path and scorer_dir)."""
+    from musicgen_cfg.checkpoint import WEIGHTS_NAME
     from musicgen_cfg.corpus import load_dataset
     from musicgen_cfg.judges import DefaultWorldJudges, prompt_attributes
     from musicgen_cfg.model import load_model, pick_device
-    from musicgen_cfg.checkpoint import WEIGHTS_NAME
     from rl.diversity import pairwise_diversity
 
     test = load_dataset("test", dataset_path)

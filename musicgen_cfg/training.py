@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, load_tensors, read_json, save_tensors, write_json
+from musicgen_cfg.checkpoint import (
+    WEIGHTS_NAME,
+    atomic_directory,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from musicgen_cfg.errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint-"
