@@ -5,15 +5,18 @@ Every writer in the project (model save, trainer checkpoints, merges) goes throu
 """
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from musicgen_cfg.errors import UserError
@@ -25,15 +28,62 @@ WEIGHTS_INDEX_NAME = "model.safetensors.index.json"  # a sharded checkpoint: mod
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")  # never opened: refused by name
 
 
+def _writer_tag() -> str:
+    """pid@host of this process, as atomic_directory writes it into its temporary names."""
+    return f"{os.getpid()}@{socket.gethostname().replace('.', '_')}"
+
+
+# .NAME.tmp.PID@HOST.RANDOM (the new directory being written) and .NAME.old.PID@HOST (the one it replaces)
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)\.(?P<pid>\d+)@(?P<host>[^.]*)(\..*)?$")
+
+
+def _writer_alive(pid: int, host: str) -> bool:
+    """Whether the process that made a temporary may still be writing (another host's: assume so)."""
+    if host != socket.gethostname().replace(".", "_") or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path, name: str = "*") -> list[Path]:
+    """Clean up after atomic_directory writes whose process died (kill -9, power loss) in `directory`.
+
+    `name`: a glob over the target names (default: all). A stale `.NAME.tmp.*` (a write that never
+    finished) is deleted. A stale `.NAME.old.*` is the previous complete version: it is put back when
+    the process died between its two renames (NAME missing), else deleted. Temporaries of live
+    processes and of other hosts are left alone. Returns what was removed or restored."""
+    touched = []
+    for entry in Path(directory).glob(f".{name}.*"):
+        match = _TEMPORARY.match(entry.name)
+        if match is None or not entry.is_dir() or _writer_alive(int(match["pid"]), match["host"]):
+            continue
+        target = entry.with_name(match["name"])
+        try:
+            if match["kind"] == "old" and not target.exists():
+                os.replace(entry, target)
+            else:
+                shutil.rmtree(entry)
+        except FileNotFoundError:  # another process cleaned it first
+            continue
+        touched.append(entry)
+    return touched
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path):
     """Yield a temp directory beside `path`; on success it replaces `path` in one rename.
 
-    An existing `path` is moved aside first and deleted only after the new one is in place.
-    """
+    An existing `path` is moved aside first and deleted only after the new one is in place. Stale
+    temporaries of an earlier write of `path` that was killed are cleaned up first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_stale_temporaries(path.parent, glob.escape(path.name))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.{_writer_tag()}.", dir=path.parent))
     try:
         yield tmp
     except BaseException:
@@ -47,7 +97,7 @@ def atomic_directory(path: str | Path):
     tmp.chmod(0o777 & ~umask)
     old = None
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        old = path.with_name(f".{path.name}.old.{_writer_tag()}")
         os.replace(path, old)
     os.replace(tmp, path)
     if old is not None:
@@ -66,6 +116,19 @@ def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tenso
         raise UserError(f"weights file not found: {path}")
     try:
         return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"corrupt or truncated safetensors file {path}: {str(err).splitlines()[0]}") from None
+
+
+def safetensors_keys(path: str | Path) -> list[str]:
+    """The tensor names of a safetensors file, reading only its header (the file size is checked against
+    it, so a truncated file is caught); a missing or corrupt file raises a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(f"corrupt or truncated safetensors file {path}: {str(err).splitlines()[0]}") from None
 

@@ -40,11 +40,11 @@ from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
 from musicgen_cfg.training import (
     MetricsLog,
-    checkpoints,
     field,
     final_export_dir,
     load_checkpoint,
     register_config_command,
+    resume_point,
     save_checkpoint,
     warmup_cosine,
     write_run_info,
@@ -434,18 +434,17 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
     # an `accelerate config` cannot change the precision behind the config's back.
     accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
     run_dir = Path(config.out)
-    if checkpoints(run_dir) and not resume:
-        raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue or choose another --out")
-    distiller = Distiller(config, accelerator)
     main_process = accelerator.is_main_process
+    checkpoint = resume_point(run_dir, resume, clean=main_process)
+    distiller = Distiller(config, accelerator)
+    start, state = 0, {}
+    if checkpoint is not None:  # restored before run.json is written: a failed resume changes nothing
+        state = load_checkpoint(checkpoint, distiller.student, distiller.optimizer, distiller.scheduler,
+                                distiller.generator, distiller.data_rng)
+        start = state["step"]
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, config, command)
-    start, state = 0, {}
-    if resume and checkpoints(run_dir):
-        state = load_checkpoint(checkpoints(run_dir)[-1], distiller.student, distiller.optimizer, distiller.scheduler,
-                                distiller.generator, distiller.data_rng)
-        start = state["step"]
     log = MetricsLog(run_dir, tensorboard=config.tensorboard) if main_process else None
     if log is not None:
         log.truncate_after(start)

@@ -27,10 +27,10 @@ from musicgen_cfg.errors import UserError
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training import (
     MetricsLog,
-    checkpoints,
     field,
     load_checkpoint,
     register_config_command,
+    resume_point,
     save_checkpoint,
     warmup_cosine,
     write_run_info,
@@ -140,10 +140,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     run_dir = Path(config.out)
-    if run_dir.exists() and checkpoints(run_dir) and not resume:
-        raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_info(run_dir, config, command)
+    checkpoint = resume_point(run_dir, resume)
     train = load_dataset("train", config.dataset, augment_semitones=config.transpose, seed=config.seed)
     cum_weights = style_cumulative_weights(train, config.style_balance)
     val = load_dataset("val", config.dataset)
@@ -158,9 +155,11 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     generator = torch.Generator().manual_seed(config.seed)
     data_rng = random.Random(config.seed)
     start, state = 0, {}
-    if resume and checkpoints(run_dir):
-        state = load_checkpoint(checkpoints(run_dir)[-1], model, optimizer, scheduler, generator, data_rng)
+    if checkpoint is not None:  # restored before run.json is written: a failed resume changes nothing
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, generator, data_rng)
         start = state["step"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(run_dir, config, command)
     log = MetricsLog(run_dir)
     log.truncate_after(start)
     elapsed = state.get("elapsed_s", 0.0)

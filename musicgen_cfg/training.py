@@ -23,16 +23,21 @@ import torch
 import yaml
 
 from musicgen_cfg.checkpoint import (
+    CONFIG_NAME,
     WEIGHTS_NAME,
     atomic_directory,
     load_tensors,
     read_json,
+    remove_stale_temporaries,
+    safetensors_keys,
     save_tensors,
     write_json,
 )
 from musicgen_cfg.errors import UserError
 
 CHECKPOINT_PREFIX = "checkpoint-"
+OPTIMIZER_NAME = "optimizer.safetensors"
+TRAINER_STATE_NAME = "trainer_state.json"
 FINAL_EXPORT = "final"  # RUN/final: where `train` exports the finished model unless `export` says otherwise
 
 
@@ -171,19 +176,53 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit())
 
 
+def resume_point(run_dir: str | Path, resume: bool, clean: bool = True) -> Path | None:
+    """The checkpoint a run continues from (None: a fresh run), checked before the run writes anything.
+
+    A fresh run refuses a directory that already holds checkpoints; --resume refuses one without any,
+    and a latest checkpoint with a missing, truncated or corrupt file. `clean` (the writing process
+    only): first remove what saves killed mid-write left behind (remove_stale_temporaries)."""
+    run_dir = Path(run_dir)
+    if clean and run_dir.is_dir():
+        remove_stale_temporaries(run_dir)
+    found = checkpoints(run_dir)
+    if found and not resume:
+        raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue or choose another --out")
+    if not resume:
+        return None
+    if not found:
+        raise UserError(f"--resume: {run_dir} holds no {CHECKPOINT_PREFIX}* to continue from "
+                        f"(run without --resume to start a new run)")
+    check_checkpoint(found[-1])
+    return found[-1]
+
+
+def check_checkpoint(path: Path) -> None:
+    """A one-line UserError unless every file of a trainer checkpoint is present and readable (headers only)."""
+    read_json(path / CONFIG_NAME)
+    safetensors_keys(path / WEIGHTS_NAME)
+    if "rng::torch" not in safetensors_keys(path / OPTIMIZER_NAME):
+        raise UserError(f"{path / OPTIMIZER_NAME} holds no RNG state: not a trainer checkpoint")
+    state = read_json(path / TRAINER_STATE_NAME)
+    missing = [key for key in ("step", "scheduler", "data_rng") if key not in state]
+    if missing:
+        raise UserError(f"{path / TRAINER_STATE_NAME} lacks {missing[0]!r}: not a trainer checkpoint")
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, generator: torch.Generator,
                     data_rng: random.Random, state: dict, keep_last: int, extra_config: dict | None = None) -> Path:
     """Atomically write checkpoint-<step>/ and prune old ones (keeping `keep_last`)."""
     path = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
+    remove_stale_temporaries(run_dir, f"{CHECKPOINT_PREFIX}*")  # of saves killed earlier, at any step
     names = {id(p): n for n, p in model.lm.named_parameters()}
     with atomic_directory(path) as tmp:
         model.write_files(tmp, extra_config)
         tensors = optimizer_tensors(optimizer, names)
         tensors["rng::torch"] = torch.get_rng_state()
         tensors["rng::generator"] = generator.get_state()
-        save_tensors(tensors, tmp / "optimizer.safetensors")
+        save_tensors(tensors, tmp / OPTIMIZER_NAME)
         write_json({**state, "step": step, "scheduler": scheduler.state_dict(),
-                    "data_rng": _jsonable_random_state(data_rng.getstate())}, tmp / "trainer_state.json")
+                    "data_rng": _jsonable_random_state(data_rng.getstate())}, tmp / TRAINER_STATE_NAME)
     for old in checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return path
@@ -194,11 +233,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
     from musicgen_cfg.model import _load_lm_state
 
     _load_lm_state(model.lm, load_tensors(path / WEIGHTS_NAME, device=str(model.device)), path)
-    tensors = load_tensors(path / "optimizer.safetensors")
+    tensors = load_tensors(path / OPTIMIZER_NAME)
     torch.set_rng_state(tensors.pop("rng::torch"))
     generator.set_state(tensors.pop("rng::generator"))
     restore_optimizer(optimizer, {id(p): n for n, p in model.lm.named_parameters()}, tensors)
-    state = read_json(path / "trainer_state.json")
+    state = read_json(path / TRAINER_STATE_NAME)
     scheduler.load_state_dict(state["scheduler"])
     for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):  # the scheduler state alone does not set it
         group["lr"] = lr
