@@ -44,6 +44,18 @@ def _user_errors(call):
         raise gr.Error(str(err), print_exception=False) from None
 
 
+class _Blocks(gr.Blocks):
+    """gr.Blocks whose too-few-inputs check answers in one line: Gradio's own is a multi-line ValueError,
+    which launch(show_error=False) hides from the client as {"error": null}."""
+
+    def validate_inputs(self, block_fn, inputs):
+        if len(inputs) < len(block_fn.inputs):
+            names = [getattr(block, "label", None) or "?" for block in block_fn.inputs]
+            raise gr.Error(f"/{block_fn.api_name or block_fn.name} takes {len(names)} inputs ({', '.join(names)}), "
+                           f"got {len(inputs)}", print_exception=False)
+        super().validate_inputs(block_fn, inputs)
+
+
 def _endpoint_line(label: str, provenance: dict) -> str:
     beta = f", β = {provenance['beta']}" if provenance.get("beta") is not None else ""
     return f"- {label}{beta}: `{provenance['model']}` (sha256 {provenance['model_sha256'][:12]})"
@@ -87,7 +99,7 @@ def build_app(engine: Engine) -> gr.Blocks:
         session = getattr(http_request, "session_hash", None)
         return engine.generate(request, session, lambda fraction, desc: progress(fraction, desc=desc))
 
-    with gr.Blocks(title="musicgen-cfg: diversity-rewarded CFG distillation") as blocks:
+    with _Blocks(title="musicgen-cfg: diversity-rewarded CFG distillation") as blocks:
         gr.Markdown("## Diversity-rewarded CFG distillation: quality ⟷ diversity\n"
                     "One distilled model, no classifier-free guidance at inference (one pass instead of two). "
                     "The slider mixes the weights of the quality model and the diversity model: "

@@ -161,6 +161,27 @@ def test_bad_inputs_give_our_one_line_errors(served, override, message):
     assert torch.equal(served_tensor(engine), before)  # a rejected request never moved the weights
 
 
+@pytest.mark.parametrize("data", [["a calm folk song"], []])
+def test_raw_rest_call_with_too_few_inputs_gets_one_line(served, data):
+    import urllib.request
+
+    engine, client = served
+    url = client.src.rstrip("/")
+    request = urllib.request.Request(f"{url}/gradio_api/call/generate", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(request).read())["event_id"]
+    stream = urllib.request.urlopen(f"{url}/gradio_api/call/generate/{event}").read().decode()
+    payload = json.loads(stream.split("data:", 1)[1].strip().splitlines()[0])
+    assert payload["error"] == (f"/generate takes 8 inputs (prompt, lam, variations, duration, seed, temperature, "
+                                f"top_k, compare), got {len(data)}")
+
+
+def test_top_k_zero_is_off_in_the_app_as_in_generate(served):
+    engine, _ = served
+    request = engine.parse(PROMPT, 0.5, 1, 1.0, 0, 1.0, 0, False)
+    assert request.top_k is None  # SamplingConfig(top_k=0) means the same (tests/test_generate_cli.py)
+
+
 def test_set_lambda_out_of_range(served):
     _, client = served
     with pytest.raises(Exception, match="lambda must be between 0"):
