@@ -90,5 +90,5 @@ def minilm_text_encoder(cache_size: int = 0) -> TextEncoder:
     from transformers import AutoTokenizer, BertModel
 
     path = minilm_dir()
-    encoder = BertModel.from_pretrained(path, dtype=torch.float16, add_pooling_layer=False).float()
+    encoder = BertModel.from_pretrained(path, dtype=torch.float16, add_pooling_layer=False, use_safetensors=True).float()
     return TextEncoder(encoder, AutoTokenizer.from_pretrained(path), MINILM_NAME, cache_size=cache_size)

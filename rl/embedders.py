@@ -308,7 +308,7 @@ class ClapAudioEmbedder:
         from transformers import ClapFeatureExtractor, ClapModel
 
         try:
-            model = ClapModel.from_pretrained(source)
+            model = ClapModel.from_pretrained(source, use_safetensors=True)  # never a pickle
             feature_extractor = ClapFeatureExtractor.from_pretrained(source)
         except Exception as err:  # transformers raises many types (OSError, ValueError, HF errors)
             text = str(err).strip()
