@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from app import plots
-from merging.merge import LiveMerge, check_compatible, open_checkpoint
-from musicgen_cfg.checkpoint import state_sha256
+from merging.merge import LiveMerge, check_compatible
+from musicgen_cfg.checkpoint import open_checkpoint, state_sha256
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.generate import MANIFEST, load_manifest, model_provenance, record_generation
 from musicgen_cfg.model import MusicGen, load_model, resolve_spec

@@ -7,7 +7,8 @@
 (a) Two synthetic checkpoints with transformers' MusicGen parameter names and shapes are written
 to a temp dir and merged by `merge_checkpoints` in a child process, whose wall time and peak RSS
 growth (VmHWM after the merge minus VmRSS before it) are compared with one checkpoint's size;
-target: growth below 1.3x one checkpoint. (b) LiveMerge.set_lambda is timed on a module of the
+target: growth below 1.3x one checkpoint. The merge writes shards of at most MAX_SHARD_BYTES
+(musicgen_cfg/checkpoint.py), each held in memory once, so the growth is about one shard. (b) LiveMerge.set_lambda is timed on a module of the
 same shapes. Prints a table; results are merged into bench/results/merge.json (one entry per part
 and device, so CPU and GPU runs on different machines add up).
 """
@@ -29,7 +30,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from merging.merge import LiveMerge, write_safetensors_streaming  # noqa: E402
+from merging.merge import LiveMerge  # noqa: E402
+from musicgen_cfg.checkpoint import MAX_SHARD_BYTES, TensorInfo, write_sharded  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "merge.json"
 RSS_TARGET = 1.3  # peak RSS growth / one checkpoint
@@ -111,16 +113,13 @@ class SyntheticStateDict(Mapping):
 
 
 def write_checkpoint(path: Path, layout, seed: int) -> int:
+    """A synthetic checkpoint, written shard by shard (transformers' sharded convention); returns its weight bytes."""
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"model_type": "musicgen_decoder", "hidden_size": 1024}))
     shapes = {name: shape for name, _, shape in layout}
-    write_safetensors_streaming(
-        path / "model.safetensors",
-        layout,
-        lambda name: synthetic_tensor(name, shapes[name], seed),
-        {"format": "pt"},
-    )
-    return (path / "model.safetensors").stat().st_size
+    infos = [TensorInfo(name, path, dtype, shape) for name, dtype, shape in layout]
+    files = write_sharded(path, [infos], lambda name: synthetic_tensor(name, shapes[name], seed), {"format": "pt"})
+    return sum((path / file).stat().st_size for file in files)
 
 
 def bench_stream(layout) -> dict:
@@ -139,6 +138,7 @@ def bench_stream(layout) -> dict:
         "wall_s": measured["wall_s"],
         "rss_growth_bytes": growth,
         "rss_growth_over_checkpoint": growth / size,
+        "max_shard_bytes": MAX_SHARD_BYTES,
         "peak_reset": measured["peak_reset"],
         "target": f"rss growth < {RSS_TARGET}x one checkpoint",
         "meets_target": growth < RSS_TARGET * size,

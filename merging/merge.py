@@ -6,37 +6,40 @@ the same base theta_0, so their weights can be mixed tensor by tensor. This file
 - the per-tensor rules `lerp` (the paper), `slerp` and `task_arithmetic` (relative to theta_0);
 - `merge_state_dicts` for in-memory state dicts;
 - `merge_checkpoints` / `sweep_checkpoints` for checkpoint directories, streamed tensor by tensor
-  (memory stays at a few tensors, whatever the model size) and written atomically;
+  (memory stays at one output shard and a few input tensors, whatever the model size) and written
+  atomically; the file handling (safetensors reads, sharded writes) is musicgen_cfg/checkpoint.py's;
 - `LiveMerge`, which rewrites a live module's parameters in place when a serving slider moves lam.
 
 Command line: `musicgen-cfg merge --models Q D --lam 0.5 --out DIR` (merging/cli.py).
 """
 
 import copy
-import functools
 import json
 import math
 import os
 import shlex
 import shutil
-import struct
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from musicgen_cfg.checkpoint import atomic_directory, state_sha256
+from musicgen_cfg.checkpoint import (
+    CONFIG_NAME,
+    MAX_SHARD_BYTES,
+    WEIGHTS_INDEX_NAME,
+    Checkpoint,
+    atomic_directory,
+    open_checkpoint,
+    write_sharded,
+)
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import MODEL_CARD, TRAINING_STATE_FILES, write_hub_files
 
 METHODS = ("lerp", "slerp", "task_arithmetic")
 
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-CONFIG_FILE = "config.json"
 MANIFEST_FILE = "merge_manifest.json"
 # Files of a source that describe that source alone (the distillation export's manifest: its
 # training run and sha256); copied into a merge they would be false, so they are not copied.
@@ -54,26 +57,6 @@ PROVENANCE_KEYS = frozenset(
 # SLERP falls back to LERP above this |cos| between the flattened tensors: the great circle is then
 # numerically undefined (sin(omega) ~ 0) and both rules agree anyway for parallel tensors.
 SLERP_PARALLEL_COS = 0.9995
-
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U64": torch.uint64,
-    "U32": torch.uint32,
-    "U16": torch.uint16,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-SAFETENSORS_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
-
 
 # ---------------------------------------------------------------------------------------------
 # The per-tensor rules. Inputs are float tensors of one shape; callers upcast (see `_merge_tensor`).
@@ -288,221 +271,7 @@ def merge_state_dicts(
 
 
 # ---------------------------------------------------------------------------------------------
-# Safetensors, read and written by offset so that only one tensor per file is in memory at a time.
-# (mmap-based loading would touch pages that then count in RSS; plain reads into fresh buffers don't.)
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """Where one tensor lives: its file, absolute byte offset, dtype and shape."""
-
-    name: str
-    file: Path
-    offset: int
-    nbytes: int
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-
-
-def read_safetensors_header(path: Path, label: str) -> tuple[list[TensorRef], dict]:
-    """Parse and check a safetensors header: tensors in file order, and the __metadata__ dict.
-
-    The format is: u64 little-endian header length N, N bytes of JSON, then the tensor data, which
-    must be covered exactly, without holes, by the entries' data_offsets. A file that is shorter
-    than its header promises is reported as truncated.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise UserError(f"{label}: {path} is not a safetensors file (only {size} bytes; truncated?)")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > size - 8:
-            raise UserError(
-                f"{label}: {path} is truncated or not a safetensors file "
-                f"(header length {header_len} but the file has {size} bytes)"
-            )
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{label}: {path} has a corrupt safetensors header ({err})") from None
-    if not isinstance(header, dict):
-        raise UserError(f"{label}: {path} has a corrupt safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + header_len
-    refs = []
-    for name, entry in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(
-                f"{label}: {path} has a corrupt or unsupported header entry for tensor {name}"
-            ) from None
-        nbytes = math.prod(shape) * dtype.itemsize
-        if end - begin != nbytes:
-            raise UserError(
-                f"{label}: {path}: tensor {name} has {end - begin} bytes, expected {nbytes} for its shape"
-            )
-        refs.append(TensorRef(name, path, data_start + begin, nbytes, dtype, shape))
-    refs.sort(key=lambda ref: ref.offset)
-    position = data_start
-    for ref in refs:
-        if ref.offset != position:
-            raise UserError(f"{label}: {path} is corrupt: tensor data is not contiguous at tensor {ref.name}")
-        position += ref.nbytes
-    if position > size:
-        raise UserError(
-            f"{label}: {path} is truncated: its header describes {position - data_start} bytes of tensor data "
-            f"but the file holds only {size - data_start}"
-        )
-    if position < size:
-        raise UserError(
-            f"{label}: {path} is corrupt: {size - position} unexpected bytes after the tensor data"
-        )
-    return refs, metadata
-
-
-def read_tensor(handle, ref: TensorRef) -> torch.Tensor:
-    """Read one tensor into a fresh buffer (handle: the file opened unbuffered, 'rb', buffering=0)."""
-    buffer = torch.empty(ref.nbytes, dtype=torch.uint8)
-    view = memoryview(buffer.numpy())
-    handle.seek(ref.offset)
-    done = 0
-    while done < ref.nbytes:
-        count = handle.readinto(view[done:])
-        if not count:
-            raise UserError(f"{ref.file} was truncated while reading tensor {ref.name}")
-        done += count
-    return buffer.view(ref.dtype).reshape(ref.shape)
-
-
-def write_safetensors_streaming(
-    path: Path,
-    layout: Sequence[tuple[str, torch.dtype, tuple[int, ...]]],
-    produce: Callable[[str], torch.Tensor],
-    metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Write a safetensors file whose tensors are produced one at a time.
-
-    The header only needs names, dtypes and shapes, so it is written first and each tensor is
-    appended as soon as `produce(name)` returns it: memory holds one output tensor at a time.
-    """
-    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-    position = 0
-    for name, dtype, shape in layout:
-        nbytes = math.prod(shape) * dtype.itemsize
-        header[name] = {
-            "dtype": SAFETENSORS_NAMES[dtype],
-            "shape": list(shape),
-            "data_offsets": [position, position + nbytes],
-        }
-        position += nbytes
-    header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    header_bytes += b" " * (-len(header_bytes) % 8)  # the reference writer aligns tensor data to 8 bytes
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(header_bytes)))
-        handle.write(header_bytes)
-        for name, dtype, shape in layout:
-            tensor = produce(name)
-            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-                raise ValueError(
-                    f"produced {name} as {tensor.dtype} {list(tensor.shape)}, layout says {dtype} {list(shape)}"
-                )
-            handle.write(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint directories: config.json + model.safetensors, or shards + model.safetensors.index.json.
-
-
-@dataclass
-class Checkpoint:
-    """An opened (not loaded) checkpoint directory: its config and where each tensor lives."""
-
-    label: str
-    path: Path
-    config: dict
-    shard_files: list[str]  # weight file names in the directory, in shard order
-    tensors: dict[str, TensorRef]  # in shard order, then file order
-    metadata: dict  # the first shard's safetensors __metadata__
-    index: dict | None  # model.safetensors.index.json, for sharded checkpoints
-
-    @functools.cached_property
-    def weights_sha256(self) -> str:
-        """The project's weight identity (checkpoint.state_sha256, as in generate/train manifests),
-        computed one tensor at a time; cached."""
-        with ExitStack() as stack:
-            return state_sha256(_LazyState(self, _open_weight_files(stack, [self])))
-
-
-class _LazyState(Mapping):
-    """A checkpoint's tensors as a read-only mapping that reads each tensor when it is looked up."""
-
-    def __init__(self, checkpoint: Checkpoint, handles: Mapping[Path, object]):
-        self.checkpoint, self.handles = checkpoint, handles
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        ref = self.checkpoint.tensors[name]
-        return read_tensor(self.handles[ref.file], ref)
-
-    def __iter__(self):
-        return iter(self.checkpoint.tensors)
-
-    def __len__(self) -> int:
-        return len(self.checkpoint.tensors)
-
-
-def open_checkpoint(path: str | os.PathLike, label: str) -> Checkpoint:
-    """Read config.json and the safetensors headers of a checkpoint directory; no tensor is loaded."""
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{label} is not a model checkpoint: {path} is not a directory")
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise UserError(f"{label} is not a model checkpoint: no {CONFIG_FILE} in {path}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{label}: {config_path} is not valid JSON ({err})") from None
-    index = None
-    if (path / INDEX_FILE).is_file():
-        try:
-            index = json.loads((path / INDEX_FILE).read_text())
-            weight_map = dict(index["weight_map"])
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise UserError(
-                f"{label}: {path / INDEX_FILE} is not a valid safetensors index ({err})"
-            ) from None
-        shard_files = sorted(set(weight_map.values()))
-        for shard in shard_files:  # the output reuses these names: they must stay inside the dir
-            if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
-                raise UserError(f"{label}: {INDEX_FILE} names an invalid shard file {shard!r}")
-    elif (path / WEIGHTS_FILE).is_file():
-        weight_map = None
-        shard_files = [WEIGHTS_FILE]
-    else:
-        raise UserError(f"{label} is not a model checkpoint: no {WEIGHTS_FILE} or {INDEX_FILE} in {path}")
-    tensors: dict[str, TensorRef] = {}
-    metadata: dict = {}
-    for shard in shard_files:
-        if not (path / shard).is_file():
-            raise UserError(f"{label}: shard {shard} listed in {path / INDEX_FILE} is missing")
-        refs, shard_metadata = read_safetensors_header(path / shard, label)
-        metadata = metadata or shard_metadata
-        for ref in refs:
-            if ref.name in tensors:
-                raise UserError(f"{label}: tensor {ref.name} is stored twice in {path}")
-            if weight_map is not None and weight_map.get(ref.name) != shard:
-                raise UserError(
-                    f"{label}: {INDEX_FILE} does not place tensor {ref.name} in {shard}, where it is stored"
-                )
-            tensors[ref.name] = ref
-    if weight_map is not None and len(weight_map) != len(tensors):
-        missing = next(name for name in weight_map if name not in tensors)
-        raise UserError(f"{label}: {INDEX_FILE} lists tensor {missing} but no shard holds it")
-    return Checkpoint(label, path, config, shard_files, tensors, metadata, index)
+# Checkpoint directories (opened by musicgen_cfg.checkpoint): can they be merged?
 
 
 def architecture_config(config: dict) -> dict:
@@ -550,26 +319,9 @@ def check_compatible(checkpoints: Sequence[Checkpoint]) -> None:
     _check_same_tensors(
         {ckpt.label: {name: (r.shape, r.dtype) for name, r in ckpt.tensors.items()} for ckpt in checkpoints}
     )
-    non_float = [name for name, r in ref.tensors.items() if not r.dtype.is_floating_point]
-    if non_float:
-        with ExitStack() as stack:
-            handles = _open_weight_files(stack, checkpoints)
-            for name in non_float:
-                _check_equal_non_float(
-                    name,
-                    {
-                        c.label: read_tensor(handles[c.tensors[name].file], c.tensors[name])
-                        for c in checkpoints
-                    },
-                )
-
-
-def _open_weight_files(stack: ExitStack, checkpoints: Sequence[Checkpoint]) -> dict[Path, object]:
-    return {
-        ckpt.path / shard: stack.enter_context(open(ckpt.path / shard, "rb", buffering=0))
-        for ckpt in checkpoints
-        for shard in ckpt.shard_files
-    }
+    for name, info in ref.tensors.items():
+        if not info.dtype.is_floating_point:
+            _check_equal_non_float(name, {c.label: c.read(name) for c in checkpoints})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,28 +359,18 @@ def _check_destination(out: Path, sources: _Sources, overwrite: bool) -> None:
         raise UserError(f"output {out} already exists; pass overwrite=True / --overwrite to replace it")
 
 
-def _write_merged(sources: _Sources, recipe: Recipe, out: Path) -> Path:
+def _write_merged(sources: _Sources, recipe: Recipe, out: Path, max_shard_bytes: int) -> Path:
     """Stream the merge into a temp dir beside `out`, which then replaces `out` in one rename."""
     first = sources.models[0]
-    with atomic_directory(out) as staging, ExitStack() as stack:
-        handles = _open_weight_files(stack, sources.all)
+    with atomic_directory(out) as staging:
 
         def produce(name: str) -> torch.Tensor:
-            tensors = [read_tensor(handles[c.tensors[name].file], c.tensors[name]) for c in sources.models]
-            base = sources.base
-            base_tensor = read_tensor(handles[base.tensors[name].file], base.tensors[name]) if base else None
-            return _merge_tensor(recipe, tensors, base_tensor)
+            base = sources.base.read(name) if sources.base else None
+            return _merge_tensor(recipe, [c.read(name) for c in sources.models], base)
 
-        for shard in first.shard_files:  # shard the output exactly like the first model
-            layout = [(r.name, r.dtype, r.shape) for r in first.tensors.values() if r.file.name == shard]
-            write_safetensors_streaming(staging / shard, layout, produce, first.metadata)
-        if first.index is not None:
-            index = dict(first.index)
-            index["metadata"] = {
-                **(first.index.get("metadata") or {}),
-                "total_size": sum(r.nbytes for r in first.tensors.values()),
-            }
-            (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        # The first model's tensor order and shard boundaries, with shards cut at max_shard_bytes.
+        groups = [[i for i in first.tensors.values() if i.file.name == shard] for shard in first.shard_files]
+        write_sharded(staging, groups, produce, first.metadata, max_shard_bytes)
         _copy_non_weight_files(first, staging)
         sources_record = [
             {
@@ -645,7 +387,7 @@ def _write_merged(sources: _Sources, recipe: Recipe, out: Path) -> Path:
             "extrapolation": recipe.extrapolation,
         }
         config = merged_config(sources.models, merge_record | {"sources": sources_record})
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         write_hub_files(staging)  # generation config (no CFG, this merge's provenance), processor, model card
         output = open_checkpoint(staging, "output")  # re-reading the headers also checks what was written
         manifest = merge_record | {
@@ -680,7 +422,7 @@ def _copy_non_weight_files(ckpt: Checkpoint, destination: Path) -> None:
     """Tokenizer, processor and generation config come from the first model (the generation config is then
     rewritten by write_hub_files); its weights, config (rewritten by merged_config), model card, source-only
     files and training state (a checkpoint's optimizer and trainer state) do not."""
-    skip = set(ckpt.shard_files) | {INDEX_FILE, CONFIG_FILE, MODEL_CARD} | SOURCE_ONLY_FILES | TRAINING_STATE_FILES
+    skip = set(ckpt.shard_files) | {WEIGHTS_INDEX_NAME, CONFIG_NAME, MODEL_CARD} | SOURCE_ONLY_FILES | TRAINING_STATE_FILES
     for entry in ckpt.path.iterdir():
         if entry.name in skip:
             continue
@@ -700,11 +442,13 @@ def merge_checkpoints(
     base: str | os.PathLike | None = None,
     allow_extrapolation: bool = False,
     overwrite: bool = False,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> Path:
     """Merge checkpoint directories into `out`, streaming tensor by tensor; returns `out`.
 
     Everything (parameters, configs, tensor names/shapes/dtypes, destination) is validated before
-    the first tensor is computed. `out` gets the first model's sharding and non-weight files plus a
+    the first tensor is computed. `out` gets the first model's non-weight files and its sharding, with
+    shards cut at max_shard_bytes (memory holds one output shard and a few input tensors), plus a
     merge_manifest.json (sources and their sha256, method, lam/weights, extrapolation, command).
     """
     recipe = make_recipe(
@@ -718,7 +462,7 @@ def merge_checkpoints(
     out = Path(out)
     sources = _open_sources(models, base)
     _check_destination(out, sources, overwrite)
-    return _write_merged(sources, recipe, out)
+    return _write_merged(sources, recipe, out, max_shard_bytes)
 
 
 def sweep_dir_name(lam: float) -> str:
@@ -734,6 +478,7 @@ def sweep_checkpoints(
     base: str | os.PathLike | None = None,
     allow_extrapolation: bool = False,
     overwrite: bool = False,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> list[Path]:
     """One merge per lam, written to out/lam_<lam>; inputs are opened, checked and hashed once.
     For task_arithmetic with two models, lam means weights (1 - lam, lam)."""
@@ -753,7 +498,7 @@ def sweep_checkpoints(
     destinations = [out / sweep_dir_name(lam) for lam in lams]
     for destination in destinations:
         _check_destination(destination, sources, overwrite)
-    return [_write_merged(sources, recipe, dest) for recipe, dest in zip(recipes, destinations)]
+    return [_write_merged(sources, recipe, dest, max_shard_bytes) for recipe, dest in zip(recipes, destinations)]
 
 
 # ---------------------------------------------------------------------------------------------

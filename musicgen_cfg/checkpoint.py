@@ -1,18 +1,31 @@
-"""Checkpoint files: atomic directory writes and safetensors loading with one-line errors.
+"""The project's one checkpoint layer: atomic directory writes, safetensors reads and writes (through the
+`safetensors` library), checkpoint directories (single file or transformers' sharded convention), one-line errors.
 
-Every writer in the project (model save, trainer checkpoints, merges) goes through
-`atomic_directory`, so an interrupted write never leaves a half-overwritten checkpoint.
+- `atomic_directory`: every writer (model save, trainer checkpoints, exports, merges) writes into a temp
+  directory that replaces the target in one rename; what a killed write leaves is cleaned up next time.
+- `save_tensors` / `load_tensors` / `load_state`: whole state dicts (a directory's shards, when sharded).
+- `open_checkpoint`: a directory's config and tensor layout from the headers only; `Checkpoint.read`
+  loads one tensor at a time (safe_open), so a streaming reader holds a few tensors, not a model.
+- `write_sharded`: tensors produced one at a time into `model-0000k-of-0000n.safetensors` shards
+  (each written by `safetensors.torch.save_file`, each at most `max_shard_bytes`) + the index, so a
+  writer holds one shard, not a model.
+
+Any missing, truncated or corrupt file is a UserError naming it; no pickle is ever opened.
 """
 
 import contextlib
+import functools
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -109,28 +122,236 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
 
 
-def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing, truncated or corrupt file raises a one-line UserError."""
+_READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
+
+
+def _unreadable(path: Path, err: Exception, label: str | None = None) -> UserError:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"{label + ': ' if label else ''}{path} is truncated or not a safetensors file ({reason})")
+
+
+def _existing_file(path: str | Path, label: str | None = None) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
+        raise UserError(f"{label + ': ' if label else ''}weights file not found: {path}")
+    return path
+
+
+def load_tensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupt file raises a one-line UserError."""
+    path = _existing_file(path)
     try:
         return load_file(str(path), device=device)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"corrupt or truncated safetensors file {path}: {str(err).splitlines()[0]}") from None
+    except _READ_ERRORS as err:
+        raise _unreadable(path, err) from None
 
 
 def safetensors_keys(path: str | Path) -> list[str]:
-    """The tensor names of a safetensors file, reading only its header (the file size is checked against
-    it, so a truncated file is caught); a missing or corrupt file raises a one-line UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
+    """The tensor names of a safetensors file, reading only its header (the library checks the file size
+    against it, so a truncated file is caught); a missing or corrupt file raises a one-line UserError."""
+    return [info.name for info in read_header(path)[0]]
+
+
+# safetensors' dtype names (the format's vocabulary) -> torch dtypes
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of a safetensors file, from its header: name, file, dtype, shape."""
+
+    name: str
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def read_header(path: str | Path, label: str | None = None) -> tuple[list[TensorInfo], dict]:
+    """(tensors in file order, __metadata__) of a safetensors file, from its header alone (safe_open)."""
+    path = _existing_file(path, label)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return list(f.keys())
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"corrupt or truncated safetensors file {path}: {str(err).splitlines()[0]}") from None
+            infos = []
+            for name in f.offset_keys():
+                view = f.get_slice(name)
+                if view.get_dtype() not in SAFETENSORS_DTYPES:
+                    raise ValueError(f"tensor {name} has the unsupported dtype {view.get_dtype()}")
+                infos.append(TensorInfo(name, path, SAFETENSORS_DTYPES[view.get_dtype()], tuple(view.get_shape())))
+            return infos, dict(f.metadata() or {})
+    except _READ_ERRORS as err:
+        raise _unreadable(path, err, label) from None
+
+
+def read_tensor(info: TensorInfo, label: str | None = None) -> torch.Tensor:
+    """Load one tensor. The file is opened for this read alone: its mapping ends with the read, so the
+    pages of tensors read earlier do not stay resident (memory stays at the tensors the caller holds)."""
+    try:
+        with safe_open(str(info.file), framework="pt") as f:
+            return f.get_tensor(info.name)
+    except _READ_ERRORS as err:
+        raise _unreadable(info.file, err, label) from None
+
+
+# --------------------------------------------------------------------------------- checkpoint directories
+
+
+@dataclass
+class Checkpoint:
+    """An opened (not loaded) checkpoint directory: its config.json and where each tensor lives."""
+
+    label: str
+    path: Path
+    config: dict
+    shard_files: list[str]  # weight file names in the directory, in shard order
+    tensors: dict[str, TensorInfo]  # in shard order, then file order
+    metadata: dict  # the first shard's safetensors __metadata__
+
+    def read(self, name: str) -> torch.Tensor:
+        return read_tensor(self.tensors[name], self.label)
+
+    def state(self) -> Mapping[str, torch.Tensor]:
+        """The tensors as a read-only mapping that loads each tensor when it is looked up."""
+        return _LazyState(self)
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """The project's weight identity (state_sha256, as in generate/train manifests), one tensor at a time; cached."""
+        return state_sha256(self.state())
+
+
+class _LazyState(Mapping):
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint = checkpoint
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.checkpoint.read(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.checkpoint.tensors)
+
+    def __len__(self) -> int:
+        return len(self.checkpoint.tensors)
+
+
+def open_checkpoint(path: str | os.PathLike, label: str = "checkpoint") -> Checkpoint:
+    """Read config.json and the safetensors headers of a checkpoint directory (model.safetensors, or the
+    shards named by model.safetensors.index.json); no tensor is loaded. Every inconsistency is a UserError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{label} is not a model checkpoint: {path} is not a directory")
+    config_path = path / CONFIG_NAME
+    if not config_path.is_file():
+        raise UserError(f"{label} is not a model checkpoint: no {CONFIG_NAME} in {path}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{label}: {config_path} is not valid JSON ({err})") from None
+    if (path / WEIGHTS_INDEX_NAME).is_file():
+        try:
+            weight_map = dict(json.loads((path / WEIGHTS_INDEX_NAME).read_text())["weight_map"])
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{label}: {path / WEIGHTS_INDEX_NAME} is not a valid safetensors index ({err})") from None
+        shard_files = sorted(set(weight_map.values()), key=str)
+        for shard in shard_files:  # writers reuse these names: they must stay inside the directory
+            if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+                raise UserError(f"{label}: {WEIGHTS_INDEX_NAME} names an invalid shard file {shard!r}")
+    elif (path / WEIGHTS_NAME).is_file():
+        weight_map, shard_files = None, [WEIGHTS_NAME]
+    else:
+        raise UserError(f"{label} is not a model checkpoint: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {path}")
+    tensors: dict[str, TensorInfo] = {}
+    metadata: dict = {}
+    for shard in shard_files:
+        if not (path / shard).is_file():
+            raise UserError(f"{label}: shard {shard} listed in {path / WEIGHTS_INDEX_NAME} is missing")
+        infos, shard_metadata = read_header(path / shard, label)
+        metadata = metadata or shard_metadata
+        for info in infos:
+            if info.name in tensors:
+                raise UserError(f"{label}: tensor {info.name} is stored twice in {path}")
+            if weight_map is not None and weight_map.get(info.name) != shard:
+                raise UserError(f"{label}: {WEIGHTS_INDEX_NAME} does not place tensor {info.name} in {shard}, "
+                                f"where it is stored")
+            tensors[info.name] = info
+    if weight_map is not None and len(weight_map) != len(tensors):
+        missing = next(name for name in weight_map if name not in tensors)
+        raise UserError(f"{label}: {WEIGHTS_INDEX_NAME} lists tensor {missing} but no shard holds it")
+    return Checkpoint(label, path, config, shard_files, tensors, metadata)
+
+
+def load_state(directory: str | Path, device: str = "cpu", label: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory, single-file or sharded, validated by open_checkpoint."""
+    checkpoint = open_checkpoint(directory, label)
+    state = {}
+    for shard in checkpoint.shard_files:
+        state.update(load_tensors(checkpoint.path / shard, device=device))
+    return state
+
+
+# ------------------------------------------------------------------------------------ sharded writes
+
+MAX_SHARD_BYTES = 256 * 2**20  # what one shard (so a streaming writer) holds in memory at most, unless one tensor is larger
+
+
+def shard_name(index: int, count: int) -> str:
+    """transformers' shard file name: model-00001-of-00003.safetensors (index from 1)."""
+    return f"model-{index:05d}-of-{count:05d}.safetensors"
+
+
+def plan_shards(groups: Sequence[Sequence[TensorInfo]], max_shard_bytes: int = MAX_SHARD_BYTES) -> list[list[TensorInfo]]:
+    """Split tensors into shards in order: a shard ends at the end of each group (e.g. a source shard, so a
+    sharded input keeps its sharding) and before any tensor that would take it over max_shard_bytes.
+    A tensor larger than the bound gets a shard of its own."""
+    if max_shard_bytes < 1:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    shards: list[list[TensorInfo]] = []
+    for group in groups:
+        current, size = [], 0
+        for info in group:
+            if current and size + info.nbytes > max_shard_bytes:
+                shards.append(current)
+                current, size = [], 0
+            current.append(info)
+            size += info.nbytes
+        if current:
+            shards.append(current)
+    return shards
+
+
+def write_sharded(directory: Path, groups: Sequence[Sequence[TensorInfo]], produce: Callable[[str], torch.Tensor],
+                  metadata: Mapping[str, str] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> list[str]:
+    """Write tensors produced one at a time as a checkpoint's weights; returns the file names.
+
+    One shard -> model.safetensors; several -> model-0000k-of-0000n.safetensors + model.safetensors.index.json
+    (transformers' convention, so transformers and open_checkpoint read either). Each shard is written
+    by safetensors' save_file and released before the next is produced: memory holds one shard.
+    `produce(name)` must return the dtype and shape the layout gives (checked)."""
+    shards = plan_shards(groups, max_shard_bytes)
+    names = [WEIGHTS_NAME] if len(shards) == 1 else [shard_name(i + 1, len(shards)) for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        tensors = {}
+        for info in shard:
+            tensor = produce(info.name)
+            if tensor.dtype != info.dtype or tuple(tensor.shape) != info.shape:
+                raise ValueError(f"produced {info.name} as {tensor.dtype} {list(tensor.shape)}, "
+                                 f"the layout says {info.dtype} {list(info.shape)}")
+            tensors[info.name] = tensor.detach().to("cpu").contiguous()
+        save_file(tensors, str(directory / name), metadata=dict(metadata) if metadata else None)
+        del tensors
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(info.nbytes for shard in shards for info in shard)},
+                 "weight_map": {info.name: name for name, shard in zip(names, shards) for info in shard}}
+        (directory / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    return names
 
 
 def read_json(path: str | Path) -> dict:

@@ -24,7 +24,7 @@ from musicgen_cfg.cfg import Condition
 from musicgen_cfg.checkpoint import (
     WEIGHTS_NAME,
     atomic_directory,
-    load_tensors,
+    load_state,
     read_json,
     require_safetensors_weights,
     save_tensors,
@@ -226,7 +226,7 @@ def _load_symbolic(path: Path, config: dict) -> MusicGen:
 
     text_encoder = minilm_text_encoder(cache_size=4096)
     lm = MusicgenLM(MusicgenDecoderConfig(**config["decoder"]), text_encoder.hidden_size)
-    _load_lm_state(lm, load_tensors(path / WEIGHTS_NAME), path)
+    _load_lm_state(lm, load_state(path), path)  # single-file or sharded (a large merge)
     return MusicGen(lm.eval(), text_encoder, SymbolicCodec(), config, str(path))
 
 

@@ -22,24 +22,14 @@ class Scores:
     cfg_logits: torch.Tensor | None = None  # [B, K, T, V] uncond + gamma (cond - uncond)
 
 
-def frame_mask(lengths: torch.Tensor | None, shape: tuple[int, int, int], device) -> torch.Tensor:
-    """[B, K, T] bool: frames before each sequence's length (all True when lengths is None)."""
-    batch, num_codebooks, num_frames = shape
-    if lengths is None:
-        return torch.ones(shape, dtype=torch.bool, device=device)
-    valid = torch.arange(num_frames, device=device)[None, :] < lengths.to(device)[:, None]
-    return valid[:, None, :].expand(batch, num_codebooks, num_frames)
-
-
 def score(
     lm: MusicgenLM,
     codes: torch.Tensor,
     cond: Condition,
     guidance_scale: float | None = None,
-    lengths: torch.Tensor | None = None,
     forward=None,
 ) -> Scores:
-    """Teacher-force codes [B, K, T] (lengths [B] frames, optional) through the LM.
+    """Teacher-force codes [B, K, T] through the LM (every row has all T frames: the mask is all True).
 
     With guidance_scale the conditional and null rows run as ONE batch [2B]; `logits` are then the
     conditional half and `cfg_logits` the guided combination. `forward` is the callable that runs
@@ -53,7 +43,7 @@ def score(
     else:  # the CFG combination in fp32: no bf16 rounding of the guided logits the KL reads
         logits, cfg_logits = split_and_combine(forward(torch.cat([inputs, inputs]), with_null(cond)).float(), guidance_scale)
         cfg_logits = revert_delay_pattern(cfg_logits)
-    return Scores(revert_delay_pattern(logits), frame_mask(lengths, tuple(codes.shape), codes.device), cfg_logits)
+    return Scores(revert_delay_pattern(logits), torch.ones(codes.shape, dtype=torch.bool, device=codes.device), cfg_logits)
 
 
 def sequence_logprob(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

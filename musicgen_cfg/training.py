@@ -23,10 +23,10 @@ import torch
 import yaml
 
 from musicgen_cfg.checkpoint import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     atomic_directory,
+    load_state,
     load_tensors,
+    open_checkpoint,
     read_json,
     remove_stale_temporaries,
     safetensors_keys,
@@ -199,8 +199,7 @@ def resume_point(run_dir: str | Path, resume: bool, clean: bool = True) -> Path 
 
 def check_checkpoint(path: Path) -> None:
     """A one-line UserError unless every file of a trainer checkpoint is present and readable (headers only)."""
-    read_json(path / CONFIG_NAME)
-    safetensors_keys(path / WEIGHTS_NAME)
+    open_checkpoint(path, f"checkpoint {path}")  # config.json and the weights' headers
     if "rng::torch" not in safetensors_keys(path / OPTIMIZER_NAME):
         raise UserError(f"{path / OPTIMIZER_NAME} holds no RNG state: not a trainer checkpoint")
     state = read_json(path / TRAINER_STATE_NAME)
@@ -232,7 +231,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Ge
     """Restore weights, optimizer, scheduler and every RNG from checkpoint `path`; returns trainer_state."""
     from musicgen_cfg.model import _load_lm_state
 
-    _load_lm_state(model.lm, load_tensors(path / WEIGHTS_NAME, device=str(model.device)), path)
+    _load_lm_state(model.lm, load_state(path, device=str(model.device)), path)
     tensors = load_tensors(path / OPTIMIZER_NAME)
     torch.set_rng_state(tensors.pop("rng::torch"))
     generator.set_state(tensors.pop("rng::generator"))

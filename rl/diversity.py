@@ -21,47 +21,11 @@ r_1 == r_2). `advantages` below handles both; tests/test_diversity.py checks unb
 exact gradient on a categorical bandit. Run those tests with `pytest tests/test_diversity.py`.
 """
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from musicgen_cfg.errors import UserError
-
 BASELINES = ("loo", "batch_mean", "none")
-
-
-@dataclass
-class DiversityRewardConfig:
-    """How the diversity reward is computed; beta (its weight in the loss) belongs to the trainer."""
-
-    embedder: str = field(
-        default="default",
-        metadata={
-            "help": "embedder spec for rl.embedders.load_embedder: 'default', a directory saved by "
-            "`musicgen-cfg embedder train`, or 'clap:<dir-or-hub-id>'"
-        },
-    )
-    baseline: str = field(
-        default="loo",
-        metadata={
-            "help": "variance-reduction baseline: 'loo' (leave-one-out over siblings, needs G >= 3), "
-            "'batch_mean' (mean reward of the other prompts, needs P >= 2) or 'none'"
-        },
-    )
-    normalize: bool = field(
-        default=False,
-        metadata={"help": "divide advantages by their standard deviation over the batch"},
-    )
-
-    def __post_init__(self):
-        if not self.embedder.strip():
-            raise UserError("diversity reward: embedder spec is empty (use 'default')")
-        if self.baseline not in BASELINES:
-            raise UserError(
-                f"diversity reward: unknown baseline '{self.baseline}' (choose from {', '.join(BASELINES)})"
-            )
 
 
 def pairwise_diversity(embeddings: torch.Tensor, music: torch.Tensor | None = None) -> torch.Tensor:

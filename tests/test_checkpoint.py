@@ -15,10 +15,15 @@ import pytest
 import torch
 
 from musicgen_cfg.checkpoint import (
+    TensorInfo,
     atomic_directory,
+    load_state,
+    open_checkpoint,
+    plan_shards,
     remove_stale_temporaries,
     safetensors_keys,
     save_tensors,
+    write_sharded,
 )
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.training import resume_point
@@ -102,7 +107,8 @@ def truncate(path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda c: truncate(c / "model.safetensors"), "corrupt or truncated safetensors file"),
+    (lambda c: truncate(c / "model.safetensors"), "is truncated or not a safetensors file"),
+    (lambda c: (c / "config.json").unlink(), "is not a model checkpoint: no config.json"),
     (lambda c: (c / "optimizer.safetensors").unlink(), "weights file not found"),
     (lambda c: (c / "trainer_state.json").write_text("{oops"), "malformed JSON"),
     (lambda c: (c / "trainer_state.json").write_text("{}"), "lacks 'step'"),
@@ -136,5 +142,44 @@ def test_header_check_catches_truncation_and_garbage(tmp_path):
     save_tensors({"a": torch.arange(10.0)}, tmp_path / "ok.safetensors")
     assert safetensors_keys(tmp_path / "ok.safetensors") == ["a"]
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.raises(UserError, match="corrupt or truncated"):
+    with pytest.raises(UserError, match="is truncated or not a safetensors file"):
         safetensors_keys(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_shards_keeps_order_and_boundaries_and_the_bound(seed):
+    gen = torch.Generator().manual_seed(seed)
+    groups = [[TensorInfo(f"g{g}.t{t}", None, torch.float32, (int(torch.randint(1, 40, (1,), generator=gen)),))
+               for t in range(int(torch.randint(1, 6, (1,), generator=gen)))] for g in range(3)]
+    bound = int(torch.randint(4, 120, (1,), generator=gen))
+    shards = plan_shards(groups, bound)
+    assert [i for shard in shards for i in shard] == [i for group in groups for i in group]  # order, each once
+    for shard in shards:
+        assert len({i.name.split(".")[0] for i in shard}) == 1  # never across a group boundary
+        assert sum(i.nbytes for i in shard) <= bound or len(shard) == 1
+    for before, after in zip(shards, shards[1:]):  # greedy: a shard ends only when the next tensor would not fit
+        same_group = before[-1].name.split(".")[0] == after[0].name.split(".")[0]
+        assert not same_group or sum(i.nbytes for i in before) + after[0].nbytes > bound
+
+
+def test_sharded_weights_load_in_transformers_and_in_load_state(tiny_dir, tmp_path):
+    import shutil
+
+    from transformers import MusicgenForConditionalGeneration
+
+    source = open_checkpoint(tiny_dir)
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_dir, sharded, ignore=shutil.ignore_patterns("model.safetensors"))
+    files = write_sharded(sharded, [list(source.tensors.values())], source.read, {"format": "pt"},
+                          max_shard_bytes=64 * 1024)
+    assert len(files) > 1 and (sharded / "model.safetensors.index.json").is_file()
+    expected = load_state(tiny_dir)
+    loaded = load_state(sharded)
+    assert sorted(loaded) == sorted(expected) and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    assert open_checkpoint(sharded).weights_sha256 == source.weights_sha256
+    ours = MusicgenForConditionalGeneration.from_pretrained(sharded).state_dict()
+    reference = MusicgenForConditionalGeneration.from_pretrained(tiny_dir).state_dict()
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    (sharded / files[1]).write_bytes((sharded / files[1]).read_bytes()[:-3])
+    with pytest.raises(UserError, match=f"{files[1]} is truncated or not a safetensors file"):
+        open_checkpoint(sharded)

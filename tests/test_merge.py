@@ -307,6 +307,26 @@ def test_streaming_merge_keeps_the_sharding(tmp_path, quality, diversity):
     assert_state_equal({name: merged[name] for name in diversity}, diversity)
 
 
+def test_bounded_shards_cut_the_output_and_read_back_as_the_in_memory_merge(tmp_path, pair, quality, diversity):
+    from musicgen_cfg.checkpoint import load_state, open_checkpoint
+
+    bound = 3 * HIDDEN * HIDDEN * 4  # three attention projections per shard
+    out = merge_checkpoints(pair, tmp_path / "out", lam=0.25, max_shard_bytes=bound)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files == [f"model-{k:05d}-of-{len(files):05d}.safetensors" for k in range(1, len(files) + 1)]
+    assert not (out / "model.safetensors").exists()
+    for file in files:  # every shard within the bound unless one tensor alone is larger
+        part = load_file(out / file)
+        size = sum(t.numel() * t.element_size() for t in part.values())
+        assert size <= bound or len(part) == 1
+    assert_state_equal(load_state(out), merge_state_dicts([quality, diversity], lam=0.25))
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["weights_sha256"] == open_checkpoint(out).weights_sha256 == state_sha256(load_state(out))
+    again = merge_checkpoints([out, pair[1]], tmp_path / "again", lam=0.0)  # a sharded merge is an input too
+    assert_state_equal(load_state(again), load_state(out))
+
+
 def test_extrapolation_needs_the_flag_and_is_recorded(tmp_path, pair, quality, diversity):
     with pytest.raises(UserError, match="extrapolation"):
         merge_checkpoints(pair, tmp_path / "out", lam=-0.5)
