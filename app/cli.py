@@ -115,7 +115,7 @@ def run_demo(args) -> int:
 def run_app(args) -> int:
     from app.engine import Endpoint
     from musicgen_cfg.checkpoint import read_json
-    from musicgen_cfg.model import resolve_spec
+    from musicgen_cfg.model import is_symbolic_config, resolve_spec
     from rl.embedders import CONFIG_NAME, DEFAULT_EMBEDDER_DIR
 
     resolved = {}
@@ -127,7 +127,7 @@ def run_app(args) -> int:
     embedder = args.embedder
     if embedder is None:  # default-world checkpoints come with the shipped embedder when it exists
         config = read_json(Path(resolved["--quality"]) / "config.json")
-        if config.get("musicgen_cfg", {}).get("codec") == "symbolic" and (DEFAULT_EMBEDDER_DIR / CONFIG_NAME).is_file():
+        if is_symbolic_config(config) and (DEFAULT_EMBEDDER_DIR / CONFIG_NAME).is_file():
             embedder = "default"
     base = Endpoint("base", args.base, resolve_spec(args.base, log=log)) if args.base else None
     return _serve(Endpoint("quality", args.quality, resolved["--quality"]),

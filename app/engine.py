@@ -214,8 +214,7 @@ class Engine:
         duration = _as_number(duration, "duration")
         if not MIN_DURATION_S <= duration <= MAX_DURATION_S:
             raise UserError(f"duration must be between {MIN_DURATION_S:g} and {MAX_DURATION_S:g} s, got {duration:g}")
-        max_frames = self.model.lm.stack.positions.shape[0] - self.model.lm.num_codebooks + 1
-        if self.model.num_frames(duration, prompt) > max_frames:
+        if self.model.num_frames(duration, prompt) > self.model.max_frames:
             raise UserError(f"duration {duration:g} s is too long for this model at this prompt's tempo")
         seed = _as_int(seed, "seed")
         if not -1 <= seed <= MAX_SEED - MAX_VARIATIONS:

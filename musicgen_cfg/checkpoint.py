@@ -267,7 +267,7 @@ def open_checkpoint(path: str | os.PathLike, label: str = "checkpoint") -> Check
     elif (path / WEIGHTS_NAME).is_file():
         weight_map, shard_files = None, [WEIGHTS_NAME]
     else:
-        raise UserError(f"{label} is not a model checkpoint: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {path}")
+        raise _no_safetensors_weights(path, label)
     tensors: dict[str, TensorInfo] = {}
     metadata: dict = {}
     for shard in shard_files:
@@ -386,19 +386,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def require_safetensors_weights(directory: str | Path) -> None:
-    """A one-line UserError unless `directory` holds safetensors weights (single file or sharded index).
-
-    Checked by name before any loader runs, so a directory with only pickled weights (pytorch_model.bin)
-    is refused without a pickle ever being opened."""
-    directory = Path(directory)
-    if (directory / WEIGHTS_NAME).is_file() or (directory / WEIGHTS_INDEX_NAME).is_file():
-        return
+def _no_safetensors_weights(directory: Path, label: str) -> UserError:
+    """Refused by name, so a directory with only pickled weights (pytorch_model.bin) never has a pickle opened."""
     pickled = [name for name in PICKLE_NAMES if (directory / name).exists()]
     if pickled:
-        raise UserError(f"{directory} has only pickled weights ({pickled[0]}), which are never loaded: convert them "
-                        f"to {WEIGHTS_NAME} (transformers: model.save_pretrained(DIR, safe_serialization=True))")
-    raise UserError(f"{directory} is not a model checkpoint: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}")
+        return UserError(f"{label} has only pickled weights ({pickled[0]}), which are never loaded: convert them "
+                         f"to {WEIGHTS_NAME} (transformers: model.save_pretrained(DIR, safe_serialization=True))")
+    return UserError(f"{label} is not a model checkpoint: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {directory}")
 
 
 def check_output_directory(path: str | Path, flag: str = "--out") -> Path:

@@ -229,13 +229,15 @@ def _read_audio(path: Path) -> np.ndarray:
 
 def detect_world(run_dir: Path, entry: dict, world: str) -> str:
     """'default' when the run's model is a symbolic-codec checkpoint, 'real' for real MusicGen."""
+    from musicgen_cfg.model import is_symbolic_config, looks_like_hub_id
+
     if world != "auto":
         return world
     source = str(entry["model"])
     config = Path(source) / "config.json"
     if config.is_file():
-        return "default" if read_json(config).get("musicgen_cfg", {}).get("codec") == "symbolic" else "real"
-    if not Path(source).exists() and not source.startswith((".", "/", "~")) and source.count("/") == 1:
+        return "default" if is_symbolic_config(read_json(config)) else "real"
+    if looks_like_hub_id(source):
         return "real"  # a hub id; the default world only exists as local checkpoints
     raise UserError(f"{run_dir}: cannot tell which world model {source} belongs to (its config.json is gone); "
                     f"pass --world default or --world real")

@@ -250,5 +250,4 @@ def main(args) -> int:
 
 def _max_duration(model, prompts: list[str]) -> float:
     """Longest duration every prompt can take within the model's position table."""
-    max_frames = model.lm.stack.positions.shape[0] - model.lm.num_codebooks + 1
-    return min(max_frames / model.num_frames(1.0, p) for p in prompts)
+    return min(model.max_frames / model.num_frames(1.0, p) for p in prompts)

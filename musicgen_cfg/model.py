@@ -25,8 +25,8 @@ from musicgen_cfg.checkpoint import (
     WEIGHTS_NAME,
     atomic_directory,
     load_state,
+    open_checkpoint,
     read_json,
-    require_safetensors_weights,
     save_tensors,
     state_sha256,
     write_json,
@@ -61,7 +61,12 @@ class MusicGen:
 
     @property
     def is_symbolic(self) -> bool:
-        return self.config.get("musicgen_cfg", {}).get("codec") == "symbolic"
+        return is_symbolic_config(self.config)
+
+    @property
+    def max_frames(self) -> int:
+        """The most frames one generation can have: the position table less the delay pattern's K - 1 steps."""
+        return self.lm.stack.positions.shape[0] - self.lm.num_codebooks + 1
 
     @property
     def default_guidance_scale(self) -> float:
@@ -139,6 +144,16 @@ class MusicGen:
                 self.generation_config.save_pretrained(directory)
 
 
+def is_symbolic_config(config: dict) -> bool:
+    """Whether a checkpoint's config.json is a default-world model (symbolic codec, MiniLM text encoder)."""
+    return config.get("musicgen_cfg", {}).get("codec") == "symbolic"
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """'owner/name' that is no local path: what transformers would look up on the hub."""
+    return not Path(spec).exists() and not spec.startswith((".", "/", "~")) and spec.count("/") == 1
+
+
 def pick_device(device: str) -> str:
     """'auto' -> cuda when available, else cpu; 'cpu', 'cuda[:N]' or 'mps' when that device exists, else a user error."""
     if device == "auto":
@@ -211,11 +226,11 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> MusicGen:
     path = Path(source)
     if path.is_dir():
         config = read_json(path / "config.json")
-        if config.get("musicgen_cfg", {}).get("codec") == "symbolic":
+        if is_symbolic_config(config):
             return _load_symbolic(path, config).to(device)
-        require_safetensors_weights(path)
+        open_checkpoint(path, str(path))  # safetensors weights, intact headers: checked before transformers reads
         return _load_transformers(source).to(device)
-    if path.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
+    if not looks_like_hub_id(source):
         raise UserError(f"model directory not found: {source}")
     return _load_transformers(source).to(device)
 

@@ -178,14 +178,13 @@ def select_prompts(config: ReproduceConfig) -> list[str]:
 
 def model_available(spec: str) -> bool:
     """A checkpoint directory (or shipped default) with config.json, or a hub id (checked when loaded)."""
-    from musicgen_cfg.model import resolve_spec
+    from musicgen_cfg.model import looks_like_hub_id, resolve_spec
 
     try:
         path = Path(resolve_spec(spec))
     except UserError:
         return False
-    return (path / "config.json").is_file() or (not path.exists() and not spec.startswith((".", "/", "~"))
-                                                and spec.count("/") == 1)
+    return (path / "config.json").is_file() or looks_like_hub_id(spec)
 
 
 def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:

@@ -183,3 +183,17 @@ def test_sharded_weights_load_in_transformers_and_in_load_state(tiny_dir, tmp_pa
     (sharded / files[1]).write_bytes((sharded / files[1]).read_bytes()[:-3])
     with pytest.raises(UserError, match=f"{files[1]} is truncated or not a safetensors file"):
         open_checkpoint(sharded)
+
+
+def test_pickle_only_directories_are_refused_by_name_everywhere(tmp_path, monkeypatch):
+    from merging.merge import merge_checkpoints
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"never opened")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    with pytest.raises(UserError, match=r"^A has only pickled weights \(pytorch_model.bin\), which are never loaded"):
+        merge_checkpoints([pickled, pickled], tmp_path / "out", lam=0.5)
+    with pytest.raises(UserError, match="has only pickled weights"):
+        open_checkpoint(pickled)

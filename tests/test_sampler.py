@@ -87,7 +87,9 @@ def test_same_seed_same_codes_independent_of_batch(tiny_model):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"guidance_scale": -1.0}, "guidance scale"),
-    ({"top_k": 0}, "top-k"),
+    ({"top_k": -1}, "top-k"),
+    ({"guidance_scale": float("inf")}, "finite"),
+    ({"temperature": float("nan")}, "finite"),
     ({"top_p": 0.0}, "top-p"),
     ({"top_p": 1.5}, "top-p"),
     ({"temperature": 0.0}, "temperature"),
