@@ -5,11 +5,16 @@ head, CFG / temperature / top-k / Gumbel as separate passes) on this file's peak
 CPU: any change to the decode step must reproduce these tokens exactly.
 """
 
+import copy
 import math
 
 import pytest
 import torch
 
+from musicgen_cfg import sampler
+from musicgen_cfg.delay import teacher_forcing_inputs
+from musicgen_cfg.errors import UserError
+from musicgen_cfg.lm import KVCache
 from musicgen_cfg.sampler import SamplingConfig, sample
 
 PROMPTS = ["a joyful jig with fiddle", "sad piano"]
@@ -47,3 +52,69 @@ def peaked(tiny_model):
 def test_tokens_identical_to_the_recorded_sampler(peaked, name):
     codes = sample(peaked.lm, peaked.condition(PROMPTS), FRAMES, SamplingConfig(**CONFIGS[name]), SEEDS)
     assert codes.flatten().tolist() == EXPECTED[name]
+
+
+def test_compiled_fixed_shape_step_gives_the_same_tokens(peaked, recwarn):
+    """The step torch.compile captures (fixed shapes: whole cache under the future mask, full-size
+    noise instead of the CPU top-k path) gives the recorded tokens. Backend "eager" runs Dynamo's
+    captured graph without code generation: Inductor takes minutes to compile on a shared CPU."""
+    config = SamplingConfig(**CONFIGS["cfg_top_k_temperature"], compile=True, compile_backend="eager")
+    codes = sample(peaked.lm, peaked.condition(PROMPTS), FRAMES, config, SEEDS)
+    assert not [w for w in recwarn if "torch.compile" in str(w.message)]  # compiled, not the fallback
+    assert codes.flatten().tolist() == EXPECTED["cfg_top_k_temperature"]
+
+
+def test_a_failing_compile_falls_back_to_the_eager_step(peaked, monkeypatch):
+    def broken(backend):
+        def fail(*args, **kwargs):
+            raise RuntimeError("no compiler here")
+        return fail
+
+    monkeypatch.setattr(sampler, "compiled_decode_step", broken)
+    config = SamplingConfig(**CONFIGS["cfg_top_p"], compile=True)
+    with pytest.warns(UserWarning, match="torch.compile of the decoding step failed.*no compiler here"):
+        codes = sample(peaked.lm, peaked.condition(PROMPTS), FRAMES, config, SEEDS)
+    assert codes.flatten().tolist() == EXPECTED["cfg_top_p"]
+
+
+def test_unknown_compile_backend_is_a_user_error():
+    with pytest.raises(UserError, match="unknown torch.compile backend 'nope'"):
+        SamplingConfig(compile=True, compile_backend="nope")
+
+
+def test_live_merge_between_two_requests_is_seen(peaked):
+    """The step's fused weights (QKV, heads, embedding table) are derived per request, so LiveMerge
+    rewriting the parameters in place between two generate calls changes the second one."""
+    from merging.merge import LiveMerge
+
+    lm, cond, config = peaked.lm, peaked.condition(PROMPTS), SamplingConfig(**CONFIGS["cfg_top_k_temperature"])
+    quality = {k: v.clone() for k, v in lm.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    diversity = {k: v + 0.5 * torch.randn(v.shape, generator=g) * v.std() if v.dim() == 2 else v.clone()
+                 for k, v in quality.items()}
+    merge = LiveMerge(lm, quality, diversity, lam=0.0)
+    assert sample(lm, cond, FRAMES, config, SEEDS).flatten().tolist() == EXPECTED["cfg_top_k_temperature"]
+    merge.set_lambda(1.0)
+    merged = sample(lm, cond, FRAMES, config, SEEDS)
+    fresh = copy.deepcopy(lm)
+    fresh.load_state_dict(diversity)
+    assert torch.equal(merged, sample(fresh, cond, FRAMES, config, SEEDS))
+    assert merged.flatten().tolist() != EXPECTED["cfg_top_k_temperature"]
+
+
+def test_bf16_step_within_tolerance_of_the_fp32_forward(peaked):
+    """Under bf16 autocast the cache and the fused weights are bf16 (cast once per request) and the
+    step's logits stay within bf16 rounding of the fp32 teacher-forced forward."""
+    lm, cond = peaked.lm, peaked.condition(PROMPTS)
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, lm.vocab_size, (2, lm.num_codebooks, 8), generator=g)
+    inputs = teacher_forcing_inputs(codes, lm.pad_id)
+    with torch.no_grad():
+        full = lm(inputs, cond)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cache = KVCache(lm, cond, inputs.shape[-1])
+            steps = [lm.step(inputs[:, :, s], torch.tensor([s]), cache) for s in range(inputs.shape[-1])]
+    assert cache.kv[0].dtype == cache.qkv[0].dtype == cache.heads.dtype == torch.bfloat16
+    step_logits = torch.stack(steps, dim=2).float()
+    assert not torch.equal(step_logits, full)  # really computed in bf16
+    torch.testing.assert_close(step_logits, full, atol=0.15, rtol=0.05)
