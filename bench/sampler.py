@@ -257,13 +257,10 @@ def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, 
             hf_reps = min(hf_repeats, reps)
             runs, steps, repeats = {}, {}, {}
             try:
-                for impl in OURS_IMPLS:
-                    if impl in args.impls:
-                        runs[impl] = ours_call(lm, text_encoder, batch, steps_here, cfg, OURS_IMPLS[impl])
-                        steps[impl], repeats[impl] = steps_here, reps
-                if "transformers" in args.impls:
-                    runs["transformers"] = hf_call(hf, tokenizer, batch, hf_steps_here, cfg, device, captured)
-                    steps["transformers"], repeats["transformers"] = hf_steps_here, hf_reps
+                for impl in args.impls:
+                    ours = impl in OURS_IMPLS
+                    steps[impl], repeats[impl] = (steps_here, reps) if ours else (hf_steps_here, hf_reps)
+                    runs[impl] = impl_call(impl, (hf, lm, text_encoder, tokenizer), batch, cfg, device, captured, steps[impl])
                 measured = measure_pair(runs, steps, batch, repeats, device)
             except Exception as err:  # noqa: BLE001 - one configuration's failure must not kill the run
                 measured = {}
