@@ -127,6 +127,12 @@ def pick_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tenso
     return (logits + gumbel).argmax(-1)
 
 
+@functools.cache
+def _codebook_offsets(num_codebooks: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """[K, 1]: codebook * V, the flat cell of each codebook's token 0 (a constant, built once)."""
+    return torch.arange(num_codebooks, device=device)[:, None] * vocab
+
+
 def _pick_among_top_k(logits: torch.Tensor, top_k: int, rows: torch.Tensor) -> torch.Tensor | None:
     """CPU fast path of pick_tokens for top-k without top-p: the same tokens, noise hashed at the k candidates only.
 
@@ -140,11 +146,13 @@ def _pick_among_top_k(logits: torch.Tensor, top_k: int, rows: torch.Tensor) -> t
     """
     values, index = torch.topk(logits, top_k + 1, dim=-1, sorted=False)
     dropped = values == values.min(-1, keepdim=True).values  # the (k+1)-th largest: not kept
-    if not bool((dropped.sum(-1) == 1).all()):
+    # every row holds its minimum at least once, so the total is B * K exactly when no row has a tie
+    if int(dropped.sum()) != dropped.shape[0] * dropped.shape[1]:
         return None
     num_codebooks, vocab = logits.shape[1], logits.shape[2]
-    cells = index + torch.arange(num_codebooks, device=index.device)[:, None] * vocab
-    scores = values.masked_fill(dropped, float("-inf")) + -torch.log(-torch.log(uniform_noise_at(rows, cells)))
+    cells = index + _codebook_offsets(num_codebooks, vocab, index.device)
+    # x - log(-log(u)) is bit-exactly x + gumbel, one pass fewer
+    scores = values.masked_fill(dropped, float("-inf")) - torch.log(-torch.log(uniform_noise_at(rows, cells)))
     best = scores.max(-1, keepdim=True).values
     return torch.where(scores == best, index, vocab).min(-1).values
 

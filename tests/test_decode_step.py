@@ -15,7 +15,7 @@ from musicgen_cfg import sampler
 from musicgen_cfg.delay import teacher_forcing_inputs
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.lm import KVCache
-from musicgen_cfg.sampler import SamplingConfig, sample
+from musicgen_cfg.sampler import SamplingConfig, filter_logits, sample, uniform_noise
 
 PROMPTS = ["a joyful jig with fiddle", "sad piano"]
 SEEDS = [11, 12]
@@ -118,3 +118,20 @@ def test_bf16_step_within_tolerance_of_the_fp32_forward(peaked):
     step_logits = torch.stack(steps, dim=2).float()
     assert not torch.equal(step_logits, full)  # really computed in bf16
     torch.testing.assert_close(step_logits, full, atol=0.15, rtol=0.05)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_cpu_top_k_fast_path_equals_the_full_size_path(ties):
+    """_pick_among_top_k (noise hashed at the k + 1 candidates, the tie check) picks what the
+    full-size filter + Gumbel-max picks, with and without ties at the k-th value."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 4, 64, generator=g)
+    if ties:  # row 1, codebook 2: the 5 largest share one value, so top-5 keeps 5 and top-4 keeps 5 too
+        logits[1, 2, :5] = logits[1, 2].max() + 1
+    seeds, step = torch.tensor([4, 5, 6]), torch.tensor([7])
+    full = (filter_logits(logits, 4, 1.0) - torch.log(-torch.log(uniform_noise(seeds, step, 4, 64)))).argmax(-1)
+    fast = sampler._pick_among_top_k(logits, 4, sampler.row_hashes(seeds, step))
+    assert (fast is None) == ties
+    assert torch.equal(sampler.pick_tokens(logits, SamplingConfig(top_k=4), seeds, step), full)
+    if not ties:
+        assert torch.equal(fast, full)
