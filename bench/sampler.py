@@ -1,24 +1,35 @@
 """Benchmark of token generation: our sampler vs transformers' MusicGen generate() on the SAME weights.
 
-    .venv/bin/python bench/sampler.py                                   # CPU, tiny preset (~3 min, 1 thread)
-    python bench/sampler.py --preset small --device cuda --dtype float32 # one GPU config set
-    python bench/sampler.py --all-gpu                                   # fp32 + bf16, batch 1/8/64, CFG on/off
+    .venv/bin/python bench/sampler.py                                   # CPU, tiny preset, 1 thread (~4-5 min)
+    python bench/sampler.py --preset small --device cuda --dtype bfloat16 # one GPU config set
+    python bench/sampler.py --all-gpu                                   # THE GPU run: everything below, one JSON
 
 Both sides sample with top_k=250, temperature 1, for the same number of decoder steps (default 250),
 with CFG (guidance_scale=3, cond + null rows in one batched pass) and without, at batch 1, 8 and 64.
 Timed: transformers' `generate()` from token ids, with the EnCodec decode replaced by a no-op (audio
 is not timed); ours: the text encoder + `musicgen_cfg.sampler.sample` (both include the text encoder).
 frames/s = batch * steps / seconds. Every configuration is wrapped in try/except: a failure is
-recorded as an error string in the JSON and the run goes on.
+recorded as an error string in the JSON and the run goes on; the JSON is rewritten after each one.
+
+Per configuration also: operators / CUDA kernels per decoder step from the torch profiler (see
+`ops_per_step`), for both implementations. After the batch table, a throughput sweep (ours only):
+frames/s over growing batches with CFG off (guidance 1: what the distilled model costs) and on
+(guidance 3: base model + CFG), same weights, up to the largest batch that fits; `best` gives the
+highest frames/s of each and their ratio (the paper's "half the cost" must show there).
+
+--all-gpu (musicgen-small shapes): bfloat16 then float32; ours (torch.compile + CUDA graph),
+ours_nocompile (CUDA graph only) and transformers; the weight-read floor (decoder bytes / measured
+copy bandwidth); the throughput sweep in bfloat16.
 
 The first call of each configuration is timed separately ("first call", includes one-off costs and,
-on CUDA, the graph capture); the steady time is the median of the next `--repeats` calls. Note that
-on CUDA `sample()` captures its step graph on EVERY request (the KV cache is per request), so steady
-times include one capture; `per_request_overhead_s` (a 1-frame request) estimates that fixed cost.
+on CUDA, compilation and the graph capture); the steady time is the median of the next `--repeats`
+calls. On CUDA `sample()` captures its step graph on EVERY request (the KV cache is per request), so
+steady times include one capture; `per_request_overhead_s` (a K-step request) estimates that fixed cost.
 
 Memory: our KV cache is preallocated once per request; its size from the shapes is reported; on
 CUDA also the allocator's peak during generation vs before/after (both implementations).
-Results: bench/results/sampler_cpu.json or sampler_cuda.json (`--out` to override).
+Results: bench/results/sampler_cpu.json or sampler_cuda.json (`--out` to override), with the torch /
+transformers versions used beside the ones this repository pins, and the machine's load average.
 """
 
 import argparse
@@ -177,6 +188,22 @@ def ops_per_step(make_run, device: str, short: int, long: int) -> dict:
     return {**per_step, "profiled_steps": [short, long]}
 
 
+def weight_read_floor(lm) -> dict:
+    """The decode step's lower bound at batch 1: reading every decoder weight once, at the bandwidth a large
+    on-device copy achieves (measured here: a copy reads and writes its bytes, so read bandwidth = 2 x bytes / time)."""
+    weights = sum(p.numel() * p.element_size() for p in lm.parameters())
+    buffer = torch.empty(2**30, dtype=torch.uint8, device=lm.device)
+    target = torch.empty_like(buffer)
+    for _ in range(3):
+        target.copy_(buffer)
+    copy = functools.partial(target.copy_, buffer)
+    bandwidth = 2 * buffer.numel() / statistics.median(timed(copy, str(lm.device)) for _ in range(10))
+    del buffer, target, copy
+    torch.cuda.empty_cache()
+    return {"weights_mb": weights / 2**20, "read_gb_per_s": bandwidth / 1e9, "floor_ms_per_step": 1e3 * weights / bandwidth,
+            "measured": "bandwidth of a 1 GiB device-to-device copy (median of 10)"}
+
+
 def impl_call(impl: str, models: tuple, batch: int, cfg: bool, device: str, captured: dict, steps: int):
     """The timed call of `impl` (ours / ours_nocompile / transformers) for `steps` decoder steps."""
     hf, lm, text_encoder, tokenizer = models
@@ -248,6 +275,10 @@ def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, 
     captured: dict = {}
     no_audio_decode(hf, captured)
     section["params_decoder"] = sum(p.numel() for p in lm.parameters())
+    if device.startswith("cuda"):
+        section["weight_read_floor"] = weight_read_floor(lm)
+        log(f"[{dtype_name}] weight-read floor {section['weight_read_floor']['floor_ms_per_step']:.3f} ms/step "
+            f"({section['weight_read_floor']['weights_mb']:.0f} MB at {section['weight_read_floor']['read_gb_per_s']:.0f} GB/s)")
     for batch in args.batches:
         for cfg in (False, True):
             key = {"batch": batch, "cfg": cfg, "guidance_scale": GUIDANCE if cfg else 1.0}
@@ -460,7 +491,7 @@ def main() -> None:
     parser.add_argument("--throughput-steps", type=int, default=None, help="steps per throughput request (CPU 50, CUDA 100)")
     parser.add_argument("--throughput-repeats", type=int, default=2, help="steady calls per throughput batch")
     parser.add_argument("--throughput-dtypes", nargs="*", choices=list(DTYPES), default=None,
-                        help="dtype sections that get the sweep (default: the run's last dtype; none = skip)")
+                        help="dtype sections that get the sweep (default: the run's first dtype; none = skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the same for both)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -493,9 +524,9 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")
 
-    dtypes = ["float32", "bfloat16"] if args.all_gpu else [args.dtype]
+    dtypes = ["bfloat16", "float32"] if args.all_gpu else [args.dtype]  # the targets are bf16: measured first
     if args.throughput_dtypes is None:
-        args.throughput_dtypes = dtypes[-1:]
+        args.throughput_dtypes = dtypes[:1]
     config = TINY if args.preset == "tiny" else SMALL
     report = {
         "benchmark": "token generation: musicgen_cfg.sampler.sample vs transformers MusicgenForConditionalGeneration.generate",
