@@ -178,6 +178,9 @@ def decode_step(lm: MusicgenLM, cache: KVCache, tokens: torch.Tensor, position: 
     return torch.where(valid.index_select(0, position), chosen, lm.pad_id)
 
 
+_FAILED_BACKENDS: set[str] = set()  # compile backends that failed in this process: eager from then on
+
+
 @functools.cache
 def compiled_decode_step(backend: str = "inductor"):
     """decode_step through torch.compile (Inductor fuses the elementwise chains: norms, CFG, the noise hash).
@@ -210,22 +213,35 @@ def sample(
     positions = torch.arange(steps, device=device)
     graph = config.use_cuda_graph and device.type == "cuda"
     compiled = config.compile if config.compile is not None else device.type == "cuda"
+    compiled = compiled and config.compile_backend not in _FAILED_BACKENDS
     fixed_shape = graph or compiled
     step_fn = compiled_decode_step(config.compile_backend) if compiled else decode_step
 
     def one_step(tokens: torch.Tensor, position: torch.Tensor, length: int | None = None, rows=None) -> torch.Tensor:
         return step_fn(lm, cache, tokens, position, guidance, config, seeds, valid, length, rows)
 
+    def fall_back_to_eager(err: Exception) -> None:
+        nonlocal step_fn
+        _FAILED_BACKENDS.add(config.compile_backend)
+        warnings.warn(f"torch.compile of the decoding step failed, running it eagerly from now on: "
+                      f"{type(err).__name__}: {err}", stacklevel=3)
+        step_fn = decode_step
+
     tokens = torch.full((len(cond), num_codebooks), pad, dtype=torch.long, device=device)
-    if compiled:  # compile before the loop; the fallback is the eager step. Step 0 rewrites what this writes.
+    if compiled:  # compile before the loop (step 0 rewrites what this writes)
         try:
             one_step(tokens, positions[:1])
         except Exception as err:  # noqa: BLE001 - any compiler failure (no C++ compiler, no Triton, ...)
-            warnings.warn(f"torch.compile of the decoding step failed, running it eagerly: {type(err).__name__}: {err}",
-                          stacklevel=2)
-            step_fn = decode_step
+            fall_back_to_eager(err)
     if graph:
-        one_step = _capture(one_step, len(cond), num_codebooks, device)
+        try:
+            replay = _capture(one_step, len(cond), num_codebooks, device)
+        except Exception as err:  # noqa: BLE001 - compiled code that cannot be captured
+            if step_fn is decode_step:
+                raise
+            fall_back_to_eager(err)
+            replay = _capture(one_step, len(cond), num_codebooks, device)
+        one_step = replay
     if not fixed_shape:  # eager: the per-(seed, step) noise hashes once per request
         rows = row_hashes(seeds, positions[:, None])  # [steps, B]
     delayed = torch.empty((len(cond), num_codebooks, steps), dtype=torch.long, device=device)

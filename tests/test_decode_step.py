@@ -7,6 +7,7 @@ CPU: any change to the decode step must reproduce these tokens exactly.
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -71,10 +72,15 @@ def test_a_failing_compile_falls_back_to_the_eager_step(peaked, monkeypatch):
         return fail
 
     monkeypatch.setattr(sampler, "compiled_decode_step", broken)
+    monkeypatch.setattr(sampler, "_FAILED_BACKENDS", set())
     config = SamplingConfig(**CONFIGS["cfg_top_p"], compile=True)
     with pytest.warns(UserWarning, match="torch.compile of the decoding step failed.*no compiler here"):
         codes = sample(peaked.lm, peaked.condition(PROMPTS), FRAMES, config, SEEDS)
     assert codes.flatten().tolist() == EXPECTED["cfg_top_p"]
+    assert sampler._FAILED_BACKENDS == {"inductor"}  # later requests go eager without trying again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(sample(peaked.lm, peaked.condition(PROMPTS), FRAMES, config, SEEDS), codes)
 
 
 def test_unknown_compile_backend_is_a_user_error():
