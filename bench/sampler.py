@@ -384,6 +384,41 @@ def throughput(lm, text_encoder, device: str, out: dict, repeats: int, log, save
     save()
 
 
+def targets(report: dict) -> dict:
+    """Issue 14's targets against what this run measured: {name: {"target", "measured", "met"}}; absent
+    when this run did not measure it. GPU: bf16, musicgen-small shapes; CPU: tiny preset, every batch."""
+    out = {}
+
+    def add(name, target, measured, met):
+        out[name] = {"target": target, "measured": measured, "met": bool(met)}
+
+    for section in report["sections"]:
+        summary = {(r["batch"], r["cfg"]): r for r in section.get("summary", [])}
+        ours = {(r["batch"], r["cfg"]): r for r in section["results"] if r["impl"] == "ours"}
+        speedups = {key: r["speedup_ours_over_transformers"] for key, r in summary.items() if "speedup_ours_over_transformers" in r}
+        if report["device"] == "cpu" and report["preset"] == "tiny" and speedups:
+            add(f"cpu_{section['dtype']}_ours_over_transformers_all_batches", ">= 3x", min(speedups.values()),
+                min(speedups.values()) >= 3)
+        if not (report["device"].startswith("cuda") and report["preset"] == "small" and section["dtype"] == "bfloat16"):
+            continue
+        one = [speedups[(1, cfg)] for cfg in (False, True) if (1, cfg) in speedups]
+        if one:
+            add("gpu_bf16_batch1_ours_over_transformers", ">= 10x", min(one), min(one) >= 10)
+        many = [speedups[(64, cfg)] for cfg in (False, True) if (64, cfg) in speedups]
+        if many:
+            add("gpu_bf16_batch64_ours_over_transformers", ">= 5x", min(many), min(many) >= 5)
+        if (1, False) in ours:
+            ms = ours[(1, False)]["ms_per_step"]
+            add("gpu_bf16_batch1_ms_per_step", "<= 1.3", ms, ms <= 1.3)
+            floor = section.get("weight_read_floor", {}).get("floor_ms_per_step")
+            if floor:
+                add("gpu_bf16_batch1_over_weight_read_floor", "<= 3x", ms / floor, ms / floor <= 3)
+        ratio = section.get("throughput", {}).get("best", {}).get("ratio_off_over_on")
+        if ratio is not None:
+            add("gpu_bf16_throughput_cfg_off_over_on", ">= 1.8x", ratio, ratio >= 1.8)
+    return out
+
+
 def summarize(results: list[dict]) -> list[dict]:
     """Per (batch, cfg): ours/transformers speed ratio; per (impl, batch): CFG-on / CFG-off cost."""
     by = {(r["impl"], r["batch"], r["cfg"]): r for r in results}
@@ -409,8 +444,8 @@ def table(section: dict) -> str:
     unit = "kernels/step" if cuda else "ops/step"
     lines = [f"dtype {section['dtype']}  (steps: ours {section['steps_ours']}, transformers {section['steps_transformers']})",
              f"| batch | CFG | ours frames/s | ours ms/step | ours {unit} | transformers frames/s | transformers ms/step "
-             f"| transformers {unit} | ours/transformers | CFG cost ours | CFG cost transformers |",
-             "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| transformers {unit} | ours/transformers | CFG cost ours | CFG cost transformers | ours_nocompile ms/step |",
+             "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def fmt(value, spec):
         return format(value, spec) if value is not None else "n/a"
@@ -422,12 +457,14 @@ def table(section: dict) -> str:
     for batch in sorted({r["batch"] for r in section["results"]}):
         for cfg in (False, True):
             o, t, s = by.get(("ours", batch, cfg)), by.get(("transformers", batch, cfg)), summary.get((batch, cfg), {})
+            n = by.get(("ours_nocompile", batch, cfg))
             lines.append(
                 f"| {batch} | {'on' if cfg else 'off'} | {fmt(o and o['frames_per_s'], '.0f')} | {fmt(o and o['ms_per_step'], '.3f')} "
                 f"| {fmt(ops(o), '.0f')} | {fmt(t and t['frames_per_s'], '.0f')} | {fmt(t and t['ms_per_step'], '.3f')} "
                 f"| {fmt(ops(t), '.0f')} | {fmt(s.get('speedup_ours_over_transformers'), '.2f')}x "
                 f"| {fmt(s.get('cfg_cost_ratio_ours'), '.2f') if cfg else '-'} "
-                f"| {fmt(s.get('cfg_cost_ratio_transformers'), '.2f') if cfg else '-'} |")
+                f"| {fmt(s.get('cfg_cost_ratio_transformers'), '.2f') if cfg else '-'} "
+                f"| {fmt(n and n['ms_per_step'], '.3f')} |")
     for e in section["errors"]:
         lines.append(f"ERROR {e.get('impl', e.get('where'))} batch {e.get('batch')} cfg {e.get('cfg')}: {e['error']}")
     sweep = section.get("throughput")
@@ -572,7 +609,10 @@ def main() -> None:
         report["sections"].append(section)
         run_dtype(args, section, args.device, hf_steps, hf_repeats, log, save)
         print(table(section), flush=True)
+        report["targets"] = targets(report)
         save()
+    for name, target in report["targets"].items():
+        log(f"target {name}: {target}")
     log(f"wrote {out}")
 
 
