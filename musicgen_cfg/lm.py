@@ -218,6 +218,22 @@ def compute_dtype(lm: MusicgenLM) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else lm.dtype
 
 
+def _linear_weight(module: nn.Module, in_features: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The [out, in] matrix a bias-free linear module applies: `.weight` of a plain nn.Linear; for a
+    wrapper (a peft LoRA layer, whose `.weight` is the base weight WITHOUT its adapter) the module
+    applied to the identity, so the fused step uses exactly what the module's forward would."""
+    if type(module) is nn.Linear:
+        return module.weight
+    return module(torch.eye(in_features, device=device, dtype=dtype)).T
+
+
+def _embedding_table(module: nn.Module, num_embeddings: int, device: torch.device) -> torch.Tensor:
+    """[num_embeddings, D]: `.weight` of a plain nn.Embedding, else every id through the module (adapters included)."""
+    if type(module) is nn.Embedding:
+        return module.weight
+    return module(torch.arange(num_embeddings, device=device))
+
+
 class KVCache:
     """Per-request decoding state: the self-attention cache, the cross-attention K/V and the step's fused weights.
 
@@ -243,13 +259,16 @@ class KVCache:
         self.cross = lm.cross_keys_values(states)
         self.steps = torch.arange(max_steps, device=lm.device)
         self.max_steps = max_steps
-        with torch.no_grad():  # stack + flatten, not cat: the same tensor, and cat is ~8x slower on CPU here
-            embeddings = lm.stack.embed_tokens
-            self.embed_table = torch.stack([emb.weight for emb in embeddings]).flatten(0, 1)  # [K * (V + 1), D]
-            self.embed_offsets = torch.arange(len(embeddings), device=lm.device) * embeddings[0].num_embeddings  # [K]
-            self.qkv = [torch.stack([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
-                                     layer.self_attn.v_proj.weight]).flatten(0, 1).to(dtype) for layer in layers]  # [3D, D]
-            self.heads = torch.stack([head.weight for head in lm.decoder["lm_heads"]]).flatten(0, 1).to(dtype)  # [K * V, D]
+        with torch.no_grad():  # stack + flatten: the [K * V, D] of cat (one copy)
+            rows = config.vocab_size + 1  # the codes and the pad / BOS id
+            self.embed_table = torch.stack([_embedding_table(emb, rows, lm.device)
+                                            for emb in lm.stack.embed_tokens]).flatten(0, 1)  # [K * (V + 1), D]
+            self.embed_offsets = torch.arange(config.num_codebooks, device=lm.device) * rows  # [K]
+            self.qkv = [torch.stack([_linear_weight(getattr(layer.self_attn, name), config.hidden_size, lm.device, lm.dtype)
+                                     for name in ("q_proj", "k_proj", "v_proj")]).flatten(0, 1).to(dtype)
+                        for layer in layers]  # [3D, D]
+            self.heads = torch.stack([_linear_weight(head, config.hidden_size, lm.device, lm.dtype)
+                                      for head in lm.decoder["lm_heads"]]).flatten(0, 1).to(dtype)  # [K * V, D]
 
     def future_mask(self, position: torch.Tensor) -> torch.Tensor:
         """Additive mask [1, 1, 1, max_steps]: 0 up to `position`, -inf after."""

@@ -141,3 +141,25 @@ def test_cpu_top_k_fast_path_equals_the_full_size_path(ties):
     assert torch.equal(sampler.pick_tokens(logits, SamplingConfig(top_k=4), seeds, step), full)
     if not ties:
         assert torch.equal(fast, full)
+
+
+def test_lora_adapters_reach_the_fused_step(peaked):
+    """peft wraps q/k/v (and here a head) in LoRA layers whose `.weight` is the base weight alone:
+    the fused step must use the adapted map. Same tokens as a model with the adapters merged."""
+    peft = pytest.importorskip("peft")
+    lm, cond, config = peaked.lm, peaked.condition(PROMPTS), SamplingConfig(**CONFIGS["cfg_top_k_temperature"])
+    targets = ["q_proj", "k_proj", "v_proj", "lm_heads.0"]
+    wrapped = peft.inject_adapter_in_model(peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets), copy.deepcopy(lm))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:  # peft starts B at zero (a no-op adapter): make it change the model
+                p.copy_(torch.randn(p.shape, generator=g))
+    adapted = sample(wrapped, cond, FRAMES, config, SEEDS)
+    assert adapted.flatten().tolist() != EXPECTED["cfg_top_k_temperature"]
+    merged = copy.deepcopy(lm)
+    with torch.no_grad():
+        for name, module in wrapped.named_modules():
+            if isinstance(module, peft.tuners.lora.LoraLayer):
+                merged.get_submodule(name).weight.copy_(module.get_delta_weight("default") + module.base_layer.weight)
+    assert torch.equal(adapted, sample(merged, cond, FRAMES, config, SEEDS))
