@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.model import add_dtype_argument
 from musicgen_cfg.sampler import SamplingConfig
 
 MANIFEST = "manifest.jsonl"
@@ -95,6 +96,7 @@ def model_provenance(model) -> dict:
         "beta": info.get("beta"),
         "lambda": info.get("lambda"),
         "teacher_guidance_scale": info.get("teacher_guidance_scale"),
+        "dtype": str(model.lm.dtype).removeprefix("torch."),  # inference dtype: bf16 samples differ from fp32 ones
     }
 
 
@@ -182,19 +184,21 @@ def register(subparsers):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--format", dest="audio_format", default="wav", choices=["wav", "flac"])
     parser.add_argument("--device", default="auto")
+    add_dtype_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.set_defaults(func=main)
 
 
 def main(args) -> int:
-    from musicgen_cfg.model import load_model, pick_device
+    from musicgen_cfg.model import load_model, pick_device, pick_dtype
 
     prompts = validate_prompts(args.prompt if args.prompt else read_prompts(args.prompts_file))
     config = GenerateConfig(args.model, args.num_samples, args.duration, args.seed, args.batch_size,
                             args.audio_format, args.device)
     sampling = SamplingConfig(guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    model = load_model(args.model, device=pick_device(config.device))
+    device = pick_device(config.device)
+    model = load_model(args.model, device=device, dtype=pick_dtype(args.dtype, device))
     max_seconds = _max_duration(model, prompts)
     if config.duration > max_seconds:
         raise UserError(f"--duration {config.duration} s is too long for this model (at most {max_seconds:.1f} s)")
