@@ -498,10 +498,11 @@ class SegmentDataset:
         codes = self.arrays["codes"][self.rows[i]]
         return symbolic.transpose_codes(codes, transpose) if transpose else codes, self.meta(i, transpose)
 
-    def sample_caption(self, i: int, rng: random.Random, transpose: int = 0) -> str:
-        from musicgen_cfg.captions import caption_for
+    def sample_caption(self, i: int, rng: random.Random, transpose: int = 0, dropout=None) -> str:
+        """A caption of segment i drawn from `rng`; `dropout`: a captions.CaptionDropout (None = the default)."""
+        from musicgen_cfg.captions import CaptionDropout, caption_for
 
-        return caption_for(self.meta(i, transpose), rng)
+        return caption_for(self.meta(i, transpose), rng, dropout or CaptionDropout())
 
     def random_transpose(self, i: int, rng: random.Random) -> int:
         """A shift in [-augment_semitones, augment_semitones] that keeps segment i in range."""

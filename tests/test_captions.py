@@ -176,3 +176,25 @@ def test_default_dropout_rates_are_the_measured_attribute_rates():
 def test_dropout_out_of_range_is_rejected(bad):
     with pytest.raises(ValueError, match="caption dropout of meter"):
         captions.CaptionDropout(meter=bad)
+
+
+# compose_caption's texts before CaptionDropout existed (the captions the shipped base was trained on).
+SHIPPED_CAPTIONS = [
+    'Italian madrigal, in C minor, 6/8 time, slow, for string ensemble',
+    'Old Scottish melody on tin whistle, in E minor, single melodic line, brisk',
+    'Presto sacred Renaissance polyphony, in 4/4, in C minor, unaccompanied melody, on strings',
+    'Scots jig played on harpsichord, in E-flat minor, 4/4 time, at 68 bpm',
+    'Adagio Chinese folk song, 4/4 time, in F minor, played on flute',
+    'Renaissance mass movement on strings, in B minor, adagio',
+]
+
+
+def test_default_dropout_draws_the_shipped_base_captions():
+    rng = random.Random(0)
+
+    def meta(r):
+        return {"style": r.choice(sorted(captions.STYLES)), "form": r.choice(["", "jig", "reel", "air"]),
+                "tonic": r.randrange(12), "mode": "minor", "meter": r.choice(["4/4", "6/8"]),
+                "tempo_bpm": r.choice([0, 72]), "texture": "solo"}
+
+    assert [captions.compose_caption(meta(rng), rng).text for _ in SHIPPED_CAPTIONS] == SHIPPED_CAPTIONS
