@@ -87,8 +87,9 @@ class ReproduceConfig:
     seeds: tuple[int, ...] = field((0,), "training seeds of every trained model (and LERP pair); a point pools its "
                                         "seeds: mean and 95% bootstrap CI over seeds and prompts")
     train_endpoints: bool = field(False, "also train beta = 0 (quality_train_config) and beta = 15 (train_config) from "
-                                         "base_model for every seed, instead of quality_model / diversity_model (which "
-                                         "count as seed 0)")
+                                         "base_model for every seed that has no model; quality_model / diversity_model, "
+                                         "when they exist, are seed 0's")
+    sweeps: bool = field(True, "run the sweeps; false = only train the missing models (no merges, no generation)")
     quality_train_config: str = field("configs/quality.yaml", "distillation config of beta = 0 when train_endpoints")
     jobs: int = field(1, "trainings / evaluations at once: > 1 runs them as parallel `musicgen-cfg train` / "
                          "`musicgen-cfg evaluate` processes (each with `threads` threads)")
@@ -232,14 +233,14 @@ def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
 
     models = {"base": config.base_model}
     endpoints = {QUALITY_BETA: config.quality_model, DIVERSITY_BETA: config.diversity_model}
-    if not config.train_endpoints:
-        for beta, spec in endpoints.items():
-            if model_available(spec):
-                models[f"beta_{beta:g}"] = spec
-            else:
-                log(f"skip: model {spec!r} not found; its beta point and the LERP sweep are left out")
+    for beta, spec in endpoints.items():  # seed 0's endpoints
+        if model_available(spec):
+            models[f"beta_{beta:g}"] = spec
+        elif not config.train_endpoints:
+            log(f"skip: model {spec!r} not found; its beta point and the LERP sweep are left out")
     trained = sorted({*config.betas, *(endpoints if config.train_endpoints else ())})
-    wanted = [(beta, seed, out / "models" / seed_tag(f"beta_{beta:g}", seed)) for seed in config.seeds for beta in trained]
+    wanted = [(beta, seed, out / "models" / seed_tag(f"beta_{beta:g}", seed)) for seed in config.seeds for beta in trained
+              if seed_tag(f"beta_{beta:g}", seed) not in models]
     missing = [(beta, seed, destination) for beta, seed, destination in wanted if not (destination / "config.json").is_file()]
     if missing and config.train:
         train_betas(config, missing, out, log)
@@ -248,6 +249,8 @@ def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
             models[seed_tag(f"beta_{beta:g}", seed)] = str(destination)
         else:
             log(f"skip: beta = {beta:g} is not trained for seed {seed} ({destination} missing; pass --train true to train it)")
+    if not config.sweeps:  # no merges either: the endpoints may still be training elsewhere
+        return models
     interior = [lam for lam in config.lambdas if 0 < lam < 1]
     for seed in config.seeds:
         quality = models.get(seed_tag(f"beta_{QUALITY_BETA:g}", seed))
@@ -676,7 +679,8 @@ def evaluate_in_parallel(config: ReproduceConfig, run_names: list[str], runs: Pa
 
 
 def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None) -> dict:
-    """Run every sweep, evaluate, plot, check the claims; returns {"points", "hypervolume", "claims"}."""
+    """Run every sweep, evaluate, plot, check the claims; returns {"points", "hypervolume", "claims"}
+    (with sweeps false: only trains the missing models and returns {"models": tag -> spec})."""
     from musicgen_cfg.evaluate import EvaluateConfig, Evaluator
     from musicgen_cfg.model import load_model
 
@@ -694,6 +698,9 @@ def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None
     prompts = select_prompts(config)
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
     models = prepare_models(config, out, log)
+    if not config.sweeps:
+        log(f"trained models in {out / 'models'}; sweeps: false, so no sweeps")
+        return {"models": models}
     points = plan_points(config, models)
     generate_points(points, prompts, config, out / "runs", log)
     if config.jobs > 1:

@@ -384,6 +384,9 @@ def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_di
         num_samples=2, duration=0.2, guidance_scales=(1.0, 3.0), temperatures=(), betas=(5.0,), train=True,
         train_config=str(train_config), lambdas=(0.0, 1.0), seeds="0,1", reward_embedder=str(reward_dir),
         clap=str(clap_dir), bootstrap=50, device="cpu", threads=1)
+    trained = reproduce(ReproduceConfig(**{**config.__dict__, "sweeps": False}), log=[].append)["models"]
+    assert set(trained) == {"base", "beta_0", "beta_15", "beta_5", "beta_5_s1"}  # given endpoints = seed 0
+    assert not (out / "runs").exists() and not (out / "models" / "lerp").exists()
     summary = reproduce(config, log=[].append)
     for name, seed in (("beta_5", 0), ("beta_5_s1", 1)):
         manifest = json.loads((out / "models" / name / "manifest.json").read_text())
