@@ -17,8 +17,8 @@ Seeds: every trained model is trained once per training seed in `seeds` (`--seed
 single-seed names models/beta_5, later seeds add _s<S>), and LERP merges each seed's own (theta_q, theta_d)
 pair. A point of several seeds pools their runs on the same prompts: its mean is over seeds and prompts and
 its 95% CI comes from a two-level bootstrap that resamples seeds and prompts (`seed_prompt_ci`); claims.md
-also lists each seed's mean. With `jobs` > 1 the trainings and the evaluations run as that many parallel
-`musicgen-cfg train` / `musicgen-cfg evaluate` processes (the command each model's manifest records).
+also lists each seed's mean. With `jobs` > 1 the trainings, generations and evaluations run as that many parallel
+`musicgen-cfg train` / `generate` / `evaluate` processes (the commands the manifests record).
 Missing models (the shipped default-quality / default-diversity, untrained betas) skip their points
 with a log line. Everything resumes: generation skips finished items, evaluation is cached per run
 directory, merges and trained models already on disk are reused.
@@ -400,8 +400,22 @@ def pool_seeds(points: list[Point], per_prompt: dict[str, dict[str, list]], resa
 
 
 def generate_points(points: list[Point], prompts: list[str], config: ReproduceConfig, runs: Path, log):
-    """One generate run per distinct run directory; each model is loaded once."""
+    """One generate run per distinct run directory; each model is loaded once. With jobs > 1 (and a top-k,
+    which the command line needs) the runs are `musicgen-cfg generate` processes on OUT/prompts.txt instead."""
     import torch
+
+    if config.jobs > 1 and config.top_k is not None:
+        distinct = {point.run_name: point for point in points}
+        runs.mkdir(parents=True, exist_ok=True)
+        log(f"generating {len(distinct)} runs, {config.jobs} processes at once")
+        run_parallel([([sys.executable, "-m", "musicgen_cfg.cli", "generate", "--model", point.model,
+                        "--prompts-file", str(runs.parent / "prompts.txt"), "--num-samples", str(config.num_samples),
+                        "--duration", f"{config.duration!r}", "--seed", str(config.seed), "--batch-size",
+                        str(config.batch_size), "--guidance-scale", f"{point.guidance_scale!r}", "--temperature",
+                        f"{point.temperature!r}", "--top-k", str(config.top_k), "--format", "wav", "--device",
+                        config.device, "--out", str(runs / name)], runs / f"{name}.log")
+                      for name, point in distinct.items()], config.jobs, log)
+        return
 
     from musicgen_cfg.generate import GenerateConfig, run_generation
     from musicgen_cfg.model import load_model, pick_device

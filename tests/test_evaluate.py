@@ -405,6 +405,26 @@ def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_di
     assert any("done" in line for line in logs)
 
 
+def test_parallel_generation_equals_in_process_generation(tiny_dir, tmp_path):
+    """jobs > 1 runs `musicgen-cfg generate` processes: the same codes as the in-process runs."""
+    from musicgen_cfg.reproduce import Point, generate_points
+
+    points = [Point("cfg", 3.0, "gamma=3", "base", str(tiny_dir), guidance_scale=3.0)]
+    codes = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        out.mkdir()
+        (out / "prompts.txt").write_text(PROMPTS[0] + "\n")
+        config = ReproduceConfig(out=str(out), num_prompts=1, num_samples=2, duration=0.2, guidance_scales=(1.0, 3.0),
+                                 jobs=jobs, device="cpu", threads=1)
+        generate_points(points, [PROMPTS[0]], config, out / "runs", [].append)
+        codes[jobs] = {p.run_name: sorted((e["seed"], np.load(out / "runs" / p.run_name / e["codes_file"]).tolist())
+                                          for e in map(json.loads, (out / "runs" / p.run_name / "manifest.jsonl")
+                                                       .read_text().splitlines()))
+                       for p in points}
+    assert codes[1] == codes[2] and len(codes[1]["base_g3_t1"]) == 2
+
+
 def test_run_parallel_reports_the_failed_commands_logs(tmp_path):
     from musicgen_cfg.reproduce import run_parallel
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU recipe of issue 12 (docs/gpu.md): rebuild the dataset from all 14 collections, train the stronger
+# base, the reward embedder and the judges' scorer on it, theta_q / theta_d and beta = 5, 10 with 2 seeds
+# each, then `reproduce` (claims 3 and 6 with CIs over seeds and prompts).
+#
+#   make gpu-recipe                      # = bash scripts/gpu_recipe.sh; rerun it to resume after an interruption
+#
+# Writes musicgen_cfg/assets/default/{dataset.npz,dataset.json,base,embedder,scorer,quality,diversity} (each
+# with the manifest that names its rebuild command) and results/; logs and run directories under runs/gpu/.
+# Until it has finished, the assets are a mix of old and new: rerun it to the end, or
+# `git checkout musicgen_cfg/assets` to go back. Environment: BIN (default .venv/bin), WORKERS (parsing
+# processes, default: all cores), THREADS (torch threads of each GPU process, default 2), CPU_THREADS (of the
+# CPU-only embedder and scorer trainings, default 6), RETRAIN_JUDGES (1 = retrain the judges' scorer on the
+# new dataset, which it must cover; 0 = keep the shipped one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+WORKERS=${WORKERS:-$(nproc)}
+THREADS=${THREADS:-2}
+CPU_THREADS=${CPU_THREADS:-6}
+RETRAIN_JUDGES=${RETRAIN_JUDGES:-1}
+ASSETS=musicgen_cfg/assets/default
+LOGS=runs/gpu
+mkdir -p "$LOGS"
+export OMP_NUM_THREADS=$THREADS
+mg() { "$BIN/musicgen-cfg" "$@"; }
+# logged NAME COMMAND...: run it with its output in runs/gpu/NAME.log; on failure show the log's end and stop.
+logged() {
+  local name=$1; shift
+  "$@" > "$LOGS/$name.log" 2>&1 || { echo "failed: $* (runs/gpu/$name.log):"; tail -20 "$LOGS/$name.log"; exit 1; }
+}
+say() { echo "[$(date -u +%H:%M:%S)] $*"; }
+# A dataset-derived artifact is up to date when its manifest records the current dataset's sha256.
+trained_on_dataset() {
+  "$BIN/python" - "$1" <<'PY'
+import hashlib, json, pathlib, sys
+manifest = pathlib.Path(sys.argv[1]) / "manifest.json"
+dataset = hashlib.sha256(pathlib.Path("musicgen_cfg/assets/default/dataset.npz").read_bytes()).hexdigest()
+data = json.loads(manifest.read_text()) if manifest.is_file() else {}
+sys.exit(0 if dataset in (data.get("dataset_sha256"), data.get("data", {}).get("dataset_sha256")) else 1)
+PY
+}
+started=$SECONDS
+
+say "1/5 dataset: all 14 collections ($WORKERS parsing processes; parsed pieces cached in .cache/corpus)"
+logged corpus mg corpus build --workers "$WORKERS"
+grep -q '"command": "musicgen-cfg corpus build"' "$ASSETS/dataset.json"  # the full default build
+
+say "2/5 base (GPU), reward embedder and judges' scorer (CPU) on the new dataset, in parallel"
+pids=()
+if ! trained_on_dataset "$ASSETS/embedder"; then
+  logged embedder mg embedder train --model default --out "$ASSETS/embedder" --steps 800 --batch-size 32 --chunk-seconds 2.0 \
+    --lr 0.001 --weight-decay 0.0001 --warmup-steps 50 --loss infonce --temperature 0.1 --margin 0.2 --heldout 128 \
+    --same-group-batches 0.5 --clips 3000 --clip-seconds 8.0 --eval-every 100 --seed 0 --threads "$CPU_THREADS" &
+  pids+=($!)
+fi
+if [ "$RETRAIN_JUDGES" = 1 ] && ! trained_on_dataset "$ASSETS/scorer"; then
+  logged scorer mg judges train-scorer --out "$ASSETS/scorer" --steps 1000 --batch-size 128 --pairs 8000 --transpose 6 --lr 0.002 \
+    --weight-decay 0.01 --warmup-steps 50 --eval-every 200 --seed 0 --threads "$CPU_THREADS" &
+  pids+=($!)
+fi
+logged base mg pretrain --config configs/gpu/base.yaml --resume
+for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid"; done
+say "   base val_loss by step: $(awk -F, 'NR==1{for(i=1;i<=NF;i++)if($i=="val_loss")c=i} NR>1&&c&&$c!=""{printf "%s:%s ",$1,$c}' runs/gpu/base/metrics.csv)"
+
+say "3/5 theta_q, theta_d (seed 0, shipped) and the 6 other beta x seed runs, in parallel"
+logged quality mg train --config configs/gpu/quality.yaml --resume & q=$!
+logged diversity mg train --config configs/gpu/diversity.yaml --resume & d=$!
+logged betas mg reproduce --config configs/gpu/reproduce.yaml --sweeps false
+wait "$q"; wait "$d"
+
+say "4/5 reproduce: sweeps, evaluation, tables, claims (results/)"
+logged reproduce mg reproduce --config configs/gpu/reproduce.yaml
+grep -E "^claim|results in" "$LOGS/reproduce.log"
+
+say "5/5 shipped binaries (budget 80 MB)"
+total=$(du -cb "$ASSETS"/*/model.safetensors "$ASSETS/dataset.npz" | tail -1 | cut -f1)
+say "   $((total / 1000000)) MB; the whole recipe took $((SECONDS - started)) s"
+test "$total" -le 80000000
