@@ -4,6 +4,11 @@
 # each, then `reproduce` (claims 3 and 6 with CIs over seeds and prompts).
 #
 #   make gpu-recipe                      # = bash scripts/gpu_recipe.sh; rerun it to resume after an interruption
+#   STAGES="data embedders" make gpu-recipe   # only some stages (here the CPU-only ones, before a GPU session)
+#
+# Stages (STAGES, default all, in this order): data (corpus build), embedders (reward embedder and judges'
+# scorer: CPU only, run beside the base when both are asked for), base, betas (theta_q, theta_d and the other
+# beta x seed runs), sweeps (reproduce). A stage whose outputs are up to date costs seconds.
 #
 # Writes musicgen_cfg/assets/default/{dataset.npz,dataset.json,base,embedder,scorer,quality,diversity} (each
 # with the manifest that names its rebuild command) and results/; logs and run directories under runs/gpu/.
@@ -19,6 +24,8 @@ WORKERS=${WORKERS:-$(nproc)}
 THREADS=${THREADS:-2}
 CPU_THREADS=${CPU_THREADS:-6}
 RETRAIN_JUDGES=${RETRAIN_JUDGES:-1}
+STAGES=${STAGES:-data embedders base betas sweeps}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 ASSETS=musicgen_cfg/assets/default
 LOGS=runs/gpu
 mkdir -p "$LOGS"
@@ -42,38 +49,49 @@ PY
 }
 started=$SECONDS
 
-say "1/5 dataset: all 14 collections ($WORKERS parsing processes; parsed pieces cached in .cache/corpus)"
-logged corpus mg corpus build --workers "$WORKERS"
-grep -q '"command": "musicgen-cfg corpus build"' "$ASSETS/dataset.json"  # the full default build
+if want data; then
+  say "data: all 14 collections ($WORKERS parsing processes; parsed pieces cached in .cache/corpus)"
+  logged corpus mg corpus build --workers "$WORKERS"
+fi
+grep -q '"command": "musicgen-cfg corpus build"' "$ASSETS/dataset.json" \
+  || { echo "$ASSETS/dataset.json is not the full 14-collection build: run the data stage"; exit 1; }
 
-say "2/5 base (GPU), reward embedder and judges' scorer (CPU) on the new dataset, in parallel"
 pids=()
-if ! trained_on_dataset "$ASSETS/embedder"; then
+if want embedders && ! trained_on_dataset "$ASSETS/embedder"; then
+  say "embedders: the reward embedder on the new dataset (CPU)"
   logged embedder mg embedder train --model default --out "$ASSETS/embedder" --steps 800 --batch-size 32 --chunk-seconds 2.0 \
     --lr 0.001 --weight-decay 0.0001 --warmup-steps 50 --loss infonce --temperature 0.1 --margin 0.2 --heldout 128 \
     --same-group-batches 0.5 --clips 3000 --clip-seconds 8.0 --eval-every 100 --seed 0 --threads "$CPU_THREADS" &
   pids+=($!)
 fi
-if [ "$RETRAIN_JUDGES" = 1 ] && ! trained_on_dataset "$ASSETS/scorer"; then
+if want embedders && [ "$RETRAIN_JUDGES" = 1 ] && ! trained_on_dataset "$ASSETS/scorer"; then
+  say "embedders: the judges' scorer on the new dataset (CPU)"
   logged scorer mg judges train-scorer --out "$ASSETS/scorer" --steps 1000 --batch-size 128 --pairs 8000 --transpose 6 --lr 0.002 \
     --weight-decay 0.01 --warmup-steps 50 --eval-every 200 --seed 0 --threads "$CPU_THREADS" &
   pids+=($!)
 fi
-logged base mg pretrain --config configs/gpu/base.yaml --resume
+if want base; then
+  say "base: configs/gpu/base.yaml"
+  logged base mg pretrain --config configs/gpu/base.yaml --resume
+  say "   val_loss by step: $(awk -F, 'NR==1{for(i=1;i<=NF;i++)if($i=="val_loss")c=i} NR>1&&c&&$c!=""{printf "%s:%s ",$1,$c}' runs/gpu/base/metrics.csv)"
+fi
 for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid"; done
-say "   base val_loss by step: $(awk -F, 'NR==1{for(i=1;i<=NF;i++)if($i=="val_loss")c=i} NR>1&&c&&$c!=""{printf "%s:%s ",$1,$c}' runs/gpu/base/metrics.csv)"
 
-say "3/5 theta_q, theta_d (seed 0, shipped) and the 6 other beta x seed runs, in parallel"
-logged quality mg train --config configs/gpu/quality.yaml --resume & q=$!
-logged diversity mg train --config configs/gpu/diversity.yaml --resume & d=$!
-logged betas mg reproduce --config configs/gpu/reproduce.yaml --sweeps false
-wait "$q"; wait "$d"
+if want betas; then
+  say "betas: theta_q, theta_d (seed 0, shipped) and the 6 other beta x seed runs, in parallel"
+  logged quality mg train --config configs/gpu/quality.yaml --resume & q=$!
+  logged diversity mg train --config configs/gpu/diversity.yaml --resume & d=$!
+  logged betas mg reproduce --config configs/gpu/reproduce.yaml --sweeps false
+  wait "$q"; wait "$d"
+fi
 
-say "4/5 reproduce: sweeps, evaluation, tables, claims (results/)"
-logged reproduce mg reproduce --config configs/gpu/reproduce.yaml
-grep -E "^claim|results in" "$LOGS/reproduce.log"
+if want sweeps; then
+  say "sweeps: reproduce, evaluation, tables, claims (results/)"
+  logged reproduce mg reproduce --config configs/gpu/reproduce.yaml
+  grep -E "^claim|results in" "$LOGS/reproduce.log"
+fi
 
-say "5/5 shipped binaries (budget 80 MB)"
+say "shipped binaries (budget 80 MB)"
 total=$(du -cb "$ASSETS"/*/model.safetensors "$ASSETS/dataset.npz" | tail -1 | cut -f1)
 say "   $((total / 1000000)) MB; the whole recipe took $((SECONDS - started)) s"
 test "$total" -le 80000000
