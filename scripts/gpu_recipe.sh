@@ -49,7 +49,17 @@ PY
 }
 started=$SECONDS
 
-if want data; then
+# The dataset is up to date when dataset.json is the full default build and its sha256 is the file's.
+dataset_current() {
+  "$BIN/python" - <<'PY'
+import hashlib, json, pathlib, sys
+path = pathlib.Path("musicgen_cfg/assets/default/dataset.npz")
+manifest = json.loads(path.with_suffix(".json").read_text())
+sys.exit(0 if manifest["command"] == "musicgen-cfg corpus build"
+         and manifest["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() else 1)
+PY
+}
+if want data && ! dataset_current; then
   say "data: all 14 collections ($WORKERS parsing processes; parsed pieces cached in .cache/corpus)"
   logged corpus mg corpus build --workers "$WORKERS"
 fi
