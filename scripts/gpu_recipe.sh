@@ -13,7 +13,8 @@
 # Writes musicgen_cfg/assets/default/{dataset.npz,dataset.json,base,embedder,scorer,quality,diversity} (each
 # with the manifest that names its rebuild command) and results/; logs and run directories under runs/gpu/.
 # Until it has finished, the assets are a mix of old and new: rerun it to the end, or
-# `git checkout musicgen_cfg/assets` to go back. Environment: BIN (default .venv/bin), WORKERS (parsing
+# `git checkout musicgen_cfg/assets` to go back. Environment: BIN (default .venv/bin: the bin/ of a Python
+# environment with torch for the GPU and this project's dependencies; this checkout's code is used), WORKERS (parsing
 # processes, default: all cores), THREADS (torch threads of each GPU process, default 2), CPU_THREADS (of the
 # CPU-only embedder and scorer trainings, default 6), RETRAIN_JUDGES (1 = retrain the judges' scorer on the
 # new dataset, which it must cover; 0 = keep the shipped one).
@@ -30,7 +31,8 @@ ASSETS=musicgen_cfg/assets/default
 LOGS=runs/gpu
 mkdir -p "$LOGS"
 export OMP_NUM_THREADS=$THREADS
-mg() { "$BIN/musicgen-cfg" "$@"; }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, installed or not
+mg() { "$BIN/python" -m musicgen_cfg.cli "$@"; }
 # logged NAME COMMAND...: run it with its output in runs/gpu/NAME.log; on failure show the log's end and stop.
 logged() {
   local name=$1; shift
