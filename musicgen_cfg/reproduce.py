@@ -91,8 +91,8 @@ class ReproduceConfig:
                                          "when they exist, are seed 0's")
     sweeps: bool = field(True, "run the sweeps; false = only train the missing models (no merges, no generation)")
     quality_train_config: str = field("configs/quality.yaml", "distillation config of beta = 0 when train_endpoints")
-    jobs: int = field(1, "trainings / evaluations at once: > 1 runs them as parallel `musicgen-cfg train` / "
-                         "`musicgen-cfg evaluate` processes (each with `threads` threads)")
+    jobs: int = field(1, "trainings / generations / evaluations at once: > 1 runs them as parallel `musicgen-cfg "
+                         "train` / `generate` / `evaluate` processes (each with `threads` threads)")
     reward_embedder: str = field("default", "diversity embedder used in training: default | DIR | clap:<dir-or-id>")
     heldout_embedder: str | None = field(None, "held-out diversity embedder (None: judges / clap:<clap>)")
     clap: str | None = field(None, "CLAP dir or hub id (real MusicGen: quality score and held-out embedder)")
