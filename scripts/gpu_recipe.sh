@@ -27,6 +27,9 @@ CPU_THREADS=${CPU_THREADS:-6}
 RETRAIN_JUDGES=${RETRAIN_JUDGES:-1}
 STAGES=${STAGES:-data embedders base betas sweeps}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
+for stage in $STAGES; do
+  case $stage in data|embedders|base|betas|sweeps) ;; *) echo "unknown stage '$stage' (data embedders base betas sweeps)"; exit 2;; esac
+done
 ASSETS=musicgen_cfg/assets/default
 LOGS=runs/gpu
 mkdir -p "$LOGS"
