@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint reproduce clean
+.PHONY: setup test demo lint reproduce gpu-recipe clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: setup
 
 reproduce: setup
 	$(BIN)/musicgen-cfg reproduce --config configs/reproduce.yaml --out results
+
+# GPU session: dataset + stronger base + 2 seeds per beta + reproduce, resumable (docs/gpu.md)
+gpu-recipe: setup
+	BIN=$(BIN) bash scripts/gpu_recipe.sh
 
 lint: setup
 	$(BIN)/ruff check musicgen_cfg rl merging app tests bench

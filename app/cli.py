@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.model import add_dtype_argument
 
 LOCALHOST = "127.0.0.1"
 EMBEDDER_MISSING = ("diversity is not measured: the default reward embedder is not built yet "
@@ -38,6 +39,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    add_dtype_argument(parser)
     parser.add_argument("--out", default=None, help="folder for generated files + manifests (default: a new temp folder)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
 
@@ -79,13 +81,15 @@ def _out_root(out: str | None) -> Path:
 def _serve(quality, diversity, base, embedder_spec, embedder_note, notes, args) -> int:
     from app.engine import Engine
     from app.ui import launch
-    from musicgen_cfg.model import pick_device
+    from musicgen_cfg.model import pick_device, pick_dtype
 
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)  # a bad option fails before anything is created
     if args.share:
         log("note: --share opens a public link; anyone with it can use this machine's models")
     out_root = _out_root(args.out)
-    engine = Engine.load(quality, diversity, base, embedder_spec, embedder_note, pick_device(args.device), out_root,
-                         notes, log=log)
+    engine = Engine.load(quality, diversity, base, embedder_spec, embedder_note, device, out_root, notes, log=log,
+                         dtype=dtype)
     log(f"generated files and manifest.jsonl go to {out_root}/session-*/")
     launch(engine, args.host, args.port, share=args.share, inbrowser=not args.no_browser, log=log)
     return 0

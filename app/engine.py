@@ -149,8 +149,10 @@ class Engine:
     @classmethod
     def load(cls, quality: Endpoint, diversity: Endpoint, base: Endpoint | None, embedder_spec: str | None,
              embedder_note: str | None, device: str, out_root: Path, notes: list[str], lam: float = DEFAULT_LAMBDA,
-             log: Callable[[str], None] = print) -> "Engine":
+             log: Callable[[str], None] = print, dtype: torch.dtype | None = None) -> "Engine":
         """Check that the endpoints merge, load them (quality on `device`, diversity via CPU), set up LiveMerge.
+
+        dtype: the generating models' LM weights (load_model); LiveMerge keeps its endpoints in it too.
 
         embedder_note says why diversity is not measured when embedder_spec is None; notes are shown
         on the page (e.g. which shipped model the base model stands in for)."""
@@ -160,7 +162,7 @@ class Engine:
         except UserError as err:
             raise UserError(f"quality and diversity models cannot be merged: {err}") from None
         log(f"loading quality model {quality.spec} on {device}")
-        model = load_model(quality.spec, device=device)
+        model = load_model(quality.spec, device=device, dtype=dtype)
         quality.provenance = model_provenance(model)  # before LiveMerge rewrites the weights
         log(f"loading diversity model {diversity.spec}")
         other = load_model(diversity.spec, device="cpu")
@@ -170,7 +172,7 @@ class Engine:
         base_model = None
         if base is not None:
             log(f"loading base model {base.spec} for the CFG comparison")
-            base_model = load_model(base.spec, device=device)
+            base_model = load_model(base.spec, device=device, dtype=dtype)
             base.provenance = model_provenance(base_model)
         embedder = None
         if embedder_spec is not None:

@@ -1,27 +1,39 @@
 """Benchmark of token generation: our sampler vs transformers' MusicGen generate() on the SAME weights.
 
-    .venv/bin/python bench/sampler.py                                   # CPU, tiny preset (~3 min, 1 thread)
-    python bench/sampler.py --preset small --device cuda --dtype float32 # one GPU config set
-    python bench/sampler.py --all-gpu                                   # fp32 + bf16, batch 1/8/64, CFG on/off
+    .venv/bin/python bench/sampler.py                                   # CPU, tiny preset, 1 thread (~4-5 min)
+    python bench/sampler.py --preset small --device cuda --dtype bfloat16 # one GPU config set
+    python bench/sampler.py --all-gpu                                   # THE GPU run: everything below, one JSON
 
 Both sides sample with top_k=250, temperature 1, for the same number of decoder steps (default 250),
 with CFG (guidance_scale=3, cond + null rows in one batched pass) and without, at batch 1, 8 and 64.
 Timed: transformers' `generate()` from token ids, with the EnCodec decode replaced by a no-op (audio
 is not timed); ours: the text encoder + `musicgen_cfg.sampler.sample` (both include the text encoder).
 frames/s = batch * steps / seconds. Every configuration is wrapped in try/except: a failure is
-recorded as an error string in the JSON and the run goes on.
+recorded as an error string in the JSON and the run goes on; the JSON is rewritten after each one.
+
+Per configuration also: operators / CUDA kernels per decoder step from the torch profiler (see
+`ops_per_step`), for both implementations. After the batch table, a throughput sweep (ours only):
+frames/s over growing batches with CFG off (guidance 1: what the distilled model costs) and on
+(guidance 3: base model + CFG), same weights, up to the largest batch that fits; `best` gives the
+highest frames/s of each and their ratio (the paper's "half the cost" must show there).
+
+--all-gpu (musicgen-small shapes): bfloat16 then float32; ours (torch.compile + CUDA graph),
+ours_nocompile (CUDA graph only) and transformers; the weight-read floor (decoder bytes / measured
+copy bandwidth); the throughput sweep in bfloat16.
 
 The first call of each configuration is timed separately ("first call", includes one-off costs and,
-on CUDA, the graph capture); the steady time is the median of the next `--repeats` calls. Note that
-on CUDA `sample()` captures its step graph on EVERY request (the KV cache is per request), so steady
-times include one capture; `per_request_overhead_s` (a 1-frame request) estimates that fixed cost.
+on CUDA, compilation and the graph capture); the steady time is the median of the next `--repeats`
+calls. On CUDA `sample()` captures its step graph on EVERY request (the KV cache is per request), so
+steady times include one capture; `per_request_overhead_s` (a K-step request) estimates that fixed cost.
 
 Memory: our KV cache is preallocated once per request; its size from the shapes is reported; on
 CUDA also the allocator's peak during generation vs before/after (both implementations).
-Results: bench/results/sampler_cpu.json or sampler_cuda.json (`--out` to override).
+Results: bench/results/sampler_cpu.json or sampler_cuda.json (`--out` to override), with the torch /
+transformers versions used beside the ones this repository pins, and the machine's load average.
 """
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -37,6 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
+from torch.profiler import DeviceType, ProfilerActivity, profile  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -54,6 +67,8 @@ TOP_K = 250
 TEMPERATURE = 1.0
 PROMPTS = ["a joyful jig with fiddle", "sad piano", "calm ambient organ", "fast rock with drums and bass",
            "a dark minor hymn", "lofi beat with piano", "bright pop song", "slow folk guitar melody"]
+# ours with the sampler's default (torch.compile on CUDA, eager on CPU) and, for comparison, without compile
+OURS_IMPLS = {"ours": None, "ours_nocompile": False}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # CPU preset: musicgen_cfg.tiny (T5 of width 48, tiny EnCodec), decoder widened to 128 with MusicGen's
@@ -110,9 +125,10 @@ def prompts_for(batch: int) -> list[str]:
     return [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
 
 
-def ours_call(lm, text_encoder, batch: int, steps: int, cfg: bool):
+def ours_call(lm, text_encoder, batch: int, steps: int, cfg: bool, compile: bool | None = None):
     frames = steps - lm.num_codebooks + 1
-    config = SamplingConfig(guidance_scale=GUIDANCE if cfg else 1.0, temperature=TEMPERATURE, top_k=TOP_K)
+    config = SamplingConfig(guidance_scale=GUIDANCE if cfg else 1.0, temperature=TEMPERATURE, top_k=TOP_K,
+                            compile=compile)
     prompts = prompts_for(batch)
 
     def run():
@@ -137,6 +153,63 @@ def hf_call(hf, tokenizer, batch: int, steps: int, cfg: bool, device: str, captu
         assert codes.shape == (batch, hf.decoder.num_codebooks, frames), codes.shape
 
     return run
+
+
+def ops_per_step(make_run, device: str, short: int, long: int) -> dict:
+    """Operators and kernels per decoder step, from the torch profiler.
+
+    Two requests of `short` and `long` steps are profiled (each after one unprofiled warm-up call:
+    compilation, allocations); the difference divided by long - short is the per-step count, so the
+    per-request work (text encoder, cache set-up, CUDA-graph capture) cancels out.
+    aten_ops: every aten operator call, nested ones included (views, the mm inside a linear);
+    top_level_ops: the aten calls made by Python (what eager dispatch pays for); cuda_kernels: GPU
+    kernels executed (those replayed from a CUDA graph included); cuda_launch_calls: host-side
+    cudaLaunchKernel / cudaGraphLaunch calls.
+    """
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    counts = []
+    for steps in (short, long):
+        run = make_run(steps)
+        run()
+        with profile(activities=activities) as prof:
+            run()
+            sync(device)
+        events = prof.events()
+        aten = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+        top = [e for e in aten if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+        launches = [e for e in events if e.name in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cudaGraphLaunch")]
+        counts.append({"aten_ops": len(aten), "top_level_ops": len(top), "cuda_kernels": len(kernels),
+                       "cuda_launch_calls": len(launches)})
+    per_step = {name: (counts[1][name] - counts[0][name]) / (long - short) for name in counts[0]}
+    if not cuda:
+        per_step = {k: v for k, v in per_step.items() if not k.startswith("cuda")}
+    return {**per_step, "profiled_steps": [short, long]}
+
+
+def weight_read_floor(lm) -> dict:
+    """The decode step's lower bound at batch 1: reading every decoder weight once, at the bandwidth a large
+    on-device copy achieves (measured here: a copy reads and writes its bytes, so read bandwidth = 2 x bytes / time)."""
+    weights = sum(p.numel() * p.element_size() for p in lm.parameters())
+    buffer = torch.empty(2**30, dtype=torch.uint8, device=lm.device)
+    target = torch.empty_like(buffer)
+    for _ in range(3):
+        target.copy_(buffer)
+    copy = functools.partial(target.copy_, buffer)
+    bandwidth = 2 * buffer.numel() / statistics.median(timed(copy, str(lm.device)) for _ in range(10))
+    del buffer, target, copy
+    torch.cuda.empty_cache()
+    return {"weights_mb": weights / 2**20, "read_gb_per_s": bandwidth / 1e9, "floor_ms_per_step": 1e3 * weights / bandwidth,
+            "measured": "bandwidth of a 1 GiB device-to-device copy (median of 10)"}
+
+
+def impl_call(impl: str, models: tuple, batch: int, cfg: bool, device: str, captured: dict, steps: int):
+    """The timed call of `impl` (ours / ours_nocompile / transformers) for `steps` decoder steps."""
+    hf, lm, text_encoder, tokenizer = models
+    if impl in OURS_IMPLS:
+        return ours_call(lm, text_encoder, batch, steps, cfg, OURS_IMPLS[impl])
+    return hf_call(hf, tokenizer, batch, steps, cfg, device, captured)
 
 
 def kv_cache_bytes(lm, rows: int, steps: int, text_len: int, dtype: torch.dtype) -> dict:
@@ -202,6 +275,10 @@ def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, 
     captured: dict = {}
     no_audio_decode(hf, captured)
     section["params_decoder"] = sum(p.numel() for p in lm.parameters())
+    if device.startswith("cuda"):
+        section["weight_read_floor"] = weight_read_floor(lm)
+        log(f"[{dtype_name}] weight-read floor {section['weight_read_floor']['floor_ms_per_step']:.3f} ms/step "
+            f"({section['weight_read_floor']['weights_mb']:.0f} MB at {section['weight_read_floor']['read_gb_per_s']:.0f} GB/s)")
     for batch in args.batches:
         for cfg in (False, True):
             key = {"batch": batch, "cfg": cfg, "guidance_scale": GUIDANCE if cfg else 1.0}
@@ -211,11 +288,10 @@ def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, 
             hf_reps = min(hf_repeats, reps)
             runs, steps, repeats = {}, {}, {}
             try:
-                if "ours" in args.impls:
-                    runs["ours"], steps["ours"], repeats["ours"] = ours_call(lm, text_encoder, batch, steps_here, cfg), steps_here, reps
-                if "transformers" in args.impls:
-                    runs["transformers"] = hf_call(hf, tokenizer, batch, hf_steps_here, cfg, device, captured)
-                    steps["transformers"], repeats["transformers"] = hf_steps_here, hf_reps
+                for impl in args.impls:
+                    ours = impl in OURS_IMPLS
+                    steps[impl], repeats[impl] = (steps_here, reps) if ours else (hf_steps_here, hf_reps)
+                    runs[impl] = impl_call(impl, (hf, lm, text_encoder, tokenizer), batch, cfg, device, captured, steps[impl])
                 measured = measure_pair(runs, steps, batch, repeats, device)
             except Exception as err:  # noqa: BLE001 - one configuration's failure must not kill the run
                 measured = {}
@@ -230,6 +306,13 @@ def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, 
                     section["errors"].append({**key, "impl": impl, "error": f"{type(err).__name__}: {err}"})
             for impl, res in measured.items():
                 res.update(key)
+                if args.count_ops:
+                    k = lm.num_codebooks
+                    make = functools.partial(impl_call, impl, (hf, lm, text_encoder, tokenizer), batch, cfg, device, captured)
+                    try:
+                        res["ops_per_step"] = ops_per_step(make, device, k + 4, k + 4 + args.count_ops)
+                    except Exception as err:  # noqa: BLE001
+                        res["ops_per_step"] = f"{type(err).__name__}: {err}"
                 if impl == "ours":
                     text_len = len(tokenizer(prompts_for(batch), padding=True)["input_ids"][0])
                     res["kv_cache"] = kv_cache_bytes(lm, batch * (2 if cfg else 1), res["steps"], text_len, dtype)
@@ -243,19 +326,97 @@ def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, 
                         except Exception as err:  # noqa: BLE001
                             res["per_request_overhead_s"] = f"{type(err).__name__}: {err}"
                 section["results"].append(res)
+                ops = res.get("ops_per_step")
+                ops_text = (f"  {ops['top_level_ops']:.0f} ops/step" + (f", {ops['cuda_kernels']:.0f} kernels/step" if "cuda_kernels" in ops else "")
+                            if isinstance(ops, dict) else "")
                 log(f"[{dtype_name}] {impl:12s} batch {batch:3d} cfg {'on ' if cfg else 'off'}: "
-                    f"{res['ms_per_step']:8.3f} ms/step  {res['frames_per_s']:10.1f} frames/s  "
+                    f"{res['ms_per_step']:8.3f} ms/step  {res['frames_per_s']:10.1f} frames/s{ops_text}  "
                     f"(first {res['first_call_s']:.2f}s, {res['steps']} steps x {res['repeats']})")
             if device.startswith("cuda"):
                 gc.collect()
                 torch.cuda.empty_cache()
             section["summary"] = summarize(section["results"])
             save()
+    if section["dtype"] in args.throughput_dtypes:
+        section["throughput"] = {"steps": args.throughput_steps, "batches": args.throughput_batches, "results": []}
+        throughput(lm, text_encoder, device, section["throughput"], args.throughput_repeats, log, save)
     del hf, lm, text_encoder
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return section
+
+
+def throughput(lm, text_encoder, device: str, out: dict, repeats: int, log, save) -> None:
+    """frames/s of ours over a batch sweep, CFG off (guidance 1: the distilled model's cost) and on
+    (guidance 3: the base model + CFG), SAME weights; a batch that runs out of memory ends that sweep.
+    `best`: each mode's highest frames/s and the off / on ratio there (the paper's "half the cost")."""
+    steps = out["steps"]
+    for cfg in (False, True):
+        for batch in out["batches"]:
+            row = {"batch": batch, "cfg": cfg, "rows_per_step": batch * (2 if cfg else 1)}
+            try:
+                res = measure_pair({"ours": ours_call(lm, text_encoder, batch, steps, cfg)}, {"ours": steps}, batch,
+                                   {"ours": repeats}, device)["ours"]
+                row.update({k: res[k] for k in ("median_s", "ms_per_step", "frames_per_s", "first_call_s")})
+            except torch.cuda.OutOfMemoryError:
+                row["error"] = "out of memory"
+            except Exception as err:  # noqa: BLE001
+                row["error"] = f"{type(err).__name__}: {err}"
+            out["results"].append(row)
+            log(f"throughput cfg {'on ' if cfg else 'off'} batch {batch:4d}: " +
+                (f"{row['frames_per_s']:10.1f} frames/s ({row['ms_per_step']:.2f} ms/step)" if "error" not in row else row["error"]))
+            if device.startswith("cuda"):
+                gc.collect()
+                torch.cuda.empty_cache()
+            save()
+            if "error" in row:
+                break
+    best = {}
+    for cfg in (False, True):
+        ok = [r for r in out["results"] if r["cfg"] == cfg and "error" not in r]
+        if ok:
+            top = max(ok, key=lambda r: r["frames_per_s"])
+            best["cfg_on" if cfg else "cfg_off"] = {"batch": top["batch"], "frames_per_s": top["frames_per_s"]}
+    if len(best) == 2:
+        best["ratio_off_over_on"] = best["cfg_off"]["frames_per_s"] / best["cfg_on"]["frames_per_s"]
+    out["best"] = best
+    save()
+
+
+def targets(report: dict) -> dict:
+    """Issue 14's targets against what this run measured: {name: {"target", "measured", "met"}}; absent
+    when this run did not measure it. GPU: bf16, musicgen-small shapes; CPU: tiny preset, every batch."""
+    out = {}
+
+    def add(name, target, measured, met):
+        out[name] = {"target": target, "measured": measured, "met": bool(met)}
+
+    for section in report["sections"]:
+        summary = {(r["batch"], r["cfg"]): r for r in section.get("summary", [])}
+        ours = {(r["batch"], r["cfg"]): r for r in section["results"] if r["impl"] == "ours"}
+        speedups = {key: r["speedup_ours_over_transformers"] for key, r in summary.items() if "speedup_ours_over_transformers" in r}
+        if report["device"] == "cpu" and report["preset"] == "tiny" and speedups:
+            add(f"cpu_{section['dtype']}_ours_over_transformers_all_batches", ">= 3x", min(speedups.values()),
+                min(speedups.values()) >= 3)
+        if not (report["device"].startswith("cuda") and report["preset"] == "small" and section["dtype"] == "bfloat16"):
+            continue
+        one = [speedups[(1, cfg)] for cfg in (False, True) if (1, cfg) in speedups]
+        if one:
+            add("gpu_bf16_batch1_ours_over_transformers", ">= 10x", min(one), min(one) >= 10)
+        many = [speedups[(64, cfg)] for cfg in (False, True) if (64, cfg) in speedups]
+        if many:
+            add("gpu_bf16_batch64_ours_over_transformers", ">= 5x", min(many), min(many) >= 5)
+        if (1, False) in ours:
+            ms = ours[(1, False)]["ms_per_step"]
+            add("gpu_bf16_batch1_ms_per_step", "<= 1.3", ms, ms <= 1.3)
+            floor = section.get("weight_read_floor", {}).get("floor_ms_per_step")
+            if floor:
+                add("gpu_bf16_batch1_over_weight_read_floor", "<= 3x", ms / floor, ms / floor <= 3)
+        ratio = section.get("throughput", {}).get("best", {}).get("ratio_off_over_on")
+        if ratio is not None:
+            add("gpu_bf16_throughput_cfg_off_over_on", ">= 1.8x", ratio, ratio >= 1.8)
+    return out
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -279,25 +440,59 @@ def summarize(results: list[dict]) -> list[dict]:
 def table(section: dict) -> str:
     by = {(r["impl"], r["batch"], r["cfg"]): r for r in section["results"]}
     summary = {(s["batch"], s["cfg"]): s for s in section.get("summary", [])}
+    cuda = any(isinstance(r.get("ops_per_step"), dict) and "cuda_kernels" in r["ops_per_step"] for r in section["results"])
+    unit = "kernels/step" if cuda else "ops/step"
     lines = [f"dtype {section['dtype']}  (steps: ours {section['steps_ours']}, transformers {section['steps_transformers']})",
-             "| batch | CFG | ours frames/s | ours ms/step | transformers frames/s | transformers ms/step | ours/transformers | CFG cost ours | CFG cost transformers |",
-             "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| batch | CFG | ours frames/s | ours ms/step | ours {unit} | transformers frames/s | transformers ms/step "
+             f"| transformers {unit} | ours/transformers | CFG cost ours | CFG cost transformers | ours_nocompile ms/step |",
+             "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def fmt(value, spec):
         return format(value, spec) if value is not None else "n/a"
 
+    def ops(r):
+        counts = r and r.get("ops_per_step")
+        return counts.get("cuda_kernels" if cuda else "aten_ops") if isinstance(counts, dict) else None
+
     for batch in sorted({r["batch"] for r in section["results"]}):
         for cfg in (False, True):
             o, t, s = by.get(("ours", batch, cfg)), by.get(("transformers", batch, cfg)), summary.get((batch, cfg), {})
+            n = by.get(("ours_nocompile", batch, cfg))
             lines.append(
                 f"| {batch} | {'on' if cfg else 'off'} | {fmt(o and o['frames_per_s'], '.0f')} | {fmt(o and o['ms_per_step'], '.3f')} "
-                f"| {fmt(t and t['frames_per_s'], '.0f')} | {fmt(t and t['ms_per_step'], '.3f')} "
-                f"| {fmt(s.get('speedup_ours_over_transformers'), '.2f')}x "
+                f"| {fmt(ops(o), '.0f')} | {fmt(t and t['frames_per_s'], '.0f')} | {fmt(t and t['ms_per_step'], '.3f')} "
+                f"| {fmt(ops(t), '.0f')} | {fmt(s.get('speedup_ours_over_transformers'), '.2f')}x "
                 f"| {fmt(s.get('cfg_cost_ratio_ours'), '.2f') if cfg else '-'} "
-                f"| {fmt(s.get('cfg_cost_ratio_transformers'), '.2f') if cfg else '-'} |")
+                f"| {fmt(s.get('cfg_cost_ratio_transformers'), '.2f') if cfg else '-'} "
+                f"| {fmt(n and n['ms_per_step'], '.3f')} |")
     for e in section["errors"]:
         lines.append(f"ERROR {e.get('impl', e.get('where'))} batch {e.get('batch')} cfg {e.get('cfg')}: {e['error']}")
+    sweep = section.get("throughput")
+    if sweep:
+        lines += ["", f"throughput ({sweep['steps']} steps per request; ours, same weights)",
+                  "| batch | CFG off frames/s | CFG on frames/s | off / on |", "|---:|---:|---:|---:|"]
+        rows = {(r["batch"], r["cfg"]): r for r in sweep["results"]}
+        for batch in sweep["batches"]:
+            off, on = rows.get((batch, False), {}), rows.get((batch, True), {})
+            ratio = off["frames_per_s"] / on["frames_per_s"] if "frames_per_s" in off and "frames_per_s" in on else None
+            lines.append(f"| {batch} | {fmt(off.get('frames_per_s'), '.0f') if 'error' not in off else off['error']} "
+                         f"| {fmt(on.get('frames_per_s'), '.0f') if 'error' not in on else on['error']} | {fmt(ratio, '.2f')} |")
+        best = sweep.get("best", {})
+        if "ratio_off_over_on" in best:
+            lines.append(f"best: CFG off {best['cfg_off']['frames_per_s']:.0f} frames/s (batch {best['cfg_off']['batch']}), "
+                         f"CFG on {best['cfg_on']['frames_per_s']:.0f} (batch {best['cfg_on']['batch']}): "
+                         f"{best['ratio_off_over_on']:.2f}x")
     return "\n".join(lines)
+
+
+def pinned_versions() -> dict:
+    """The versions this repository pins (Makefile TORCH_PIN, pyproject's transformers range), to set beside `versions`."""
+    makefile = (REPO / "Makefile").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    torch_pin = next((line.split("?=", 1)[1].strip() for line in makefile.splitlines() if line.startswith("TORCH_PIN")), None)
+    tf_pin = next((line.strip().strip('",') for line in pyproject.splitlines() if line.strip().startswith('"transformers')), None)
+    return {"torch": torch_pin, "transformers": tf_pin,
+            "torch_matches": torch_pin is not None and torch.__version__.split("+")[0] == torch_pin.split("==")[-1]}
 
 
 def device_name(device: str) -> str:
@@ -324,13 +519,24 @@ def main() -> None:
                         help="--all-gpu: transformers' steps in bfloat16 (it is slow there); ms/step is compared")
     parser.add_argument("--hf-repeats", type=int, default=None, help="steady transformers calls (default = --repeats)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--impls", nargs="+", choices=["ours", "transformers"], default=["ours", "transformers"])
+    parser.add_argument("--impls", nargs="+", choices=[*OURS_IMPLS, "transformers"], default=None,
+                        help="default: ours and transformers; --all-gpu adds ours_nocompile (CUDA graph without torch.compile)")
+    parser.add_argument("--count-ops", type=int, default=16,
+                        help="profile ops/kernels per step over this many steps per configuration (0 = off)")
+    parser.add_argument("--throughput-batches", type=int, nargs="+", default=None,
+                        help="throughput sweep (ours, CFG off vs on); default CPU 8 32 128, CUDA 16 64 128 256 512")
+    parser.add_argument("--throughput-steps", type=int, default=None, help="steps per throughput request (CPU 50, CUDA 100)")
+    parser.add_argument("--throughput-repeats", type=int, default=2, help="steady calls per throughput batch")
+    parser.add_argument("--throughput-dtypes", nargs="*", choices=list(DTYPES), default=None,
+                        help="dtype sections that get the sweep (default: the run's first dtype; none = skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the same for both)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     if args.all_gpu:
         args.device, args.preset = "cuda", "small"
+    if args.impls is None:
+        args.impls = ["ours", "ours_nocompile", "transformers"] if args.all_gpu else ["ours", "transformers"]
     args.preset = args.preset or ("tiny" if args.device == "cpu" else "small")
     cuda = args.device.startswith("cuda")
     if args.repeats is None:
@@ -338,6 +544,8 @@ def main() -> None:
     if not cuda:  # keep the CPU run short: batch 64 is ~50x the work of batch 1 (the same for both sides)
         args.steps_large = args.steps_large or 100
         args.repeats_large = args.repeats_large or 2
+    args.throughput_batches = args.throughput_batches or ([16, 64, 128, 256, 512] if cuda else [8, 32, 128])
+    args.throughput_steps = args.throughput_steps or (100 if cuda else 50)
     if args.steps < 8 or (args.steps_large is not None and args.steps_large < 8):
         parser.error("need at least 8 steps")
     torch.set_num_threads(args.threads)
@@ -353,20 +561,26 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")
 
-    dtypes = ["float32", "bfloat16"] if args.all_gpu else [args.dtype]
+    dtypes = ["bfloat16", "float32"] if args.all_gpu else [args.dtype]  # the targets are bf16: measured first
+    if args.throughput_dtypes is None:
+        args.throughput_dtypes = dtypes[:1]
     config = TINY if args.preset == "tiny" else SMALL
     report = {
         "benchmark": "token generation: musicgen_cfg.sampler.sample vs transformers MusicgenForConditionalGeneration.generate",
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+        "pinned": pinned_versions(),
         "device": args.device, "device_name": device_name(args.device), "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if cuda else None,
         "load_average_at_start": os.getloadavg(),  # other processes on the machine (CPU timings are shared-core)
         "cpu_count": os.cpu_count(),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else None,
         "preset": args.preset, "config": config,
+        "impls": args.impls,
         "settings": {"top_k": TOP_K, "temperature": TEMPERATURE, "guidance_scale_cfg_on": GUIDANCE,
                      "guidance_scale_cfg_off": 1.0, "batches": args.batches, "steps": args.steps,
-                     "steps_large_batch": args.steps_large, "repeats": args.repeats, "repeats_large_batch": args.repeats_large},
+                     "steps_large_batch": args.steps_large, "repeats": args.repeats, "repeats_large_batch": args.repeats_large,
+                     "count_ops_steps": args.count_ops, "throughput_batches": args.throughput_batches,
+                     "throughput_steps": args.throughput_steps, "throughput_dtypes": args.throughput_dtypes},
         "notes": [
             "frames/s = batch * decoder steps / seconds; ms/step = seconds / steps (median of steady calls)",
             "transformers: generate() from token ids (T5 + sampling loop), EnCodec decode replaced by a no-op",
@@ -375,6 +589,11 @@ def main() -> None:
             "warm-up; per_request_overhead_s is a K-step request (setup + capture)",
             "KV cache: ours is preallocated once per request ([rows, H, steps, hd] per layer); kv_cache gives its size "
             "from the shapes; transformers' dynamic cache grows by concatenation every step",
+            "ops_per_step: torch profiler counts per decoder step (see ops_per_step in bench/sampler.py); on CPU every "
+            "operator is a kernel, top_level_ops is what eager Python dispatches",
+            "ours = the sampler's defaults (CUDA: torch.compile + CUDA graph; CPU: eager); ours_nocompile = compile=False",
+            "throughput: ours only, CFG off (guidance 1, the distilled model's cost) vs on (guidance 3), same weights; "
+            "best = highest frames/s over the batch sweep",
         ],
         "sections": [],
     }
@@ -390,7 +609,10 @@ def main() -> None:
         report["sections"].append(section)
         run_dtype(args, section, args.device, hf_steps, hf_repeats, log, save)
         print(table(section), flush=True)
+        report["targets"] = targets(report)
         save()
+    for name, target in report["targets"].items():
+        log(f"target {name}: {target}")
     log(f"wrote {out}")
 
 

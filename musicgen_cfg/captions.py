@@ -10,8 +10,14 @@ One table drives both directions, so every caption renders as it says:
 
 `render_settings(prompt)`: the instrument is the one whose keyword appears first in the prompt (a longer
 keyword wins a tie), the tempo is "<N> bpm" if present (clamped to MIN_BPM..MAX_BPM), else the first tempo
-word, else the defaults (DEFAULT_INSTRUMENT, DEFAULT_BPM). Matching is case-insensitive on whole words and
-reads only the first MAX_PROMPT_CHARS characters; it never fails: empty or unknown prompts get defaults.
+word, else the tempo the table gives the first dance form named (FORM_TEMPO_BPM: "a reel" plays at 184),
+else that of the first style name (STYLES: "a Bach chorale" plays at 76), else the defaults
+(DEFAULT_INSTRUMENT, DEFAULT_BPM). Matching is case-insensitive on whole words and reads only the first
+MAX_PROMPT_CHARS characters; it never fails: empty or unknown prompts get defaults.
+
+`CaptionDropout`: per-attribute probabilities that a caption leaves an attribute (style name, instrument,
+key, meter, texture, tempo) out, so that a model trained on the captions (`musicgen-cfg pretrain`) learns
+each attribute on its own, not only through the style that usually comes with it.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ class Instrument:
 INSTRUMENTS = {
     "organ": Instrument(("organ", "pipe organ", "church organ"),
                         ("played on a pipe organ", "on church organ", "for organ")),
-    "strings": Instrument(("strings", "string quartet", "string ensemble", "string orchestra", "cello", "viola"),
+    "strings": Instrument(("strings", "string quartet", "quartet", "string ensemble", "string orchestra", "cello",
+                           "viola"),
                           ("played by strings", "for string ensemble", "on strings")),
     "choir": Instrument(("choir", "chorus", "voices", "singers", "vocal", "a cappella"),
                         ("sung by a choir", "for choir", "by an a cappella choir")),
@@ -105,6 +112,23 @@ _TEXTURES = {"solo": ("solo melody", "unaccompanied melody", "single melodic lin
 
 
 @dataclass(frozen=True)
+class CaptionDropout:
+    """Probability that a caption leaves each attribute out (the defaults are the shipped base's captions)."""
+
+    style: float = 0.0  # the style / dance-form name ("Irish jig", "Bach chorale")
+    instrument: float = 0.0
+    key: float = 0.15
+    meter: float = 0.5
+    texture: float = 0.5
+    tempo: float = 0.1
+
+    def __post_init__(self):
+        for name, value in vars(self).items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"caption dropout of {name} must lie in [0, 1], got {value}")
+
+
+@dataclass(frozen=True)
 class RenderSettings:
     """How the codec plays a prompt: a synth timbre and a quarter-note tempo."""
 
@@ -128,8 +152,12 @@ def tempo_word_for(bpm: float) -> str:
     return min(TEMPO_WORDS, key=lambda word: (abs(TEMPO_WORDS[word] - bpm), word))
 
 
-def compose_caption(meta: dict, rng: random.Random) -> Caption:
-    """A caption for a piece's metadata (style, form, tonic, mode, meter, tempo_bpm, texture, ...)."""
+def compose_caption(meta: dict, rng: random.Random, dropout: CaptionDropout = CaptionDropout()) -> Caption:
+    """A caption for a piece's metadata (style, form, tonic, mode, meter, tempo_bpm, texture, ...).
+
+    Each attribute is left out with its `dropout` probability. With the default dropout the random draws
+    are those of the captions the shipped base was trained on (same text for the same rng state).
+    """
     style = STYLES[meta["style"]]
     form = meta.get("form") or ""
     if form and style.form_names and rng.random() < 0.8:
@@ -141,48 +169,77 @@ def compose_caption(meta: dict, rng: random.Random) -> Caption:
     bpm = meta.get("tempo_bpm") or FORM_TEMPO_BPM.get(form, style.tempo_bpm)
     bpm = bpm * rng.uniform(0.85, 1.15)  # performances vary; the caption states the tempo used
     tempo_roll = rng.random()
-    if tempo_roll < 0.1:
-        tempo_text, render_bpm = "", DEFAULT_BPM
-    elif tempo_roll < 0.3:
-        render_bpm = float(round(bpm / 4) * 4)
-        tempo_text = f"at {render_bpm:.0f} bpm"
+    # Of the captions that state a tempo, 2 in 9 give "<N> bpm", the others a tempo word.
+    if tempo_roll < dropout.tempo:
+        tempo_text = ""
+    elif tempo_roll < dropout.tempo + (1 - dropout.tempo) * 2 / 9:
+        tempo_text = f"at {round(bpm / 4) * 4:.0f} bpm"
     else:
         tempo_text = tempo_word_for(bpm)
-        render_bpm = float(TEMPO_WORDS[tempo_text])
     details = []
-    if rng.random() < 0.85:
+    if rng.random() < 1 - dropout.key:
         details.append(f"in {key_name(meta['tonic'], meta['mode'])}")
-    if rng.random() < 0.5 and meta.get("meter"):
+    if rng.random() < 1 - dropout.meter and meta.get("meter"):
         details.append(rng.choice((f"{meta['meter']} time", f"in {meta['meter']}")))
-    if rng.random() < 0.5:
+    if rng.random() < 1 - dropout.texture:
         details.append(rng.choice(_TEXTURES[meta.get("texture", "four-part")]))
     rng.shuffle(details)
     layout = rng.randrange(3)
+    # Style and instrument dropout draw only when enabled, so the default captions keep their draws.
+    if dropout.style and rng.random() < dropout.style:
+        name = ""
+    if dropout.instrument and rng.random() < dropout.instrument:
+        instrument, instrument_phrase = DEFAULT_INSTRUMENT, ""
     if layout == 0 and tempo_text and not tempo_text.startswith("at"):
-        text = ", ".join([f"{tempo_text} {name}", *details, instrument_phrase])
+        parts = [f"{tempo_text} {name}".strip(), *details, instrument_phrase]
     elif layout == 1:
-        text = ", ".join([f"{name} {instrument_phrase}", *details, *([tempo_text] if tempo_text else [])])
+        parts = [f"{name} {instrument_phrase}".strip(), *details, tempo_text]
     else:
-        text = ", ".join([name, *details, *([tempo_text] if tempo_text else []), instrument_phrase])
-    text = text[0].upper() + text[1:]
+        parts = [name, *details, tempo_text, instrument_phrase]
+    text = ", ".join(part for part in parts if part)
+    text = text[:1].upper() + text[1:]
+    if tempo_text.startswith("at"):
+        render_bpm = float(tempo_text.split()[1])
+    elif tempo_text:
+        render_bpm = float(TEMPO_WORDS[tempo_text])
+    else:
+        render_bpm = named_tempo(name) or DEFAULT_BPM
     return Caption(text, RenderSettings(instrument, render_bpm))
 
 
-def caption_for(meta: dict, rng: random.Random) -> str:
+def caption_for(meta: dict, rng: random.Random, dropout: CaptionDropout = CaptionDropout()) -> str:
     """A randomly paraphrased caption for a piece's metadata (see compose_caption)."""
-    return compose_caption(meta, rng).text
+    return compose_caption(meta, rng, dropout).text
+
+
+def _alternation(words) -> str:
+    # Longest first so "tin whistle" beats "whistle" and "slip jig" beats "jig" at the same position.
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
 
 
 @lru_cache(maxsize=1)
 def _keyword_patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern]:
-    def alternation(words):
-        # Longest first so "tin whistle" beats "whistle" at the same position.
-        return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-
     instrument_words = [w for spec in INSTRUMENTS.values() for w in spec.keywords]
-    return (re.compile(rf"\b({alternation(instrument_words)})\b", re.IGNORECASE),
-            re.compile(rf"\b({alternation(TEMPO_WORDS)})\b", re.IGNORECASE),
+    return (re.compile(rf"\b({_alternation(instrument_words)})\b", re.IGNORECASE),
+            re.compile(rf"\b({_alternation(TEMPO_WORDS)})\b", re.IGNORECASE),
             re.compile(r"\b(\d{1,4}(?:\.\d+)?)\s*bpm\b", re.IGNORECASE))
+
+
+@lru_cache(maxsize=1)
+def _named_tempo_patterns() -> tuple[re.Pattern, re.Pattern, dict[str, int]]:
+    style_tempo = {name.lower(): spec.tempo_bpm for spec in STYLES.values() for name in spec.names}
+    return (re.compile(rf"\b({_alternation(FORM_TEMPO_BPM)})s?\b", re.IGNORECASE),
+            re.compile(rf"\b({_alternation(style_tempo)})\b", re.IGNORECASE), style_tempo)
+
+
+def named_tempo(text: str) -> float | None:
+    """The table's tempo for the first dance form named in `text`, else for the first style name; None if neither."""
+    form_pattern, style_pattern, style_tempo = _named_tempo_patterns()
+    if match := form_pattern.search(text):
+        return float(FORM_TEMPO_BPM[match.group(1).lower()])
+    if match := style_pattern.search(text):
+        return float(style_tempo[match.group(1).lower()])
+    return None
 
 
 def render_settings(prompt: str) -> RenderSettings:
@@ -194,12 +251,10 @@ def render_settings(prompt: str) -> RenderSettings:
     if match:
         word = match.group(1).lower()
         instrument = next(name for name, spec in INSTRUMENTS.items() if word in spec.keywords)
-    tempo_bpm = DEFAULT_BPM
-    bpm_match = bpm_pattern.search(text)
-    if bpm_match:
+    if bpm_match := bpm_pattern.search(text):
         tempo_bpm = min(max(float(bpm_match.group(1)), MIN_BPM), MAX_BPM)
+    elif word_match := tempo_pattern.search(text):
+        tempo_bpm = float(TEMPO_WORDS[word_match.group(1).lower()])
     else:
-        word_match = tempo_pattern.search(text)
-        if word_match:
-            tempo_bpm = float(TEMPO_WORDS[word_match.group(1).lower()])
+        tempo_bpm = named_tempo(text) or DEFAULT_BPM
     return RenderSettings(instrument, tempo_bpm)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.model import add_dtype_argument
 from musicgen_cfg.sampler import MAX_SEED, SamplingConfig
 
 MANIFEST = "manifest.jsonl"
@@ -116,6 +117,7 @@ def model_provenance(model) -> dict:
         "beta": info.get("beta"),
         "lambda": info.get("lambda"),
         "teacher_guidance_scale": info.get("teacher_guidance_scale"),
+        "dtype": str(model.lm.dtype).removeprefix("torch."),  # inference dtype: bf16 samples differ from fp32 ones
     }
 
 
@@ -216,13 +218,14 @@ def register(subparsers):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--format", dest="audio_format", default="wav", choices=["wav", "flac"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add_dtype_argument(parser)
     parser.add_argument("--out", required=True, help="output directory (created; a file or unwritable place is refused)")
     parser.set_defaults(func=main)
 
 
 def main(args) -> int:
     from musicgen_cfg.checkpoint import check_output_directory
-    from musicgen_cfg.model import load_model, pick_device
+    from musicgen_cfg.model import load_model, pick_device, pick_dtype
 
     # Every check that needs no model runs before the model loads, and before anything is written.
     prompts = validate_prompts(args.prompt if args.prompt else read_prompts(args.prompts_file))
@@ -233,7 +236,7 @@ def main(args) -> int:
     check_seed_room(config, prompts)
     check_output_directory(args.out)
     device = pick_device(config.device)
-    model = load_model(args.model, device=device)
+    model = load_model(args.model, device=device, dtype=pick_dtype(args.dtype, device))
     max_seconds = _max_duration(model, prompts)
     if config.duration > max_seconds:
         raise UserError(f"--duration {config.duration} s is too long for this model (at most {max_seconds:.1f} s)")

@@ -85,21 +85,25 @@ class DecoderLayer(nn.Module):
         x = x + F.dropout(h, self.dropout, self.training)
         return self.feed_forward(x)
 
-    def step(self, x, position, self_mask, cache_k, cache_v, cross_k, cross_v, cross_mask, length=None) -> torch.Tensor:
+    def step(self, x, position, self_mask, qkv_weight, cache_kv, cross_k, cross_v, cross_mask, length=None) -> torch.Tensor:
         """One decoding step with the static cache. x [B, 1, D]; position [1] long tensor.
 
-        The new key/value is written at `position` in place; attention runs over the whole
-        preallocated cache with `self_mask` hiding the future, so shapes never change (CUDA graphs).
-        With `length` (a Python int, = position + 1; eager callers only) it runs over the first
-        `length` cache entries instead, unmasked: half the attention work on average.
+        qkv_weight [3D, D] is cat(q, k, v weights) (KVCache.qkv, derived per request): one matmul
+        instead of three. The new key/value is written at `position` of cache_kv [2, B, H, max_steps, hd]
+        in place (one copy); attention runs over the whole preallocated cache with `self_mask` hiding
+        the future, so shapes never change (CUDA graphs). With `length` (a Python int, = position + 1;
+        eager callers only) it runs over the first `length` cache entries instead, unmasked: half the
+        attention work on average.
         """
-        h = self.self_attn_layer_norm(x)
         sa = self.self_attn
-        cache_k.index_copy_(2, position, sa.heads(sa.k_proj(h)))
-        cache_v.index_copy_(2, position, sa.heads(sa.v_proj(h)))
+        batch = x.shape[0]
+        # [B, 1, 3D] -> [B, 3, H, 1, hd]: a view, since the step has one position
+        qkv = F.linear(self.self_attn_layer_norm(x), qkv_weight).view(batch, 3, sa.num_heads, 1, sa.head_dim)
+        cache_kv.index_copy_(3, position, qkv[:, 1:].transpose(0, 1))
+        keys, values = cache_kv[0], cache_kv[1]
         if length is not None:
-            cache_k, cache_v = cache_k[:, :, :length], cache_v[:, :, :length]
-        x = x + sa.attend(sa.heads(sa.q_proj(h)), cache_k, cache_v, self_mask)
+            keys, values = keys[:, :, :length], values[:, :, :length]
+        x = x + sa.attend(qkv[:, 0], keys, values, self_mask)
         h = self.encoder_attn_layer_norm(x)
         x = x + self.encoder_attn.attend(self.encoder_attn.heads(self.encoder_attn.q_proj(h)), cross_k, cross_v, cross_mask)
         return self.feed_forward(x)
@@ -204,16 +208,19 @@ class MusicgenLM(nn.Module):
     def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: "KVCache", length: int | None = None) -> torch.Tensor:
         """One decoding step. tokens [B, K] at `position` ([1] long tensor) -> logits [B, K, V].
 
+        Uses the request's fused weights held by `cache` (one embedding lookup for the K codebooks,
+        one QKV matmul per layer, one matmul for the K heads); the values are those of `forward`.
         `length` (optional Python int, must equal position + 1): attend to the filled part of the
         cache only, without a mask (eager decoding; a CUDA graph needs the fixed-shape default).
         """
         stack = self.stack
-        x = stack.embed(tokens[:, :, None]) + stack.positions.index_select(0, position).to(self.dtype)
+        x = F.embedding(tokens + cache.embed_offsets, cache.embed_table).sum(1, keepdim=True)  # [B, 1, D]
+        x = x + stack.positions.index_select(0, position).to(self.dtype)
         self_mask = cache.future_mask(position) if length is None else None
         for i, layer in enumerate(stack.layers):
-            x = layer.step(x, position, self_mask, cache.keys[i], cache.values[i], *cache.cross[i], cache.cross_mask,
-                           length=length)
-        return self.logits(x)[:, :, 0]
+            x = layer.step(x, position, self_mask, cache.qkv[i], cache.kv[i], *cache.cross[i], cache.cross_mask, length=length)
+        logits = F.linear(stack.layer_norm(x), cache.heads)  # [B, 1, K * V]
+        return logits.view(x.shape[0], self.num_codebooks, self.vocab_size)
 
 
 def compute_dtype(lm: MusicgenLM) -> torch.dtype:
@@ -222,24 +229,57 @@ def compute_dtype(lm: MusicgenLM) -> torch.dtype:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else lm.dtype
 
 
-class KVCache:
-    """Preallocated self-attention cache [B, H, max_steps, hd] per layer, plus the cross-attention K/V.
+def _linear_weight(module: nn.Module, in_features: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The [out, in] matrix a bias-free linear module applies: `.weight` of a plain nn.Linear; for a
+    wrapper (a peft LoRA layer, whose `.weight` is the base weight WITHOUT its adapter) the module
+    applied to the identity, so the fused step uses exactly what the module's forward would."""
+    if type(module) is nn.Linear:
+        return module.weight
+    return module(torch.eye(in_features, device=device, dtype=dtype)).T
 
-    Sized once per request: memory does not grow per step.
+
+def _embedding_table(module: nn.Module, num_embeddings: int, device: torch.device) -> torch.Tensor:
+    """[num_embeddings, D]: `.weight` of a plain nn.Embedding, else every id through the module (adapters included)."""
+    if type(module) is nn.Embedding:
+        return module.weight
+    return module(torch.arange(num_embeddings, device=device))
+
+
+class KVCache:
+    """Per-request decoding state: the self-attention cache, the cross-attention K/V and the step's fused weights.
+
+    Sized once per request: memory does not grow per step. Per layer, `kv[i]` [2, B, H, max_steps, hd]
+    holds keys (`keys[i]`, a view) and values (`values[i]`). The fused weights (`embed_table`, `qkv`,
+    `heads`) are copies derived from the module's parameters HERE, once per request: the parameters
+    keep transformers' names and layout (checkpoints, LoRA, merging) and anything that rewrites them
+    in place between requests (merging.LiveMerge, an optimizer step) is seen by the next request. They
+    are cast to the compute dtype once (autocast would otherwise cast them at every step).
     """
 
     def __init__(self, lm: MusicgenLM, cond: Condition, max_steps: int):
         config = lm.config
         batch = len(cond)
         head_dim = config.hidden_size // config.num_attention_heads
-        shape = (batch, config.num_attention_heads, max_steps, head_dim)
+        shape = (2, batch, config.num_attention_heads, max_steps, head_dim)
         dtype = compute_dtype(lm)
-        self.keys = [torch.zeros(shape, device=lm.device, dtype=dtype) for _ in lm.stack.layers]
-        self.values = [torch.zeros(shape, device=lm.device, dtype=dtype) for _ in lm.stack.layers]
+        layers = lm.stack.layers
+        self.kv = [torch.zeros(shape, device=lm.device, dtype=dtype) for _ in layers]
+        self.keys = [kv[0] for kv in self.kv]
+        self.values = [kv[1] for kv in self.kv]
         states, self.cross_mask = lm.project_condition(cond)
         self.cross = lm.cross_keys_values(states)
         self.steps = torch.arange(max_steps, device=lm.device)
         self.max_steps = max_steps
+        with torch.no_grad():  # stack + flatten: the [K * V, D] of cat (one copy)
+            rows = config.vocab_size + 1  # the codes and the pad / BOS id
+            self.embed_table = torch.stack([_embedding_table(emb, rows, lm.device)
+                                            for emb in lm.stack.embed_tokens]).flatten(0, 1)  # [K * (V + 1), D]
+            self.embed_offsets = torch.arange(config.num_codebooks, device=lm.device) * rows  # [K]
+            self.qkv = [torch.stack([_linear_weight(getattr(layer.self_attn, name), config.hidden_size, lm.device, lm.dtype)
+                                     for name in ("q_proj", "k_proj", "v_proj")]).flatten(0, 1).to(dtype)
+                        for layer in layers]  # [3D, D]
+            self.heads = torch.stack([_linear_weight(head, config.hidden_size, lm.device, lm.dtype)
+                                      for head in lm.decoder["lm_heads"]]).flatten(0, 1).to(dtype)  # [K * V, D]
 
     def future_mask(self, position: torch.Tensor) -> torch.Tensor:
         """Additive mask [1, 1, 1, max_steps]: 0 up to `position`, -inf after."""

@@ -81,8 +81,10 @@ class MusicGen:
     def device(self) -> torch.device:
         return self.lm.device
 
-    def to(self, device) -> "MusicGen":
-        self.lm.to(device)
+    def to(self, device, dtype: torch.dtype | None = None) -> "MusicGen":
+        """Move to `device`; `dtype` (inference) converts the LM's weights only: the text encoder and
+        the codec stay float32 (T5 overflows in float16; they run once per request)."""
+        self.lm.to(device, dtype)
         self.text_encoder.to(device)
         if hasattr(self.codec, "model"):
             self.codec.model.to(device)
@@ -220,19 +222,46 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> MusicGen:
-    """Load `default[-quality|-diversity]`, a checkpoint or run directory, or a hub id (real MusicGen)."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_dtype_argument(parser) -> None:
+    """THE --dtype option of the commands that generate (generate, demo, app)."""
+    parser.add_argument("--dtype", default="auto",
+                        help="LM weights for generation: auto (float32 on CPU, bfloat16 on CUDA; float16 on GPUs "
+                             "without bf16), float32, bfloat16 or float16 (CUDA only)")
+
+
+def pick_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """--dtype NAME for `device` -> the LM's inference dtype; an unknown name or float16 on CPU is a user error."""
+    cuda = str(device).startswith("cuda")
+    if name == "auto":
+        if not cuda:
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise UserError(f"unknown --dtype {name!r}: choose auto, {', '.join(DTYPES)}")
+    if DTYPES[name] is torch.float16 and not cuda:
+        raise UserError("--dtype float16 needs a CUDA device: on CPU use float32 or bfloat16")
+    return DTYPES[name]
+
+
+def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> MusicGen:
+    """Load `default[-quality|-diversity]`, a checkpoint or run directory, or a hub id (real MusicGen).
+
+    dtype: the LM's weights for inference (see MusicGen.to); None keeps them as stored (float32: training).
+    """
     source = resolve_spec(spec)
     path = Path(source)
     if path.is_dir():
         config = read_json(path / "config.json")
         if is_symbolic_config(config):
-            return _load_symbolic(path, config).to(device)
+            return _load_symbolic(path, config).to(device, dtype)
         open_checkpoint(path, str(path))  # safetensors weights, intact headers: checked before transformers reads
-        return _load_transformers(source).to(device)
+        return _load_transformers(source).to(device, dtype)
     if not looks_like_hub_id(source):
         raise UserError(f"model directory not found: {source}")
-    return _load_transformers(source).to(device)
+    return _load_transformers(source).to(device, dtype)
 
 
 def _load_symbolic(path: Path, config: dict) -> MusicGen:

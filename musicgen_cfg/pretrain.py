@@ -5,8 +5,9 @@
 
 Teacher-forced cross-entropy over all 4 codebooks (delay pattern undone by scoring.score), with
 per-sample condition dropout so that the model also learns the unconditional distribution that
-classifier-free guidance needs. Captions are re-drawn from paraphrase templates each time and
-segments are transposed (the caption's key follows). With --export the final weights are written
+classifier-free guidance needs. Captions are re-drawn from paraphrase templates each time, each
+attribute (style, instrument, key, meter, texture, tempo) left out with its own probability
+(`caption_drop_*`, captions.CaptionDropout), and segments are transposed (the caption's key follows). With --export the final weights are written
 as a shipped checkpoint with a manifest (command, config, dataset hash, weights sha256).
 """
 
@@ -54,6 +55,12 @@ class PretrainConfig:
     weight_decay: float = field(0.01, "AdamW weight decay")
     grad_clip: float = field(1.0, "max global grad norm")
     cond_dropout: float = field(0.2, "probability of replacing a caption by the null condition (for CFG)")
+    caption_drop_style: float = field(0.0, "probability that a caption leaves out the style / dance-form name")
+    caption_drop_instrument: float = field(0.0, "probability that a caption leaves out the instrument")
+    caption_drop_key: float = field(0.15, "probability that a caption leaves out the key")
+    caption_drop_meter: float = field(0.5, "probability that a caption leaves out the meter")
+    caption_drop_texture: float = field(0.5, "probability that a caption leaves out the texture (number of parts)")
+    caption_drop_tempo: float = field(0.1, "probability that a caption leaves out the tempo")
     transpose: int = field(5, "random transposition range in semitones (caption key follows)")
     style_balance: float = field(0.5, "segment sampling: style share ∝ count^(1 - style_balance); 0 = as in the data, 1 = all styles equal")
     guidance_scale: float = field(3.0, "teacher CFG gamma recorded in the model config (set from the gamma sweep)")
@@ -80,6 +87,18 @@ class PretrainConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.style_balance <= 1:
             raise UserError(f"style_balance must be in [0, 1], got {self.style_balance}")
+        try:
+            self.caption_dropout()
+        except ValueError as err:
+            raise UserError(str(err).replace("caption dropout of ", "caption_drop_")) from None
+
+    def caption_dropout(self):
+        """The per-attribute caption dropout of the training captions (captions.CaptionDropout)."""
+        from musicgen_cfg.captions import CaptionDropout
+
+        return CaptionDropout(style=self.caption_drop_style, instrument=self.caption_drop_instrument,
+                              key=self.caption_drop_key, meter=self.caption_drop_meter,
+                              texture=self.caption_drop_texture, tempo=self.caption_drop_tempo)
 
 
 def decoder_config(config: PretrainConfig) -> MusicgenDecoderConfig:
@@ -103,14 +122,17 @@ def style_cumulative_weights(dataset, style_balance: float) -> list[float]:
     return np.cumsum(counts[inverse].astype(np.float64) ** -style_balance).tolist()
 
 
-def draw_batch(dataset, batch_size: int, rng: random.Random, cum_weights: list[float]) -> tuple[torch.Tensor, list[str]]:
-    """Random segments, each randomly transposed, with a freshly drawn caption: codes [B, 4, T], captions."""
+def draw_batch(dataset, batch_size: int, rng: random.Random, cum_weights: list[float],
+               dropout=None) -> tuple[torch.Tensor, list[str]]:
+    """Random segments, each randomly transposed, with a freshly drawn caption: codes [B, 4, T], captions.
+
+    dropout: the per-attribute caption dropout (captions.CaptionDropout; None = the default)."""
     codes, captions = [], []
     for i in rng.choices(range(len(dataset)), cum_weights=cum_weights, k=batch_size):
         shift = dataset.random_transpose(i, rng) if dataset.augment_semitones else 0
         segment, _ = dataset.get(i, shift)
         codes.append(torch.from_numpy(segment.astype(np.int64)))
-        captions.append(dataset.sample_caption(i, rng, shift))
+        captions.append(dataset.sample_caption(i, rng, shift, dropout))
     return torch.stack(codes), captions
 
 
@@ -147,7 +169,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     val_rng = random.Random(1234)
     val_idx = sorted(val_rng.sample(range(len(val)), min(config.eval_segments, len(val))))
     val_codes = torch.stack([torch.from_numpy(val.get(i)[0].astype(np.int64)) for i in val_idx])
-    val_captions = [val.sample_caption(i, val_rng) for i in val_idx]
+    caption_dropout = config.caption_dropout()
+    val_captions = [val.sample_caption(i, val_rng, dropout=caption_dropout) for i in val_idx]
 
     model = create_symbolic_model(decoder_config(config), config.guidance_scale, seed=config.seed).to(device)
     optimizer = torch.optim.AdamW(model.lm.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
@@ -167,7 +190,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     for step in bar:
         began = time.perf_counter()
         model.lm.train()
-        codes, captions = draw_batch(train, config.batch_size, data_rng, cum_weights)
+        codes, captions = draw_batch(train, config.batch_size, data_rng, cum_weights, caption_dropout)
         cond = model.condition(captions)
         drop = torch.rand(len(captions), generator=generator) < config.cond_dropout
         loss, per_codebook = token_cross_entropy(model.lm, codes.to(device), drop_condition(cond, drop.to(device)))

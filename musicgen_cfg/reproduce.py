@@ -2,15 +2,23 @@
 
     musicgen-cfg reproduce --config configs/reproduce.yaml --out results
     musicgen-cfg reproduce --config configs/reproduce.yaml --train true      # also train beta = 5, 10 (slow on CPU)
+    musicgen-cfg reproduce --config configs/gpu/reproduce.yaml               # the GPU recipe (2 seeds per beta; docs/gpu.md)
     musicgen-cfg reproduce --help-config                                     # every key
 
 Families (each point = one `generate` run on held-out prompts + `evaluate`):
   cfg          base model, CFG gamma in guidance_scales (gamma != 1 costs 2 LM passes per step)
   temperature  base model, gamma = 1, sampling temperature in temperatures
   beta         distilled models: beta = 0 (quality_model), beta = 15 (diversity_model) and the
-               intermediate betas, trained here with `train_config --beta B` when --train true
+               intermediate betas, trained here with `train_config --beta B` when --train true; with
+               --train_endpoints true beta = 0 and 15 are trained here too, from base_model
   lerp         theta(lam) = (1 - lam) theta_q + lam theta_d (merging.merge.sweep_checkpoints); lam = 0
                and 1 are the quality and diversity models themselves (the lerp is exact there)
+Seeds: every trained model is trained once per training seed in `seeds` (`--seed S`; seed 0 keeps the
+single-seed names models/beta_5, later seeds add _s<S>), and LERP merges each seed's own (theta_q, theta_d)
+pair. A point of several seeds pools their runs on the same prompts: its mean is over seeds and prompts and
+its 95% CI comes from a two-level bootstrap that resamples seeds and prompts (`seed_prompt_ci`); claims.md
+also lists each seed's mean. With `jobs` > 1 the trainings, generations and evaluations run as that many parallel
+`musicgen-cfg train` / `generate` / `evaluate` processes (the commands the manifests record).
 Missing models (the shipped default-quality / default-diversity, untrained betas) skip their points
 with a log line. Everything resumes: generation skips finished items, evaluation is cached per run
 directory, merges and trained models already on disk are reused.
@@ -28,7 +36,9 @@ the worst diversity over ALL points of the run, so that every family is measured
 import dataclasses
 import random
 import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +84,15 @@ class ReproduceConfig:
     train_config: str = field("configs/diversity.yaml", "distillation config for the intermediate betas (beta, model, "
                                                         "embedder, out, export, threads, device are set here)")
     lambdas: tuple[float, ...] = field((0.0, 0.25, 0.5, 0.75, 1.0), "LERP lambdas between quality and diversity models")
+    seeds: tuple[int, ...] = field((0,), "training seeds of every trained model (and LERP pair); a point pools its "
+                                        "seeds: mean and 95% bootstrap CI over seeds and prompts")
+    train_endpoints: bool = field(False, "also train beta = 0 (quality_train_config) and beta = 15 (train_config) from "
+                                         "base_model for every seed that has no model; quality_model / diversity_model, "
+                                         "when they exist, are seed 0's")
+    sweeps: bool = field(True, "run the sweeps; false = only train the missing models (no merges, no generation)")
+    quality_train_config: str = field("configs/quality.yaml", "distillation config of beta = 0 when train_endpoints")
+    jobs: int = field(1, "trainings / generations / evaluations at once: > 1 runs them as parallel `musicgen-cfg "
+                         "train` / `generate` / `evaluate` processes (each with `threads` threads)")
     reward_embedder: str = field("default", "diversity embedder used in training: default | DIR | clap:<dir-or-id>")
     heldout_embedder: str | None = field(None, "held-out diversity embedder (None: judges / encodec-emb of the run's codec)")
     clap: str | None = field(None, "CLAP dir or hub id (real MusicGen: quality score and held-out embedder)")
@@ -105,6 +124,15 @@ class ReproduceConfig:
                             f"(the quality and diversity models), got {self.betas}")
         if not 0 <= self.smooth_tolerance <= 1:
             raise UserError(f"smooth_tolerance must lie in [0, 1], got {self.smooth_tolerance}")
+        seeds = self.seeds.split(",") if isinstance(self.seeds, str) else self.seeds
+        try:
+            self.seeds = tuple(int(str(v)) for v in seeds if str(v).strip() != "")
+        except ValueError:
+            raise UserError(f"config key 'seeds': expected comma-separated integers, got {seeds!r}") from None
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise UserError(f"seeds must be distinct non-negative integers (at least one), got {self.seeds}")
+        if self.jobs < 1:
+            raise UserError(f"jobs must be >= 1, got {self.jobs}")
 
 
 # -------------------------------------------------------------------------------------- geometry
@@ -156,10 +184,21 @@ class Point:
     guidance_scale: float = 1.0
     temperature: float = 1.0
     metrics: dict | None = None
+    seed: int = 0  # training seed of the model
+    pooled_runs: tuple[str, ...] = ()  # a point pooled over seeds: its members' run names
 
     @property
     def run_name(self) -> str:  # shared by points that are the same run (cfg gamma 1 = temperature 1)
         return f"{self.model_tag}_g{self.guidance_scale:g}_t{self.temperature:g}"
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return self.pooled_runs or (self.run_name,)
+
+
+def seed_tag(tag: str, seed: int) -> str:
+    """Name of a model trained with `seed`: seed 0 keeps the single-seed name (beta_5), others add _s<seed>."""
+    return tag if seed == 0 else f"{tag}_s{seed}"
 
 
 def select_prompts(config: ReproduceConfig) -> list[str]:
@@ -192,65 +231,190 @@ def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
     from musicgen_cfg.model import resolve_spec
 
     models = {"base": config.base_model}
-    for tag, spec in ((f"beta_{QUALITY_BETA:g}", config.quality_model), (f"beta_{DIVERSITY_BETA:g}", config.diversity_model)):
+    endpoints = {QUALITY_BETA: config.quality_model, DIVERSITY_BETA: config.diversity_model}
+    for beta, spec in endpoints.items():  # seed 0's endpoints
         if model_available(spec):
-            models[tag] = spec
-        else:
+            models[f"beta_{beta:g}"] = spec
+        elif not config.train_endpoints:
             log(f"skip: model {spec!r} not found; its beta point and the LERP sweep are left out")
-    for beta in config.betas:
-        destination = out / "models" / f"beta_{beta:g}"
-        if not (destination / "config.json").is_file() and config.train:
-            train_beta(config, beta, out, destination, log)
+    trained = sorted({*config.betas, *(endpoints if config.train_endpoints else ())})
+    wanted = [(beta, seed, out / "models" / seed_tag(f"beta_{beta:g}", seed)) for seed in config.seeds for beta in trained
+              if seed_tag(f"beta_{beta:g}", seed) not in models]
+    missing = [(beta, seed, destination) for beta, seed, destination in wanted if not (destination / "config.json").is_file()]
+    if missing and config.train:
+        train_betas(config, missing, out, log)
+    for beta, seed, destination in wanted:
         if (destination / "config.json").is_file():
-            models[f"beta_{beta:g}"] = str(destination)
+            models[seed_tag(f"beta_{beta:g}", seed)] = str(destination)
         else:
-            log(f"skip: beta = {beta:g} is not trained ({destination} missing; pass --train true to train it)")
-    quality, diversity = models.get(f"beta_{QUALITY_BETA:g}"), models.get(f"beta_{DIVERSITY_BETA:g}")
+            log(f"skip: beta = {beta:g} is not trained for seed {seed} ({destination} missing; pass --train true to train it)")
+    if not config.sweeps:  # no merges either: the endpoints may still be training elsewhere
+        return models
     interior = [lam for lam in config.lambdas if 0 < lam < 1]
-    if quality and diversity and interior:
+    for seed in config.seeds:
+        quality = models.get(seed_tag(f"beta_{QUALITY_BETA:g}", seed))
+        diversity = models.get(seed_tag(f"beta_{DIVERSITY_BETA:g}", seed))
+        if not (quality and diversity and interior):
+            continue
         from merging.merge import sweep_checkpoints, sweep_dir_name
 
-        sweep = out / "models" / "lerp"
-        missing = [lam for lam in interior if not (sweep / sweep_dir_name(lam) / "config.json").is_file()]
-        if missing:
-            log(f"merging lambda = {', '.join(f'{lam:g}' for lam in missing)} into {sweep}")
-            sweep_checkpoints([resolve_spec(quality), resolve_spec(diversity)], sweep, missing, overwrite=True)
-        models.update({f"lerp_{lam:g}": str(sweep / sweep_dir_name(lam)) for lam in interior})
+        sweep = out / "models" / seed_tag("lerp", seed)
+        unmerged = [lam for lam in interior if not (sweep / sweep_dir_name(lam) / "config.json").is_file()]
+        if unmerged:
+            log(f"merging lambda = {', '.join(f'{lam:g}' for lam in unmerged)} into {sweep}")
+            sweep_checkpoints([resolve_spec(quality), resolve_spec(diversity)], sweep, unmerged, overwrite=True)
+        models.update({seed_tag(f"lerp_{lam:g}", seed): str(sweep / sweep_dir_name(lam)) for lam in interior})
     return models
 
 
-def train_beta(config: ReproduceConfig, beta: float, out: Path, destination: Path, log):
-    """`musicgen-cfg train --config train_config --beta B`, resuming an interrupted run. The reward embedder is
-    the one this pipeline evaluates diversity with, so "reward embedder" means the same model in both."""
+def train_command(config: ReproduceConfig, beta: float, seed: int, out: Path, destination: Path) -> tuple[str, list[str], Path]:
+    """(config file, `--key value` overrides, run directory) of `musicgen-cfg train` for one beta and seed.
+
+    beta = 0 uses quality_train_config (no reward, so no embedder); the others use train_config with the
+    reward embedder this pipeline evaluates diversity with, so "reward embedder" means the same model in both.
+    """
+    run_dir = out / "train" / destination.name
+    train_config = config.quality_train_config if beta == QUALITY_BETA else config.train_config
+    overrides = ["--beta", f"{beta:g}", "--seed", str(seed), "--model", config.base_model]
+    if beta != QUALITY_BETA:
+        overrides += ["--embedder", config.reward_embedder]
+    overrides += ["--out", str(run_dir), "--export", str(destination), "--threads", str(config.threads),
+                  "--device", config.device]
+    return train_config, overrides, run_dir
+
+
+def train_betas(config: ReproduceConfig, missing: list[tuple[float, int, Path]], out: Path, log):
+    """Train each (beta, seed) -> destination, resuming interrupted runs; `jobs` processes at once when jobs > 1."""
     from musicgen_cfg.distillation import DistillConfig, train
     from musicgen_cfg.training import checkpoints
 
-    run_dir = out / "train" / f"beta_{beta:g}"
-    overrides = ["--beta", f"{beta:g}", "--model", config.base_model, "--embedder", config.reward_embedder,
-                 "--out", str(run_dir), "--export", str(destination), "--threads", str(config.threads),
-                 "--device", config.device]
-    log(f"training beta = {beta:g}: musicgen-cfg train --config {config.train_config} {' '.join(overrides)}")
-    train(load_config(DistillConfig, config.train_config, overrides), resume=bool(checkpoints(run_dir)),
-          command=f"musicgen-cfg train --config {config.train_config} {' '.join(overrides)}")
+    commands = []
+    for beta, seed, destination in missing:
+        train_config, overrides, run_dir = train_command(config, beta, seed, out, destination)
+        resume = ["--resume"] if checkpoints(run_dir) else []
+        command = f"musicgen-cfg train --config {train_config} {' '.join(overrides)}"
+        log(f"training beta = {beta:g}, seed {seed}: {command}{' --resume' if resume else ''}")
+        if config.jobs == 1:
+            train(load_config(DistillConfig, train_config, overrides), resume=bool(resume), command=command)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            commands.append(([sys.executable, "-m", "musicgen_cfg.cli", "train", "--config", train_config,
+                              *overrides, *resume], run_dir / "train.log"))
+    run_parallel(commands, config.jobs, log)
+
+
+def run_parallel(commands: list[tuple[list[str], Path]], jobs: int, log):
+    """Run the (argv, log file) commands, at most `jobs` at once; any failure -> UserError naming its log."""
+    pending, running, failed = list(commands), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            argv, log_path = pending.pop(0)
+            handle = log_path.open("w")
+            running.append((subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT), handle, log_path))
+        time.sleep(0.5)
+        for entry in [r for r in running if r[0].poll() is not None]:
+            process, handle, log_path = entry
+            handle.close()
+            running.remove(entry)
+            if process.returncode:
+                failed.append(log_path)
+            log(f"{'failed' if process.returncode else 'done'}: {log_path}")
+    if failed:
+        raise UserError(f"{len(failed)} of {len(commands)} parallel runs failed; see {', '.join(map(str, failed))}")
 
 
 def plan_points(config: ReproduceConfig, models: dict[str, str]) -> list[Point]:
     points = [Point("cfg", g, f"gamma={g:g}", "base", models["base"], guidance_scale=g) for g in config.guidance_scales]
     points += [Point("temperature", t, f"T={t:g}", "base", models["base"], temperature=t) for t in config.temperatures]
     for beta in sorted({QUALITY_BETA, DIVERSITY_BETA, *config.betas}):
-        if f"beta_{beta:g}" in models:
-            points.append(Point("beta", beta, f"beta={beta:g}", f"beta_{beta:g}", models[f"beta_{beta:g}"]))
-    endpoints = {0.0: f"beta_{QUALITY_BETA:g}", 1.0: f"beta_{DIVERSITY_BETA:g}"}
-    if set(endpoints.values()) <= set(models):  # prepare_models merged every interior lambda
-        for lam in config.lambdas:
-            tag = endpoints.get(lam, f"lerp_{lam:g}")
-            points.append(Point("lerp", lam, f"lambda={lam:g}", tag, models[tag]))
+        for seed in config.seeds:
+            if (tag := seed_tag(f"beta_{beta:g}", seed)) in models:
+                points.append(Point("beta", beta, f"beta={beta:g}", tag, models[tag], seed=seed))
+    for seed in config.seeds:
+        endpoints = {0.0: seed_tag(f"beta_{QUALITY_BETA:g}", seed), 1.0: seed_tag(f"beta_{DIVERSITY_BETA:g}", seed)}
+        if set(endpoints.values()) <= set(models):  # prepare_models merged every interior lambda
+            for lam in config.lambdas:
+                tag = endpoints.get(lam, seed_tag(f"lerp_{lam:g}", seed))
+                points.append(Point("lerp", lam, f"lambda={lam:g}", tag, models[tag], seed=seed))
     return points
 
 
+def seed_prompt_ci(values, resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of the mean of `values` [S, P]: S seeds' runs on the same P prompts (NaN = undefined).
+
+    Two-level bootstrap: each resample draws S seeds and P prompts with replacement (the same prompts for
+    every drawn seed, as the runs share them), so the CI carries training-seed noise as well as prompt noise.
+    With S = 1 it is the prompt bootstrap of `evaluate`.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or not values.size:
+        raise ValueError(f"values must be a non-empty [seeds, prompts] array, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    num_seeds, num_prompts = values.shape
+    seeds = rng.integers(0, num_seeds, size=(resamples, num_seeds, 1))
+    prompts = rng.integers(0, num_prompts, size=(resamples, 1, num_prompts))
+    with warnings.catch_warnings():  # a resample of undefined values only is left out of the percentiles
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(values[seeds, prompts].reshape(resamples, -1), axis=1)
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.nanpercentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def pool_seeds(points: list[Point], per_prompt: dict[str, dict[str, list]], resamples: int, seed: int) -> list[Point]:
+    """One point per (family, param): a point with several seeds' runs gets pooled metrics.
+
+    per_prompt: run name -> metric -> per-prompt values (None = undefined), as `evaluate` writes them.
+    Pooled metric: mean over seeds and prompts, `seed_prompt_ci`, and seed_means (each run's own mean);
+    whole-set metrics (no per-prompt values) get the mean of the runs' values and no CI.
+    """
+    groups: dict[tuple[str, float], list[Point]] = {}
+    for point in points:
+        groups.setdefault((point.family, point.param), []).append(point)
+    pooled = []
+    for members in groups.values():
+        if len(members) == 1:
+            pooled.append(members[0])
+            continue
+        metrics = {}
+        for name in set.intersection(*(set(p.metrics) for p in members)):
+            seed_means = [p.metrics[name]["mean"] for p in members]
+            if all(name in per_prompt[p.run_name] for p in members):
+                values = np.array([[np.nan if v is None else v for v in per_prompt[p.run_name][name]] for p in members],
+                                  dtype=np.float64)
+                if np.isnan(values).all():
+                    metrics[name] = {"mean": None, "ci_low": None, "ci_high": None, "num_prompts": 0}
+                    continue
+                low, high = seed_prompt_ci(values, resamples, seed)
+                metrics[name] = {"mean": float(np.nanmean(values)), "ci_low": low, "ci_high": high,
+                                 "num_prompts": int((~np.isnan(values)).any(axis=0).sum())}
+            else:
+                defined = [m for m in seed_means if m is not None]
+                metrics[name] = {"mean": float(np.mean(defined)) if defined else None, "ci_low": None,
+                                 "ci_high": None, "num_prompts": members[0].metrics[name]["num_prompts"]}
+            metrics[name]["seed_means"] = seed_means
+        first = members[0]
+        pooled.append(dataclasses.replace(first, metrics=metrics, pooled_runs=tuple(p.run_name for p in members)))
+    return pooled
+
+
 def generate_points(points: list[Point], prompts: list[str], config: ReproduceConfig, runs: Path, log):
-    """One generate run per distinct run directory; each model is loaded once."""
+    """One generate run per distinct run directory; each model is loaded once. With jobs > 1 (and a top-k,
+    which the command line needs) the runs are `musicgen-cfg generate` processes on OUT/prompts.txt instead."""
     import torch
+
+    if config.jobs > 1 and config.top_k is not None:
+        distinct = {point.run_name: point for point in points}
+        runs.mkdir(parents=True, exist_ok=True)
+        log(f"generating {len(distinct)} runs, {config.jobs} processes at once")
+        run_parallel([([sys.executable, "-m", "musicgen_cfg.cli", "generate", "--model", point.model,
+                        "--prompts-file", str(runs.parent / "prompts.txt"), "--num-samples", str(config.num_samples),
+                        "--duration", f"{config.duration!r}", "--seed", str(config.seed), "--batch-size",
+                        str(config.batch_size), "--guidance-scale", f"{point.guidance_scale!r}", "--temperature",
+                        f"{point.temperature!r}", "--top-k", str(config.top_k), "--format", "wav", "--device",
+                        config.device, "--out", str(runs / name)], runs / f"{name}.log")
+                      for name, point in distinct.items()], config.jobs, log)
+        return
 
     from musicgen_cfg.generate import GenerateConfig, run_generation
     from musicgen_cfg.model import load_model, pick_device
@@ -281,7 +445,10 @@ def _value(point: Point, metric: str) -> float:
 
 def _ci(point: Point, metric: str) -> str:
     stats = point.metrics[metric]
-    return f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+    text = f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+    if stats.get("seed_means"):
+        text += " (seeds " + ", ".join(f"{m:.4f}" for m in stats["seed_means"]) + ")"
+    return text
 
 
 def _family(points: list[Point], family: str) -> list[Point]:
@@ -420,7 +587,8 @@ def write_tables(points: list[Point], hypervolumes: dict, reference: tuple[float
     """table.md: the main metrics with CIs, every other metric (e.g. the judges' parts) as means, the hypervolumes."""
     names = {name for p in points for name in p.metrics}
     main = [name for name in (*TABLE_METRICS, "clap_score", "distribution_distance") if name in names]
-    lines = ["# Points", "", "Mean [95% bootstrap CI over prompts]; runs under runs/.", "",
+    lines = ["# Points", "", "Mean [95% bootstrap CI over prompts, and over seeds for points of several training "
+             "seeds]; runs under runs/.", "",
              *_markdown_table(points, main, with_ci=True)]
     others = sorted(names - set(main))
     if others:
@@ -429,7 +597,8 @@ def write_tables(points: list[Point], hypervolumes: dict, reference: tuple[float
               f"{reference[1]:.4f}) = nadir of all points - {REFERENCE_MARGIN:g} x range", "",
               "| family | hypervolume |", "|---|---|", *(f"| {f} | {v:.5f} |" for f, v in hypervolumes.items())]
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    write_json({"points": [dataclasses.asdict(p) | {"run": f"runs/{p.run_name}"} for p in points]}, out / "points.json")
+    write_json({"points": [dataclasses.asdict(p) | {"runs": [f"runs/{r}" for r in p.runs]} for p in points]},
+               out / "points.json")
     write_json({"reference_point": list(reference), "axes": ["quality", "diversity_reward"], "hypervolume": hypervolumes},
                out / "hypervolume.json")
 
@@ -446,7 +615,7 @@ def _markdown_table(points: list[Point], columns: list[str], with_ci: bool) -> l
                 cells.append(f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]")
             else:
                 cells.append(f"{stats['mean']:.4f}")
-        lines.append(f"| {p.family} | {p.label} | " + " | ".join(cells) + f" | {p.run_name} |")
+        lines.append(f"| {p.family} | {p.label} | " + " | ".join(cells) + f" | {' + '.join(p.runs)} |")
     return lines
 
 
@@ -485,7 +654,8 @@ def plot_front(points: list[Point], hypervolumes: dict, path: Path, x_metric: st
 
 def write_claims(claims: list[dict], out: Path):
     lines = ["# Claims of the paper, checked on this run", "",
-             "Numbers: mean [95% bootstrap CI over prompts]; diversity = mean pairwise 1 - cos under the reward "
+             "Numbers: mean [95% bootstrap CI over prompts, and over training seeds where a point has several: "
+             "(seeds ...) lists each seed's mean]; diversity = mean pairwise 1 - cos under the reward "
              "embedder unless said otherwise. Generated by `musicgen-cfg reproduce` (see provenance.json).", ""]
     for c in claims:
         lines += [f"{c['claim']}. **{c['status'].upper()}**: {c['statement']}", f"   {c['detail']}", ""]
@@ -506,8 +676,24 @@ def git_commit() -> str:
 
 # -------------------------------------------------------------------------------------------- main
 
+def evaluate_in_parallel(config: ReproduceConfig, run_names: list[str], runs: Path, log):
+    """`musicgen-cfg evaluate` over the runs in `jobs` processes, with this pipeline's evaluation settings, so
+    that the in-process evaluation below reads their metrics.json back (its cache key is the same)."""
+    options = ["--reward-embedder", config.reward_embedder, "--world", config.world, "--bootstrap",
+               str(config.bootstrap), "--seed", str(config.seed)]
+    for flag, value in (("--heldout-embedder", config.heldout_embedder), ("--clap", config.clap),
+                        ("--judges-scorer", config.judges_scorer)):
+        if value is not None:
+            options += [flag, value]
+    chunks = [run_names[i :: config.jobs] for i in range(min(config.jobs, len(run_names)))]
+    log(f"evaluating {len(run_names)} runs in {len(chunks)} processes")
+    run_parallel([([sys.executable, "-m", "musicgen_cfg.cli", "evaluate", *(str(runs / name) for name in chunk),
+                    *options], runs / f"evaluate-{i}.log") for i, chunk in enumerate(chunks)], config.jobs, log)
+
+
 def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None) -> dict:
-    """Run every sweep, evaluate, plot, check the claims; returns {"points", "hypervolume", "claims"}."""
+    """Run every sweep, evaluate, plot, check the claims; returns {"points", "hypervolume", "claims"}
+    (with sweeps false: only trains the missing models and returns {"models": tag -> spec})."""
     from musicgen_cfg.evaluate import EvaluateConfig, Evaluator
     from musicgen_cfg.model import load_model
 
@@ -525,12 +711,20 @@ def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None
     prompts = select_prompts(config)
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
     models = prepare_models(config, out, log)
+    if not config.sweeps:
+        log(f"trained models in {out / 'models'}; sweeps: false, so no sweeps")
+        return {"models": models}
     points = plan_points(config, models)
     generate_points(points, prompts, config, out / "runs", log)
+    if config.jobs > 1:
+        evaluate_in_parallel(config, sorted({p.run_name for p in points}), out / "runs", log)
+    per_prompt = {}
     for point in points:
-        point.metrics = evaluator.evaluate(out / "runs" / point.run_name)["metrics"]
-        log(f"evaluated {point.family} {point.label}: quality {_value(point, 'quality'):.4f}, "
+        result = evaluator.evaluate(out / "runs" / point.run_name)  # read back when evaluated in parallel
+        point.metrics, per_prompt[point.run_name] = result["metrics"], result["per_prompt"]
+        log(f"evaluated {point.family} {point.label} (seed {point.seed}): quality {_value(point, 'quality'):.4f}, "
             f"diversity {_value(point, 'diversity_reward'):.4f}")
+    points = pool_seeds(points, per_prompt, config.bootstrap, config.seed)
     coordinates = {id(p): (_value(p, "quality"), _value(p, "diversity_reward")) for p in points}
     reference = reference_point(list(coordinates.values()))
     hypervolumes = {family: hypervolume([coordinates[id(p)] for p in _family(points, family)], reference)

@@ -7,11 +7,15 @@ its own seed and request, never on what else is in the batch, so batched generat
 reproducible item by item (and resumable). Sampling is Gumbel-max over the filtered logits, which
 draws from the same distribution as multinomial sampling.
 
-On CUDA the per-step work (forward, CFG, filtering, sampling) is captured once in a CUDA graph and
-replayed: at batch 1 the step is bound by launch overhead, not by reading the weights.
+Each step is `decode_step` (forward over the request's fused weights, CFG, filtering, sampling).
+On CUDA it runs through torch.compile (Inductor fuses the elementwise chains; eager if compiling
+fails) and is captured once per request in a CUDA graph and replayed: at batch 1 the step is bound
+by launches, not by reading the weights. On CPU it runs eagerly; speed: bench/sampler.py.
 """
 
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +34,8 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus: smallest set with probability >= top_p; 1 = off
     greedy: bool = False  # argmax instead of sampling (ignores temperature / top-k / top-p)
     use_cuda_graph: bool = True  # capture the decoding step on CUDA devices
+    compile: bool | None = None  # torch.compile the decoding step; None = on CUDA only (on CPU compiling costs minutes)
+    compile_backend: str = "inductor"  # torch.compile backend ("eager": Dynamo's capture alone, no code generation)
 
     def __post_init__(self):
         if not (self.guidance_scale >= 0 and math.isfinite(self.guidance_scale)):
@@ -42,6 +48,8 @@ class SamplingConfig:
             self.top_k = None
         if not 0 < self.top_p <= 1:
             raise UserError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.compile and self.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise UserError(f"unknown torch.compile backend {self.compile_backend!r}")
 
     @property
     def uses_cfg(self) -> bool:
@@ -115,13 +123,20 @@ def pick_tokens(logits: torch.Tensor, config: SamplingConfig, seeds: torch.Tenso
     if config.temperature != 1.0:  # x / 1.0 == x exactly: skip a full-size pass
         logits = logits / config.temperature
     vocab = logits.shape[-1]
-    if logits.device.type == "cpu" and config.top_k is not None and config.top_k < vocab and config.top_p >= 1.0:
+    if (logits.device.type == "cpu" and not torch.compiler.is_compiling() and config.top_k is not None and config.top_k < vocab
+            and config.top_p >= 1.0):
         chosen = _pick_among_top_k(logits, config.top_k, rows if rows is not None else row_hashes(seeds, step))
         if chosen is not None:
             return chosen
     logits = filter_logits(logits, config.top_k, config.top_p)
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[1], vocab)))
     return (logits + gumbel).argmax(-1)
+
+
+@functools.cache
+def _codebook_offsets(num_codebooks: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """[K, 1]: codebook * V, the flat cell of each codebook's token 0 (a constant, built once)."""
+    return torch.arange(num_codebooks, device=device)[:, None] * vocab
 
 
 def _pick_among_top_k(logits: torch.Tensor, top_k: int, rows: torch.Tensor) -> torch.Tensor | None:
@@ -137,11 +152,13 @@ def _pick_among_top_k(logits: torch.Tensor, top_k: int, rows: torch.Tensor) -> t
     """
     values, index = torch.topk(logits, top_k + 1, dim=-1, sorted=False)
     dropped = values == values.min(-1, keepdim=True).values  # the (k+1)-th largest: not kept
-    if not bool((dropped.sum(-1) == 1).all()):
+    # every row holds its minimum at least once, so the total is B * K exactly when no row has a tie
+    if int(dropped.sum()) != dropped.shape[0] * dropped.shape[1]:
         return None
     num_codebooks, vocab = logits.shape[1], logits.shape[2]
-    cells = index + torch.arange(num_codebooks, device=index.device)[:, None] * vocab
-    scores = values.masked_fill(dropped, float("-inf")) + -torch.log(-torch.log(uniform_noise_at(rows, cells)))
+    cells = index + _codebook_offsets(num_codebooks, vocab, index.device)
+    # x - log(-log(u)) is bit-exactly x + gumbel, one pass fewer
+    scores = values.masked_fill(dropped, float("-inf")) - torch.log(-torch.log(uniform_noise_at(rows, cells)))
     best = scores.max(-1, keepdim=True).values
     return torch.where(scores == best, index, vocab).min(-1).values
 
@@ -155,11 +172,38 @@ def guided_step_logits(lm: MusicgenLM, cache: KVCache, tokens, position, guidanc
     return split_and_combine(lm.step(torch.cat([tokens, tokens]), position, cache, length), guidance_scale)[1]
 
 
+def decode_step(lm: MusicgenLM, cache: KVCache, tokens: torch.Tensor, position: torch.Tensor, guidance_scale: float | None,
+                config: SamplingConfig, seeds: torch.Tensor, valid: torch.Tensor, length: int | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+    """tokens [B, K] at step `position` [1] -> the next tokens [B, K]: LM step, CFG, sampling, pad outside
+    the delay window (valid [steps, K] bool). A module-level function of tensors, so one compiled
+    version serves every request of the same shapes."""
+    chosen = pick_tokens(guided_step_logits(lm, cache, tokens, position, guidance_scale, length), config, seeds, position, rows)
+    return torch.where(valid.index_select(0, position), chosen, lm.pad_id)
+
+
+_FAILED_BACKENDS: set[str] = set()  # compile backends that failed in this process: eager from then on
+
+
+@functools.cache
+def compiled_decode_step(backend: str = "inductor"):
+    """decode_step through torch.compile (Inductor fuses the elementwise chains: norms, CFG, the noise hash).
+
+    No CUDA graphs inside compile: the step writes into the request's KV cache, which is an input, so
+    `sample` captures the compiled step in its own graph (as it does the eager one)."""
+    return torch.compile(decode_step, backend=backend)
+
+
 @torch.no_grad()
 def sample(
     lm: MusicgenLM, cond: Condition, num_frames: int, config: SamplingConfig, seeds: list[int] | torch.Tensor
 ) -> torch.Tensor:
-    """Generate codes [B, K, T] for conditions [B]; seeds [B] (one per row)."""
+    """Generate codes [B, K, T] for conditions [B]; seeds [B] (one per row).
+
+    Eager (CPU default): attention over the filled part of the cache only, and the CPU top-k fast
+    path. Compiled and/or CUDA-graph (CUDA default): one fixed-shape step, attention over the whole
+    cache under the future mask. In fp32 on CPU both give the same tokens (tests/test_decode_step.py).
+    """
     device, num_codebooks, pad = lm.device, lm.num_codebooks, lm.pad_id
     seeds = torch.as_tensor(seeds, dtype=torch.long, device=device)
     if seeds.shape != (len(cond),):
@@ -169,24 +213,45 @@ def sample(
         raise UserError(f"{num_frames} frames exceed the model's maximum of {lm.stack.positions.shape[0] - num_codebooks + 1}")
     guidance = config.guidance_scale if config.uses_cfg else None
     cache = KVCache(lm, with_null(cond.to(device)) if guidance is not None else cond.to(device), steps)
-    valid = valid_step_mask(num_frames, num_codebooks, device)  # [K, steps]
+    valid = valid_step_mask(num_frames, num_codebooks, device).T.contiguous()  # [steps, K]
     positions = torch.arange(steps, device=device)
-
-    def decode_step(tokens: torch.Tensor, position: torch.Tensor, length: int | None = None, rows=None) -> torch.Tensor:
-        logits = guided_step_logits(lm, cache, tokens, position, guidance, length)
-        chosen = pick_tokens(logits, config, seeds, position, rows)
-        return torch.where(valid.index_select(1, position).T, chosen, pad)  # pad outside the delay window
-
     graph = config.use_cuda_graph and device.type == "cuda"
-    if graph:  # fixed shapes: attention over the whole cache under the future mask
-        decode_step = _capture(decode_step, len(cond), num_codebooks, device)
-    else:  # eager: attend to the filled cache only; the per-(seed, step) noise hashes once per request
-        rows = row_hashes(seeds, positions[:, None])  # [steps, B]
+    compiled = config.compile if config.compile is not None else device.type == "cuda"
+    compiled = compiled and config.compile_backend not in _FAILED_BACKENDS
+    fixed_shape = graph or compiled
+    step_fn = compiled_decode_step(config.compile_backend) if compiled else decode_step
+
+    def one_step(tokens: torch.Tensor, position: torch.Tensor, length: int | None = None, rows=None) -> torch.Tensor:
+        return step_fn(lm, cache, tokens, position, guidance, config, seeds, valid, length, rows)
+
+    def fall_back_to_eager(err: Exception) -> None:
+        nonlocal step_fn
+        _FAILED_BACKENDS.add(config.compile_backend)
+        warnings.warn(f"torch.compile of the decoding step failed, running it eagerly from now on: "
+                      f"{type(err).__name__}: {err}", stacklevel=3)
+        step_fn = decode_step
+
     tokens = torch.full((len(cond), num_codebooks), pad, dtype=torch.long, device=device)
+    if compiled:  # compile before the loop (step 0 rewrites what this writes)
+        try:
+            one_step(tokens, positions[:1])
+        except Exception as err:  # noqa: BLE001 - any compiler failure (no C++ compiler, no Triton, ...)
+            fall_back_to_eager(err)
+    if graph:
+        try:
+            replay = _capture(one_step, len(cond), num_codebooks, device)
+        except Exception as err:  # noqa: BLE001 - compiled code that cannot be captured
+            if step_fn is decode_step:
+                raise
+            fall_back_to_eager(err)
+            replay = _capture(one_step, len(cond), num_codebooks, device)
+        one_step = replay
+    if not fixed_shape:  # eager: the per-(seed, step) noise hashes once per request
+        rows = row_hashes(seeds, positions[:, None])  # [steps, B]
     delayed = torch.empty((len(cond), num_codebooks, steps), dtype=torch.long, device=device)
     for s in range(steps):
         position = positions[s : s + 1]
-        tokens = decode_step(tokens, position) if graph else decode_step(tokens, position, s + 1, rows[s])
+        tokens = one_step(tokens, position) if fixed_shape else one_step(tokens, position, s + 1, rows[s])
         delayed[:, :, s] = tokens
     return revert_delay_pattern(delayed)
 

@@ -224,6 +224,9 @@ def test_cli_registers_app_and_demo():
     assert app.func is cli.run_app and app.share and app.base is None and app.host == "127.0.0.1"
     with pytest.raises(UserError, match="--quality q is not a checkpoint or training run directory"):
         cli.run_app(app)
+    fp16_on_cpu = parser.parse_args(["demo", "--no-browser", "--device", "cpu", "--dtype", "float16"])
+    with pytest.raises(UserError, match="--dtype float16 needs a CUDA device"):
+        cli.run_demo(fp16_on_cpu)
 
 
 @pytest.mark.slow  # loads the shipped default model (MiniLM text encoder) three times

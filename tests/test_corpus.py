@@ -34,6 +34,18 @@ def test_build_is_deterministic_and_resumes_from_cache(small_build):
     assert "--limit-per-collection 4" in manifests[0]["command"]
 
 
+def test_parallel_parsing_writes_the_same_file(small_build, tmp_path):
+    configs, manifests, _ = small_build
+    parallel = corpus.BuildConfig(out=tmp_path / "dataset.npz", collections=("bach_chorales", "essen_chinese"),
+                                  limit_per_collection=4, cache_dir=tmp_path / "cache", workers=2)
+    log = []
+    assert corpus.build(parallel, log=log.append)["sha256"] == manifests[0]["sha256"]
+    assert parallel.out.read_bytes() == configs[0].out.read_bytes()
+    assert "--workers" not in manifests[0]["command"]  # the rebuild command does not depend on it
+    with pytest.raises(UserError, match="--workers must be >= 1"):
+        corpus.BuildConfig(out=tmp_path / "d.npz", workers=0)
+
+
 def test_loader_shapes_and_metadata(small_build):
     configs, _, _ = small_build
     dataset = corpus.load_dataset("all", configs[0].out)

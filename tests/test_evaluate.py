@@ -8,6 +8,7 @@ the hypervolume, and the whole reproduce pipeline on a tiny setting.
 import csv
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -361,6 +362,91 @@ def test_reproduce_end_to_end_on_tiny_models(tiny_dir, clap_dir, reward_dir, tmp
     reproduce(config, log=logs.append)
     assert stamps == {p.name: (p / "metrics.json").read_text() for p in (out / "runs").iterdir()}
     assert manifests == {p.name: (p / "manifest.jsonl").read_text() for p in (out / "runs").iterdir()}
+
+
+def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_dir, tmp_path):
+    """seeds (0, 1): beta = 5 trained twice (seed 0 under the single-seed name), one pooled beta = 5 point; a
+    `musicgen-cfg evaluate` process with the pipeline's settings (what jobs > 1 runs) reads the cache back."""
+    from musicgen_cfg.reproduce import evaluate_in_parallel
+    from musicgen_cfg.tiny import save_tiny_musicgen
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    train_config = tmp_path / "train.yaml"
+    train_config.write_text(f"prompts: {prompts}\nembedder: {reward_dir}\nprompts_per_step: 2\ngenerations: 3\n"
+                            "num_frames: 4\nsteps: 1\neval_every: 1\nheldout_prompts: 1\ntensorboard: false\nthreads: 1\n")
+    out = tmp_path / "results"
+    config = ReproduceConfig(
+        out=str(out), base_model=str(tiny_dir), quality_model=str(save_tiny_musicgen(tmp_path / "q", seed=1)),
+        diversity_model=str(save_tiny_musicgen(tmp_path / "d", seed=2)), prompts=str(prompts), num_prompts=2,
+        num_samples=2, duration=0.2, guidance_scales=(1.0, 3.0), temperatures=(), betas=(5.0,), train=True,
+        train_config=str(train_config), lambdas=(0.0, 1.0), seeds="0,1", reward_embedder=str(reward_dir),
+        clap=str(clap_dir), bootstrap=50, device="cpu", threads=1)
+    trained = reproduce(ReproduceConfig(**{**config.__dict__, "sweeps": False}), log=[].append)["models"]
+    assert set(trained) == {"base", "beta_0", "beta_15", "beta_5", "beta_5_s1"}  # given endpoints = seed 0
+    assert not (out / "runs").exists() and not (out / "models" / "lerp").exists()
+    summary = reproduce(config, log=[].append)
+    for name, seed in (("beta_5", 0), ("beta_5_s1", 1)):
+        manifest = json.loads((out / "models" / name / "manifest.json").read_text())
+        assert f"--seed {seed} " in json.dumps(manifest)
+    beta_5 = next(p for p in summary["points"] if p.family == "beta" and p.param == 5.0)
+    assert beta_5.runs == ("beta_5_g1_t1", "beta_5_s1_g1_t1")
+    assert len(beta_5.metrics["quality"]["seed_means"]) == 2
+    assert [p.param for p in summary["points"] if p.family == "beta"] == [0.0, 5.0, 15.0]  # one point per beta
+    assert "beta_5_g1_t1 + beta_5_s1_g1_t1" in (out / "table.md").read_text()
+    assert "(seeds " in (out / "claims.md").read_text()
+    # The evaluate command of jobs > 1 uses the same settings: it finds every run up to date.
+    stamps = {p.name: (p / "metrics.json").read_text() for p in (out / "runs").iterdir() if p.is_dir()}
+    logs = []
+    evaluate_in_parallel(config, sorted(stamps), out / "runs", logs.append)
+    assert stamps == {name: (out / "runs" / name / "metrics.json").read_text() for name in stamps}
+    assert any("done" in line for line in logs)
+
+
+def test_parallel_generation_equals_in_process_generation(tiny_dir, tmp_path):
+    """jobs > 1 runs `musicgen-cfg generate` processes: the same codes as the in-process runs."""
+    from musicgen_cfg.reproduce import Point, generate_points
+
+    points = [Point("cfg", 3.0, "gamma=3", "base", str(tiny_dir), guidance_scale=3.0)]
+    codes = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        out.mkdir()
+        (out / "prompts.txt").write_text(PROMPTS[0] + "\n")
+        config = ReproduceConfig(out=str(out), num_prompts=1, num_samples=2, duration=0.2, guidance_scales=(1.0, 3.0),
+                                 jobs=jobs, device="cpu", threads=1)
+        generate_points(points, [PROMPTS[0]], config, out / "runs", [].append)
+        codes[jobs] = {p.run_name: sorted((e["seed"], np.load(out / "runs" / p.run_name / e["codes_file"]).tolist())
+                                          for e in map(json.loads, (out / "runs" / p.run_name / "manifest.jsonl")
+                                                       .read_text().splitlines()))
+                       for p in points}
+    assert codes[1] == codes[2] and len(codes[1]["base_g3_t1"]) == 2
+
+
+def test_run_parallel_reports_the_failed_commands_logs(tmp_path):
+    from musicgen_cfg.reproduce import run_parallel
+
+    ok, bad = tmp_path / "ok.log", tmp_path / "bad.log"
+    with pytest.raises(UserError, match="1 of 2 parallel runs failed; see .*bad.log"):
+        run_parallel([([sys.executable, "-c", "print('fine')"], ok),
+                      ([sys.executable, "-c", "import sys; print('broken'); sys.exit(3)"], bad)], 2, [].append)
+    assert ok.read_text() == "fine\n" and bad.read_text() == "broken\n"
+
+
+def test_reproduce_train_commands_per_beta_and_seed(tmp_path):
+    from musicgen_cfg.reproduce import train_command
+
+    config = ReproduceConfig(train_endpoints=True, seeds=(0, 3), reward_embedder="my-embedder", threads=2)
+    quality_config, quality, _ = train_command(config, 0.0, 3, tmp_path, tmp_path / "models" / "beta_0_s3")
+    assert quality_config == "configs/quality.yaml" and "--embedder" not in quality  # beta = 0: no reward
+    assert quality[quality.index("--seed") + 1] == "3" and quality[quality.index("--beta") + 1] == "0"
+    diversity_config, diversity, run_dir = train_command(config, 15.0, 0, tmp_path, tmp_path / "models" / "beta_15")
+    assert diversity_config == "configs/diversity.yaml" and diversity[diversity.index("--embedder") + 1] == "my-embedder"
+    assert run_dir == tmp_path / "train" / "beta_15"
+    with pytest.raises(UserError, match="seeds must be distinct"):
+        ReproduceConfig(seeds=(1, 1))
+    with pytest.raises(UserError, match="jobs must be >= 1"):
+        ReproduceConfig(jobs=0)
 
 
 def test_reproduce_skips_missing_models_and_checks_its_config(tiny_dir, clap_dir, reward_dir, tmp_path):

@@ -158,3 +158,35 @@ def test_pickle_only_transformers_directory_is_refused_without_unpickling(tiny_d
     code, captured = run(capsys, "generate", "--model", str(pickled), "--prompt", "x", "--out", str(tmp_path / "o"))
     assert code == 2 and "only pickled weights (pytorch_model.bin)" in captured.err
     assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_dtype_option_reaches_the_model_and_the_manifest(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "bf16"
+    code, _ = run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "sad piano", "--duration", "0.2",
+                  "--device", "cpu", "--dtype", "bfloat16", "--out", str(out))
+    assert code == 0
+    entry = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert entry["dtype"] == "bfloat16"
+    code, _ = run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "sad piano", "--duration", "0.2",
+                  "--device", "cpu", "--out", str(tmp_path / "fp32"))
+    assert code == 0 and json.loads((tmp_path / "fp32" / "manifest.jsonl").read_text())["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("dtype, message", [("float16", "--dtype float16 needs a CUDA device"),
+                                            ("fp8", "unknown --dtype 'fp8'")])
+def test_bad_dtype_gives_one_line(tiny_dir, tmp_path, capsys, dtype, message):
+    code, captured = run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "sad piano", "--device", "cpu",
+                         "--dtype", dtype, "--out", str(tmp_path / "out"))
+    assert code == 2 and captured.err.startswith(f"error: {message}") and captured.err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_model_dtype_converts_the_lm_only(tiny_dir):
+    import torch
+
+    from musicgen_cfg.model import load_model, pick_dtype
+
+    model = load_model(str(tiny_dir), dtype=torch.bfloat16)
+    assert model.lm.dtype == torch.bfloat16
+    assert next(model.text_encoder.encoder.parameters()).dtype == torch.float32
+    assert pick_dtype("auto", "cpu") == torch.float32 and pick_dtype("bfloat16", "cpu") == torch.bfloat16
