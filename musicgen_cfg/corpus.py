@@ -485,15 +485,16 @@ def rebuild_command(config: BuildConfig) -> str:
 
 
 class SegmentDataset:
-    """The segments of one split. `ds[i] -> (codes LongTensor [4, SEGMENT_FRAMES], meta dict)`.
+    """The segments of one split: `ds.get(i, transpose) -> (codes uint8 [4, SEGMENT_FRAMES], meta dict)`,
+    `ds.sample_caption(i, rng, transpose)` a caption drawn for it (pretrain.draw_batch draws batches).
 
     meta: piece_id, collection, style, title, form, tonic (pitch class), mode, meter, tempo_bpm (0 = not
-    notated), num_parts, texture, start (frame in the piece), transpose (semitones), caption.
-    With augment_semitones > 0, each item is transposed by a random shift in that range that keeps every
-    note in the pitch range (the key in meta and caption follows); the caption is drawn from `rng`.
+    notated), num_parts, texture, start (frame in the piece), transpose (semitones).
+    With augment_semitones > 0, `random_transpose(i, rng)` draws a shift in that range that keeps every
+    note in the pitch range (the key in meta and caption follows).
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], split: str, augment_semitones: int = 0, seed: int = 0):
+    def __init__(self, arrays: dict[str, np.ndarray], split: str, augment_semitones: int = 0):
         if augment_semitones < 0:
             raise UserError(f"augment_semitones must be >= 0, got {augment_semitones}")
         piece_split = arrays["piece_split"][arrays["segment_piece"]]
@@ -501,7 +502,6 @@ class SegmentDataset:
         self.arrays = arrays
         self.split = split
         self.augment_semitones = augment_semitones
-        self.rng = random.Random(seed)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -549,14 +549,6 @@ class SegmentDataset:
         lowest, highest = max(lowest, -self.augment_semitones), min(highest, self.augment_semitones)
         return rng.randint(lowest, highest) if lowest <= highest else 0
 
-    def __getitem__(self, i: int):
-        import torch
-
-        transpose = self.random_transpose(i, self.rng) if self.augment_semitones else 0
-        codes, meta = self.get(i, transpose)
-        meta["caption"] = self.sample_caption(i, self.rng, transpose)
-        return torch.from_numpy(codes.astype(np.int64)), meta
-
 
 def texture_of(num_parts: int) -> str:
     return {1: "solo", 2: "two-part", 3: "three-part"}.get(num_parts, "four-part")
@@ -574,12 +566,11 @@ def read_arrays(path: Path | str | None = None) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_dataset(split: str, path: Path | str | None = None, augment_semitones: int = 0,
-                 seed: int = 0) -> SegmentDataset:
+def load_dataset(split: str, path: Path | str | None = None, augment_semitones: int = 0) -> SegmentDataset:
     """Segments of `split` (train | val | test | all) from the dataset file (default: the shipped one)."""
     if split not in (*SPLITS, "all"):
         raise UserError(f"unknown split {split!r}; choose train, val, test or all")
-    return SegmentDataset(read_arrays(path), split, augment_semitones=augment_semitones, seed=seed)
+    return SegmentDataset(read_arrays(path), split, augment_semitones=augment_semitones)
 
 
 # ------------------------------------------------------------------------------------------------- CLI

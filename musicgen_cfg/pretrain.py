@@ -163,7 +163,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     device = pick_device(config.device)
     run_dir = Path(config.out)
     checkpoint = resume_point(run_dir, resume)
-    train = load_dataset("train", config.dataset, augment_semitones=config.transpose, seed=config.seed)
+    train = load_dataset("train", config.dataset, augment_semitones=config.transpose)
     cum_weights = style_cumulative_weights(train, config.style_balance)
     val = load_dataset("val", config.dataset)
     val_rng = random.Random(1234)

@@ -12,7 +12,7 @@ from musicgen_cfg.pretrain import PretrainConfig, draw_batch, style_cumulative_w
 
 @pytest.fixture(scope="module")
 def train_split():
-    return load_dataset("train", augment_semitones=5, seed=0)
+    return load_dataset("train", augment_semitones=5)
 
 
 def _captions(dataset, config: PretrainConfig, n: int = 200, seed: int = 0) -> list[str]:
