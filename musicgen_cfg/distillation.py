@@ -69,7 +69,7 @@ class DistillConfig:
     generations: int = field(4, "G: generations per prompt (>= 2 for the diversity reward, >= 3 for 'loo')")
     num_frames: int = field(128, "frames per generation (default model: 128 = 8 bars; MusicGen: 50 per second)")
     temperature: float = field(1.0, "rollout sampling temperature (!= 1 only with beta = 0: REINFORCE scores the tau = 1 policy)")
-    top_k: int | None = field(None, "rollout top-k; None = the full distribution (required with beta > 0: REINFORCE scores the untruncated policy)")
+    top_k: int | None = field(None, "rollout top-k; 0 or None = the full distribution (required with beta > 0: REINFORCE scores the untruncated policy)")
     embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id> | none (only with beta = 0: no reward logging)")
     baseline: str = field("loo", "REINFORCE baseline: loo | batch_mean | none")
     reward_gate: str = field("data", "degenerate clips earn no diversity reward: data (outside the real data's range: "
@@ -135,8 +135,10 @@ class DistillConfig:
             raise UserError(f"lr_floor must be in [0, 1] (a fraction of lr), got {self.lr_floor}")
         if not self.temperature > 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"top_k must be >= 1 (or none), got {self.top_k}")
+        if self.top_k is not None and self.top_k < 0:
+            raise UserError(f"top_k must be >= 1, or 0 / none for the full distribution, got {self.top_k}")
+        if self.top_k == 0:  # 0 = off, as for generate, the app and transformers
+            self.top_k = None
         off_policy = [name for name, on in (("top_k", self.top_k is not None), ("temperature", self.temperature != 1.0),
                                             (f"data={self.data}", self.data != "on_policy")) if on]
         if self.beta > 0 and off_policy:

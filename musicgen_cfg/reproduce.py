@@ -74,7 +74,7 @@ class ReproduceConfig:
     duration: float = field(8.0, "seconds per sample")
     seed: int = field(0, "seed of prompt selection, captions, generation and bootstrap")
     batch_size: int = field(32, "generation batch size")
-    top_k: int | None = field(250, "sampling top-k of every point (None = full distribution)")
+    top_k: int | None = field(250, "sampling top-k of every point (0 or None = full distribution)")
     guidance_scales: tuple[float, ...] = field((1.0, 1.25, 1.5, 2.0, 3.0, 5.0), "CFG gammas of the base model")
     cfg_reference: float | None = field(None, "the CFG gamma the claims compare with; None = the base model's "
                                               "recorded teacher gamma (3 for real MusicGen)")
@@ -399,11 +399,11 @@ def pool_seeds(points: list[Point], per_prompt: dict[str, dict[str, list]], resa
 
 
 def generate_points(points: list[Point], prompts: list[str], config: ReproduceConfig, runs: Path, log):
-    """One generate run per distinct run directory; each model is loaded once. With jobs > 1 (and a top-k,
-    which the command line needs) the runs are `musicgen-cfg generate` processes on OUT/prompts.txt instead."""
+    """One generate run per distinct run directory; each model is loaded once. With jobs > 1 the runs are
+    `musicgen-cfg generate` processes on OUT/prompts.txt instead (top-k None is `--top-k 0`: off)."""
     import torch
 
-    if config.jobs > 1 and config.top_k is not None:
+    if config.jobs > 1:
         distinct = {point.run_name: point for point in points}
         runs.mkdir(parents=True, exist_ok=True)
         log(f"generating {len(distinct)} runs, {config.jobs} processes at once")
@@ -411,7 +411,7 @@ def generate_points(points: list[Point], prompts: list[str], config: ReproduceCo
                         "--prompts-file", str(runs.parent / "prompts.txt"), "--num-samples", str(config.num_samples),
                         "--duration", f"{config.duration!r}", "--seed", str(config.seed), "--batch-size",
                         str(config.batch_size), "--guidance-scale", f"{point.guidance_scale!r}", "--temperature",
-                        f"{point.temperature!r}", "--top-k", str(config.top_k), "--format", "wav", "--device",
+                        f"{point.temperature!r}", "--top-k", str(config.top_k or 0), "--format", "wav", "--device",
                         config.device, "--out", str(runs / name)], runs / f"{name}.log")
                       for name, point in distinct.items()], config.jobs, log)
         return

@@ -121,3 +121,9 @@ def test_config_validation_direct():
     with pytest.raises(UserError, match="loo"):
         DistillConfig(beta=1.0, generations=2)
     assert DistillConfig(beta=1.0, generations=2, baseline="batch_mean").generations == 2
+
+
+def test_top_k_zero_is_off_as_everywhere():
+    assert DistillConfig(top_k=0).top_k is None and DistillConfig(top_k=5).top_k == 5
+    with pytest.raises(UserError, match="top_k must be >= 1, or 0 / none"):
+        DistillConfig(top_k=-1)
