@@ -403,7 +403,8 @@ def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_di
     assert any("done" in line for line in logs)
 
 
-def test_parallel_generation_equals_in_process_generation(tiny_dir, tmp_path):
+@pytest.mark.parametrize("top_k", [250, None])  # None: the processes get --top-k 0 (off)
+def test_parallel_generation_equals_in_process_generation(tiny_dir, tmp_path, top_k):
     """jobs > 1 runs `musicgen-cfg generate` processes: the same codes as the in-process runs."""
     from musicgen_cfg.reproduce import Point, generate_points
 
@@ -414,7 +415,7 @@ def test_parallel_generation_equals_in_process_generation(tiny_dir, tmp_path):
         out.mkdir()
         (out / "prompts.txt").write_text(PROMPTS[0] + "\n")
         config = ReproduceConfig(out=str(out), num_prompts=1, num_samples=2, duration=0.2, guidance_scales=(1.0, 3.0),
-                                 jobs=jobs, device="cpu", threads=1)
+                                 jobs=jobs, device="cpu", threads=1, top_k=top_k)
         generate_points(points, [PROMPTS[0]], config, out / "runs", [].append)
         codes[jobs] = {p.run_name: sorted((e["seed"], np.load(out / "runs" / p.run_name / e["codes_file"]).tolist())
                                           for e in map(json.loads, (out / "runs" / p.run_name / "manifest.jsonl")
