@@ -33,7 +33,7 @@ from musicgen_cfg.checkpoint import (
 )
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.lm import MusicgenLM
-from musicgen_cfg.sampler import SamplingConfig, sample
+from musicgen_cfg.sampler import SamplingConfig, max_frames, sample
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "default"
 DEFAULT_MODELS = {"default": "base", "default-base": "base", "default-quality": "quality", "default-diversity": "diversity"}
@@ -65,8 +65,8 @@ class MusicGen:
 
     @property
     def max_frames(self) -> int:
-        """The most frames one generation can have: the position table less the delay pattern's K - 1 steps."""
-        return self.lm.stack.positions.shape[0] - self.lm.num_codebooks + 1
+        """The most frames one generation can have (sampler.max_frames of the LM)."""
+        return max_frames(self.lm)
 
     @property
     def default_guidance_scale(self) -> float:

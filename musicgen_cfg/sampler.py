@@ -56,6 +56,11 @@ class SamplingConfig:
         return self.guidance_scale != 1.0
 
 
+def max_frames(lm: MusicgenLM) -> int:
+    """The most frames one generation can have: the position table less the delay pattern's K - 1 extra steps."""
+    return lm.stack.positions.shape[0] - lm.num_codebooks + 1
+
+
 _MASK32 = 0xFFFFFFFF
 MAX_SEED = 2**31 - 1  # seeds are hashed as 32-bit values; the one bound of every seed a user gives
 
@@ -209,8 +214,8 @@ def sample(
     if seeds.shape != (len(cond),):
         raise ValueError(f"need one seed per row: {len(cond)} rows, seeds of shape {tuple(seeds.shape)}")
     steps = num_steps(num_frames, num_codebooks)
-    if steps > lm.stack.positions.shape[0]:
-        raise UserError(f"{num_frames} frames exceed the model's maximum of {lm.stack.positions.shape[0] - num_codebooks + 1}")
+    if num_frames > max_frames(lm):
+        raise UserError(f"{num_frames} frames exceed the model's maximum of {max_frames(lm)}")
     guidance = config.guidance_scale if config.uses_cfg else None
     cache = KVCache(lm, with_null(cond.to(device)) if guidance is not None else cond.to(device), steps)
     valid = valid_step_mask(num_frames, num_codebooks, device).T.contiguous()  # [steps, K]
