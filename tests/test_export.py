@@ -71,7 +71,7 @@ def test_export_is_hub_ready_and_its_provenance_reaches_generate(tiny_dir, tmp_p
     assert exported.default_guidance_scale == 1.0  # sampled without CFG unless asked
     assert model_provenance(exported) | {"model": None} == {
         "model": None, "model_sha256": model.weights_sha256(), "beta": 15.0, "lambda": None,
-        "teacher_guidance_scale": 3.0}
+        "teacher_guidance_scale": 3.0, "dtype": "float32"}
 
 
 def test_licence_follows_the_base_weights():
