@@ -12,15 +12,15 @@ from musicgen_cfg.errors import UserError
 
 # Imported when the parser is built (torch and transformers load then: `--help` takes a few seconds).
 SUBCOMMAND_MODULES = [
-    "musicgen_cfg.generate",
-    "musicgen_cfg.pretrain",
+    "musicgen_cfg.experiments.generate",
+    "musicgen_cfg.training.pretrain",
     "musicgen_cfg.distillation",
-    "musicgen_cfg.corpus",
+    "musicgen_cfg.world.corpus",
     "rl.train_embedder",
     "merging.cli",
-    "musicgen_cfg.judges",
-    "musicgen_cfg.evaluate",
-    "musicgen_cfg.reproduce",
+    "musicgen_cfg.world.judges",
+    "musicgen_cfg.experiments.evaluate",
+    "musicgen_cfg.experiments.reproduce",
     "app.cli",
 ]
 

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
-from musicgen_cfg.training import (
+from musicgen_cfg.training.run import (
     MetricsLog,
     checkpoints,
     field,
@@ -204,14 +204,14 @@ class PromptSource:
 
     def __init__(self, spec: str, heldout: int, seed: int):
         if spec == "default":
-            from musicgen_cfg.corpus import load_dataset
+            from musicgen_cfg.world.corpus import load_dataset
 
             self.train, val = load_dataset("train", augment_semitones=5), load_dataset("val")
             rng = random.Random(seed + 99)
             self.heldout = [val.sample_caption(rng.randrange(len(val)), rng) for _ in range(heldout)]
             self.fixed = None
         else:
-            from musicgen_cfg.generate import read_prompts, validate_prompts
+            from musicgen_cfg.experiments.generate import read_prompts, validate_prompts
 
             prompts = validate_prompts(read_prompts(spec))
             cut = max(1, len(prompts) // 10) if len(prompts) > 1 else 0

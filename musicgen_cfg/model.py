@@ -171,7 +171,7 @@ def run_directory_model(run_dir: Path) -> tuple[Path, str]:
 
     The export is where the run's run.json says (`export`, default RUN/final); a run that was stopped
     before its end has no export, so its newest checkpoint-N stands in."""
-    from musicgen_cfg.training import CHECKPOINT_PREFIX, checkpoints, final_export_dir
+    from musicgen_cfg.training.run import CHECKPOINT_PREFIX, checkpoints, final_export_dir
 
     run_json = run_dir / "run.json"
     found = checkpoints(run_dir)
@@ -235,8 +235,8 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
 
 
 def _load_symbolic(path: Path, config: dict) -> MusicGen:
-    from musicgen_cfg.codecs.symbolic import SymbolicCodec
     from musicgen_cfg.conditioning import minilm_text_encoder
+    from musicgen_cfg.world.codec import SymbolicCodec
 
     text_encoder = minilm_text_encoder(cache_size=4096)
     lm = MusicgenLM(MusicgenDecoderConfig(**config["decoder"]), text_encoder.hidden_size)
@@ -280,8 +280,8 @@ def _load_lm_state(lm: MusicgenLM, state: dict[str, torch.Tensor], where) -> Non
 
 def create_symbolic_model(decoder_config: MusicgenDecoderConfig, guidance_scale: float, seed: int = 0) -> MusicGen:
     """A freshly initialised default-world model (MiniLM text encoder + symbolic codec), for pretraining."""
-    from musicgen_cfg.codecs.symbolic import SymbolicCodec
     from musicgen_cfg.conditioning import MINILM_NAME, minilm_text_encoder
+    from musicgen_cfg.world.codec import SymbolicCodec
 
     torch.manual_seed(seed)
     text_encoder = minilm_text_encoder(cache_size=8192)

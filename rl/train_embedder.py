@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training import warmup_cosine
+from musicgen_cfg.training.run import warmup_cosine
 from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -286,9 +286,9 @@ def render_default_world(
     notes do, as for the sibling generations the diversity reward compares. Crops with fewer than one
     note onset per two beats are skipped: mostly silent audio says nothing about the music.
     """
-    from musicgen_cfg.captions import INSTRUMENTS
-    from musicgen_cfg.codecs.symbolic import SymbolicCodec
-    from musicgen_cfg.corpus import load_dataset
+    from musicgen_cfg.world.captions import INSTRUMENTS
+    from musicgen_cfg.world.codec import SymbolicCodec
+    from musicgen_cfg.world.corpus import load_dataset
 
     dataset, codec = load_dataset(split), SymbolicCodec()
     rng = random.Random(f"{seed}-{split}-{prompt}")
@@ -344,8 +344,8 @@ def default_world_data(
 ) -> tuple[list, dict, dict, list[str]]:
     """Training clips (train split) with their instruments as groups, and two held-out sets (val split):
     random prompts, and one fixed prompt."""
-    from musicgen_cfg.captions import DEFAULT_BPM, DEFAULT_INSTRUMENT, render_settings
-    from musicgen_cfg.corpus import DEFAULT_PATH
+    from musicgen_cfg.world.captions import DEFAULT_BPM, DEFAULT_INSTRUMENT, render_settings
+    from musicgen_cfg.world.corpus import DEFAULT_PATH
 
     fixed_prompt = f"{DEFAULT_INSTRUMENT} at {DEFAULT_BPM:.0f} bpm"
     length, seed = config.clip_seconds, config.seed
