@@ -26,10 +26,10 @@ import numpy as np
 
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.model import add_dtype_argument
+from musicgen_cfg.prompts import read_prompts, validate_prompts
 from musicgen_cfg.sampler import SamplingConfig
 
 MANIFEST = "manifest.jsonl"
-MAX_PROMPT_CHARS = 2000
 
 
 @dataclass
@@ -51,35 +51,6 @@ class GenerateConfig:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.audio_format not in ("wav", "flac"):
             raise UserError(f"--format must be wav or flac, got {self.audio_format!r}")
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a .txt (one per line; blank lines and '#' comments skipped) or .jsonl ({"prompt": ...})."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"prompts file not found: {path}")
-    prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                prompts.append(str(json.loads(line)["prompt"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}:{number}: expected a JSON object with a 'prompt' field") from None
-        else:
-            prompts.append(line)
-    return prompts
-
-
-def validate_prompts(prompts: list[str]) -> list[str]:
-    if not prompts:
-        raise UserError("no prompts given (empty prompt list)")
-    for p in prompts:
-        if len(p) > MAX_PROMPT_CHARS:
-            raise UserError(f"prompt of {len(p)} characters exceeds the {MAX_PROMPT_CHARS}-character limit")
-    return prompts
 
 
 def slug(text: str, length: int = 40) -> str:

@@ -164,7 +164,7 @@ class Point:
 
 def select_prompts(config: ReproduceConfig) -> list[str]:
     """num_prompts held-out prompts: captions of random test-split segments, or the head of a prompts file."""
-    from musicgen_cfg.experiments.generate import read_prompts, validate_prompts
+    from musicgen_cfg.prompts import read_prompts, validate_prompts
 
     if config.prompts != "default":
         return validate_prompts(read_prompts(config.prompts)[: config.num_prompts])
@@ -223,8 +223,8 @@ def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
 def train_beta(config: ReproduceConfig, beta: float, out: Path, destination: Path, log):
     """`musicgen-cfg train --config train_config --beta B`, resuming an interrupted run. The reward embedder is
     the one this pipeline evaluates diversity with, so "reward embedder" means the same model in both."""
+    from musicgen_cfg.checkpoint import checkpoints
     from musicgen_cfg.distillation import DistillConfig, train
-    from musicgen_cfg.training.run import checkpoints
 
     run_dir = out / "train" / f"beta_{beta:g}"
     overrides = ["--beta", f"{beta:g}", "--model", config.base_model, "--embedder", config.reward_embedder,

@@ -22,12 +22,11 @@ from tqdm import tqdm
 from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import drop_condition
-from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
+from musicgen_cfg.checkpoint import atomic_directory, checkpoints, file_sha256, write_json
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,
-    checkpoints,
     field,
     load_checkpoint,
     register_config_command,
@@ -133,8 +132,28 @@ def validation_loss(model, segments: torch.Tensor, captions: list[str], batch_si
     return total / len(segments)
 
 
+def create_symbolic_model(decoder_config: MusicgenDecoderConfig, guidance_scale: float, seed: int = 0):
+    """A freshly initialised default-world model (MiniLM text encoder + symbolic codec), for pretraining."""
+    from musicgen_cfg.conditioning import MINILM_NAME, minilm_text_encoder
+    from musicgen_cfg.lm import MusicgenLM
+    from musicgen_cfg.model import MusicGen
+    from musicgen_cfg.world.codec import SymbolicCodec
+
+    torch.manual_seed(seed)
+    text_encoder = minilm_text_encoder(cache_size=8192)
+    lm = MusicgenLM(decoder_config, text_encoder.hidden_size)
+    for module in lm.modules():  # transformers' MusicGen init: N(0, initializer_factor), zero biases
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            module.weight.data.normal_(0.0, decoder_config.initializer_factor)
+            if getattr(module, "bias", None) is not None:
+                module.bias.data.zero_()
+    config = {"decoder": decoder_config.to_dict(),
+              "musicgen_cfg": {"codec": "symbolic", "text_encoder": MINILM_NAME, "guidance_scale": guidance_scale}}
+    return MusicGen(lm, text_encoder, SymbolicCodec(), config, "new")
+
+
 def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") -> Path:
-    from musicgen_cfg.model import create_symbolic_model, pick_device
+    from musicgen_cfg.model import pick_device
     from musicgen_cfg.world.corpus import DEFAULT_PATH, load_dataset
 
     torch.set_num_threads(config.threads)

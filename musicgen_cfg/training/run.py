@@ -22,12 +22,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from musicgen_cfg.checkpoint import atomic_directory, load_tensors, read_json, save_tensors, write_json
+from musicgen_cfg.checkpoint import (
+    CHECKPOINT_PREFIX,
+    atomic_directory,
+    checkpoints,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from musicgen_cfg.errors import UserError
-
-CHECKPOINT_PREFIX = "checkpoint-"
-FINAL_EXPORT = "final"  # RUN/final: where `train` exports the finished model unless `export` says otherwise
-
 
 # ------------------------------------------------------------------------------------------- configs
 
@@ -153,15 +157,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], f
             state = {k[len(prefix):]: v.to(param.device) for k, v in flat.items() if k.startswith(prefix)}
             if state:
                 optimizer.state[param] = state
-
-
-def final_export_dir(run_dir: str | Path, export: str | None) -> Path:
-    """Where a run's finished model goes: `export` when set, else RUN/final."""
-    return Path(export) if export else Path(run_dir) / FINAL_EXPORT
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit())
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, generator: torch.Generator,

@@ -542,6 +542,25 @@ def load_dataset(split: str, path: Path | str | None = None, augment_semitones: 
     return SegmentDataset(read_arrays(path), split, augment_semitones=augment_semitones, seed=seed)
 
 
+
+class CaptionPrompts:
+    """Training prompts of the default world (`prompts: default` in a train config): captions of
+    training-split segments (transposed up to 5 semitones, as pretraining saw them), and `heldout`
+    fixed captions of validation segments. Same interface as `musicgen_cfg.prompts.FilePrompts`."""
+
+    def __init__(self, heldout: int, seed: int):
+        self.train, val = load_dataset("train", augment_semitones=5), load_dataset("val")
+        rng = random.Random(seed + 99)
+        self.heldout = [val.sample_caption(rng.randrange(len(val)), rng) for _ in range(heldout)]
+
+    def draw(self, count: int, rng: random.Random) -> list[str]:
+        prompts = []
+        for _ in range(count):
+            i = rng.randrange(len(self.train))
+            prompts.append(self.train.sample_caption(i, rng, self.train.random_transpose(i, rng)))
+        return prompts
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 
 
