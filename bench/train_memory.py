@@ -53,8 +53,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from musicgen_cfg.config import load_config  # noqa: E402
 from musicgen_cfg.distillation import DistillConfig, Distiller, split_rows  # noqa: E402
-from musicgen_cfg.training.run import load_config  # noqa: E402
 
 GB = 1e9
 ROOT = Path(__file__).resolve().parents[1]

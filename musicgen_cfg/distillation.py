@@ -36,15 +36,14 @@ import torch
 from tqdm import tqdm
 
 from musicgen_cfg.checkpoint import checkpoints, final_export_dir
+from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.prompts import FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
 from musicgen_cfg.training.run import (
     MetricsLog,
-    field,
     load_checkpoint,
-    register_config_command,
     save_checkpoint,
     warmup_cosine,
     write_run_info,
@@ -485,8 +484,3 @@ def final_metrics(path: Path) -> dict[str, float]:
             if row.get(column) not in (None, ""):
                 found[label] = float(row[column])
     return found
-
-
-def register(subparsers):
-    register_config_command(subparsers, "train", "CFG distillation + diversity reward (YAML config + --key value overrides)",
-                            __doc__, DistillConfig, train)

@@ -202,13 +202,6 @@ def _stderr(message: str) -> None:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def add_dtype_argument(parser) -> None:
-    """THE --dtype option of the commands that generate (generate, demo, app)."""
-    parser.add_argument("--dtype", default="auto",
-                        help="LM weights for generation: auto (float32 on CPU, bfloat16 on CUDA; float16 on GPUs "
-                             "without bf16), float32, bfloat16 or float16 (CUDA only)")
-
-
 def pick_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """--dtype NAME for `device` -> the LM's inference dtype; an unknown name or float16 on CPU is a user error."""
     cuda = str(device).startswith("cuda")

@@ -34,7 +34,6 @@ Writes RUN/metrics.json (with the embedders' and the run's weights sha256) and R
 whose manifest and evaluation settings are unchanged is read back from metrics.json, not recomputed.
 """
 
-import argparse
 import csv
 import hashlib
 import json
@@ -47,6 +46,7 @@ import numpy as np
 import torch
 
 from musicgen_cfg.checkpoint import file_sha256, read_json, state_sha256, write_json
+from musicgen_cfg.config import REQUIRED, field
 from musicgen_cfg.delay import num_steps
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.experiments.audio_metrics import (
@@ -59,7 +59,6 @@ from musicgen_cfg.experiments.audio_metrics import (
 )
 from musicgen_cfg.experiments.audio_metrics import fad as frechet_audio_distance
 from musicgen_cfg.experiments.generate import MANIFEST, load_manifest
-from musicgen_cfg.training.run import field
 from rl.diversity import pairwise_diversity, vendi_from_similarity
 from rl.note_diversity import group_note_diversity
 from rl.reward import parse_gate_spec, reward_gate, silent_window_fraction
@@ -537,31 +536,17 @@ def expand_runs(paths: list[str]) -> list[Path]:
     return runs
 
 
-def _help(name: str) -> str:
-    """The config field's help, escaped for argparse (which %-formats help strings)."""
-    return next(f.metadata["help"] for f in fields(EvaluateConfig) if f.name == name).replace("%", "%%")
+@dataclass(kw_only=True)
+class EvaluateArgs(EvaluateConfig):
+    """Options of `musicgen-cfg evaluate`: the runs, the metrics' settings and the CSV."""
+
+    runs: tuple[str, ...] = field(REQUIRED, "directories written by `musicgen-cfg generate`, or folders of them "
+                                            "(a demo session)", flag="runs", metavar="RUN_DIR")
+    out: str | None = field(None, "also write one CSV with every run's metrics")
+    force: bool = field(False, "recompute even when metrics.json is up to date")
 
 
-def register(subparsers):
-    parser = subparsers.add_parser("evaluate", help="quality / diversity / cost of generation runs (metrics.json + CSV)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                        help="directories written by `musicgen-cfg generate`, or folders of them (a demo session)")
-    parser.add_argument("--out", default=None, help="also write one CSV with every run's metrics")
-    parser.add_argument("--reward-embedder", default=None, help=_help("reward_embedder"))
-    parser.add_argument("--heldout-embedder", default=None, help=_help("heldout_embedder"))
-    parser.add_argument("--clap", default=None, help=_help("clap"))
-    parser.add_argument("--judges-scorer", default=None, help=_help("judges_scorer"))
-    parser.add_argument("--world", default="auto", choices=WORLDS, help=_help("world"))
-    parser.add_argument("--bootstrap", type=int, default=1000, help=_help("bootstrap"))
-    parser.add_argument("--seed", type=int, default=0, help=_help("seed"))
-    parser.add_argument("--reward-gate", default="data", help=_help("reward_gate"))
-    parser.add_argument("--reference-dir", default=None, help=_help("reference_dir"))
-    parser.add_argument("--force", action="store_true", help="recompute even when metrics.json is up to date")
-    parser.set_defaults(func=main)
-
-
-def main(args) -> int:
+def run(args: EvaluateArgs) -> int:
     config = EvaluateConfig(**{f.name: getattr(args, f.name) for f in fields(EvaluateConfig)})
     evaluator = Evaluator(config)
     rows = []

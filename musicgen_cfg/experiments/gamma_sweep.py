@@ -20,7 +20,6 @@ and diversity falls from gamma = 1 to the peak gamma.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import random
 import sys
@@ -32,8 +31,8 @@ import numpy as np
 import torch
 
 from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
+from musicgen_cfg.config import REQUIRED, field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import field
 from musicgen_cfg.world.corpus import SEGMENT_FRAMES
 
 # Per-sample judges shown in the table (means over samples; NaN samples skipped), in column order.
@@ -244,29 +243,22 @@ def run_sweep(config: SweepConfig, out: Path, dataset_path=None, scorer_dir=None
     return result
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(kw_only=True)
+class SweepArgs(SweepConfig):
+    """Options of `musicgen-cfg judges sweep-gamma`: the sweep, its output and its data."""
+
+    out: Path = field(REQUIRED, "output directory (replaced atomically)")
+    dataset: Path | None = field(None, "dataset .npz (default: the shipped one)")
+    scorer: Path | None = field(None, "scorer directory (default: the shipped one)")
+    threads: int = field(1, "torch CPU threads")
+
+
+def run(args: SweepArgs) -> int:
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
-    try:
-        gammas = tuple(float(g) for g in str(args.gammas).split(","))
-    except ValueError:
-        raise UserError(f"--gammas must be comma-separated numbers, got {args.gammas!r}") from None
-    config = SweepConfig(model=args.model, prompts=args.prompts, samples=args.samples, gammas=gammas,
-                         batch_size=args.batch_size, seed=args.seed, device=args.device)
+    config = SweepConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)})
     result = run_sweep(config, Path(args.out), args.dataset, args.scorer,
                        log=lambda message: print(message, file=sys.stderr, flush=True))
     print(markdown(result))
     return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for spec in dataclasses.fields(SweepConfig):
-        default = ",".join(f"{g:g}" for g in spec.default) if spec.name == "gammas" else spec.default
-        parser.add_argument(f"--{spec.name.replace('_', '-')}", type=str if spec.name == "gammas" else type(default),
-                            default=default, help=spec.metadata["help"])
-    parser.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
-    parser.add_argument("--dataset", type=Path, default=None, help="dataset .npz (default: the shipped one)")
-    parser.add_argument("--scorer", type=Path, default=None, help="scorer directory (default: the shipped one)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.set_defaults(func=run)

@@ -15,32 +15,37 @@ Item seeds are `--seed + prompt_index * num_samples + sample_index`; a row's cod
 its own seed, so resumed and batched runs give the same files.
 """
 
+from __future__ import annotations
+
 import json
 import re
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from musicgen_cfg.config import DTYPE_HELP, REQUIRED, field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.model import add_dtype_argument
 from musicgen_cfg.prompts import read_prompts, validate_prompts
-from musicgen_cfg.sampler import SamplingConfig
+
+if TYPE_CHECKING:
+    from musicgen_cfg.sampler import SamplingConfig
 
 MANIFEST = "manifest.jsonl"
 
 
 @dataclass
 class GenerateConfig:
-    model: str = "default"  # model spec: default[-quality|-diversity], checkpoint dir or hub id
-    num_samples: int = 1  # samples per prompt
-    duration: float = 8.0  # seconds per sample
-    seed: int = 0  # base seed
-    batch_size: int = 32  # rows sampled together
-    audio_format: str = "wav"  # wav or flac
-    device: str = "auto"  # auto, cpu, cuda
+    model: str = field("default", "default[-quality|-diversity], checkpoint dir, training run dir or hub id")
+    num_samples: int = field(1, "samples per prompt")
+    duration: float = field(8.0, "seconds per sample")
+    seed: int = field(0, "base seed: item seed = seed + prompt_index * num_samples + sample_index")
+    batch_size: int = field(32, "rows sampled together")
+    audio_format: str = field("wav", "audio file format", flag="--format", choices=["wav", "flac"])
+    device: str = field("auto", "auto (cuda when available), cpu or cuda")
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -136,49 +141,43 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
     return [done[key(p, s)] for _, _, p, s in items]
 
 
-def register(subparsers):
-    parser = subparsers.add_parser("generate", help="generate audio from text prompts (writes WAVs + manifest.jsonl)",
-                                   description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default",
-                        help="default[-quality|-diversity], checkpoint dir, training run dir or hub id")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", action="append", help="a text prompt (repeat for several)")
-    source.add_argument("--prompts-file", help=".txt (one prompt per line) or .jsonl ({'prompt': ...})")
-    parser.add_argument("--num-samples", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per sample")
-    parser.add_argument("--guidance-scale", type=float, default=None,
-                        help="CFG gamma (1 = no CFG, one pass); default: 1")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=250)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--format", dest="audio_format", default="wav", choices=["wav", "flac"])
-    parser.add_argument("--device", default="auto")
-    add_dtype_argument(parser)
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.set_defaults(func=main)
+@dataclass(kw_only=True)
+class GenerateArgs(GenerateConfig):
+    """Options of `musicgen-cfg generate`: the run's config, the prompts, sampling and dtype."""
+
+    prompt: tuple[str, ...] | None = field(None, "a text prompt (repeat for several)", action="append")
+    prompts_file: str | None = field(None, ".txt (one prompt per line) or .jsonl ({'prompt': ...})")
+    guidance_scale: float | None = field(None, "CFG gamma (1 = no CFG, one pass); default: 1")
+    temperature: float = field(1.0, "sampling temperature")
+    top_k: int = field(250, "keep the k most likely tokens (0 = off)")
+    top_p: float = field(1.0, "nucleus sampling mass (1 = off)")
+    dtype: str = field("auto", DTYPE_HELP)
+    out: str = field(REQUIRED, "output directory")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.prompt is None) == (self.prompts_file is None):
+            raise UserError("give the prompts with --prompt (repeatable) or --prompts-file, one of the two")
 
 
-def main(args) -> int:
+def main(args: GenerateArgs) -> int:
     from musicgen_cfg.model import load_model, pick_device, pick_dtype
+    from musicgen_cfg.sampler import SamplingConfig
 
-    prompts = validate_prompts(args.prompt if args.prompt else read_prompts(args.prompts_file))
-    config = GenerateConfig(args.model, args.num_samples, args.duration, args.seed, args.batch_size,
-                            args.audio_format, args.device)
+    prompts = validate_prompts(list(args.prompt) if args.prompt else read_prompts(args.prompts_file))
     sampling = SamplingConfig(guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    device = pick_device(config.device)
+    device = pick_device(args.device)
     model = load_model(args.model, device=device, dtype=pick_dtype(args.dtype, device))
     max_seconds = _max_duration(model, prompts)
-    if config.duration > max_seconds:
-        raise UserError(f"--duration {config.duration} s is too long for this model (at most {max_seconds:.1f} s)")
+    if args.duration > max_seconds:
+        raise UserError(f"--duration {args.duration} s is too long for this model (at most {max_seconds:.1f} s)")
     recommended = model.default_guidance_scale
     if args.guidance_scale is None and recommended != 1.0 and model_provenance(model)["teacher_guidance_scale"] is None:
         print(f"note: sampling without CFG (gamma 1); {args.model} is meant to be sampled with gamma {recommended:g} "
               f"(its generation config): pass --guidance-scale {recommended:g} for that", file=sys.stderr)
     began = time.perf_counter()
-    entries = run_generation(model, prompts, config, sampling, Path(args.out),
+    entries = run_generation(model, prompts, args, sampling, Path(args.out),
                              progress=lambda done, total: print(f"  {done}/{total} generated", flush=True))
     print(f"{len(entries)} files in {args.out} ({time.perf_counter() - began:.1f} s); manifest: {Path(args.out) / MANIFEST}")
     return 0

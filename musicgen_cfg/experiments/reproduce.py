@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from musicgen_cfg.checkpoint import write_json
+from musicgen_cfg.config import field, load_config
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import field, load_config, register_config_command
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = {  # marker, legend label
@@ -551,8 +551,3 @@ def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None
         log(f"claim {c['claim']}: {c['status']}: {c['statement']}")
     log(f"results in {out}: table.md, {', '.join(plots)}, claims.md")
     return {"points": points, "hypervolume": hypervolumes, "claims": claims}
-
-
-def register(subparsers):
-    register_config_command(subparsers, "reproduce", "sweeps (CFG, temperature, beta, LERP) + Pareto plot + claim checks",
-                            __doc__, ReproduceConfig, reproduce, resumable=False)

@@ -23,13 +23,12 @@ from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import drop_condition
 from musicgen_cfg.checkpoint import atomic_directory, checkpoints, file_sha256, write_json
+from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,
-    field,
     load_checkpoint,
-    register_config_command,
     save_checkpoint,
     warmup_cosine,
     write_run_info,
@@ -229,8 +228,3 @@ def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: 
             "train_seconds": round(elapsed, 1),
             "final_metrics_csv": str(run_dir / "metrics.csv"),
         }, tmp / "manifest.json")
-
-
-def register(subparsers):
-    register_config_command(subparsers, "pretrain", "train the embedded default base model on the music21 corpus",
-                            __doc__, PretrainConfig, pretrain)

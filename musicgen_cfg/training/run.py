@@ -1,4 +1,4 @@
-"""Shared training plumbing: YAML configs with command-line overrides, checkpoints with exact resume, logs.
+"""Shared training plumbing: checkpoints with exact resume, metrics logs, run info, the LR schedule.
 
 Used by `musicgen-cfg pretrain` (the default base model) and `musicgen-cfg train` (distillation).
 
@@ -8,19 +8,14 @@ training ends, `final/` (the exported model, unless the config's `export` names 
 Checkpoints are written atomically and only the last `keep_last` are kept.
 """
 
-import argparse
 import csv
 import dataclasses
 import math
 import random
 import shutil
-import sys
-import types
-import typing
 from pathlib import Path
 
 import torch
-import yaml
 
 from musicgen_cfg.checkpoint import (
     CHECKPOINT_PREFIX,
@@ -31,114 +26,7 @@ from musicgen_cfg.checkpoint import (
     save_tensors,
     write_json,
 )
-from musicgen_cfg.errors import UserError
 
-# ------------------------------------------------------------------------------------------- configs
-
-def _field_type(cls, name: str):
-    hint = typing.get_type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    return (args[0] if is_union and len(args) == 1 else hint), is_union
-
-
-def _convert(cls, name: str, value):
-    kind, optional = _field_type(cls, name)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
-        return None
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if kind in (int, float, str):
-            if kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return kind(value)
-        if typing.get_origin(kind) is tuple or kind is tuple:
-            return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-    except (TypeError, ValueError):
-        raise UserError(f"config key {name!r}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
-    return value
-
-
-def load_config(cls, path: str | Path | None, overrides: list[str] | None = None):
-    """cls(**YAML) with `--key value` / `--key=value` overrides; unknown keys fail with one line."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"malformed YAML in {path}: {str(err).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"config {path} must be a mapping of key: value")
-    data.update(parse_overrides(overrides or []))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserError(f"unknown config key {unknown[0]!r} (see --help-config for the keys)")
-    return cls(**{k: _convert(cls, k, v) for k, v in data.items()})
-
-
-def parse_overrides(tokens: list[str]) -> dict[str, str]:
-    values, i = {}, 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--"):
-            raise UserError(f"expected --key value, got {token!r}")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        elif i + 1 < len(tokens):
-            value, i = tokens[i + 1], i + 1
-        else:
-            raise UserError(f"missing value for --{key}")
-        values[key.replace("-", "_")] = value
-        i += 1
-    return values
-
-
-def config_help(cls) -> str:
-    """One line per field: name, default, help (from field metadata)."""
-    lines = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"  {f.name:<24} {default!r:<22} {f.metadata.get('help', '')}")
-    return "\n".join(lines)
-
-
-def register_config_command(subparsers, name: str, help: str, doc: str, config_cls, run, resumable: bool = True):
-    """A subcommand driven by one config dataclass: --config YAML, `--key value` overrides, --help-config
-    and (for training) --resume. `run(config, command=..., [resume=...])` does the work."""
-    parser = subparsers.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML config in configs/; --key value pairs override it")
-    if resumable:
-        parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    parser.add_argument("--help-config", action="store_true", help="list the config keys and exit")
-
-    def main(args) -> int:
-        if args.help_config:
-            print(config_help(config_cls))
-            return 0
-        config = load_config(config_cls, args.config, args.overrides)
-        command = "musicgen-cfg " + " ".join(sys.argv[1:])
-        run(config, command=command, **({"resume": args.resume} if resumable else {}))
-        return 0
-
-    parser.set_defaults(func=main, accepts_overrides=True)
-
-
-def field(default, help: str):
-    """A dataclass field with help text (shown by --help-config)."""
-    return dataclasses.field(default=default, metadata={"help": help})
-
-
-# --------------------------------------------------------------------------------------- checkpoints
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
     """AdamW state as flat tensors named after the parameters (safetensors has no nesting)."""

@@ -19,7 +19,6 @@ piece, and every copy of a tune that opens alike (in any key), is in one split.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -564,38 +563,7 @@ class CaptionPrompts:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def _run_build(args: argparse.Namespace) -> int:
-    config = BuildConfig(out=args.out, collections=tuple(args.collections),
-                         limit_per_collection=args.limit_per_collection, cache_dir=args.cache_dir)
+def run_build(config: BuildConfig) -> int:
+    """`musicgen-cfg corpus build`."""
     build(config, log=lambda message: print(message, file=sys.stderr, flush=True))
     return 0
-
-
-def _add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    def help_of(name: str) -> str:
-        return BuildConfig.__dataclass_fields__[name].metadata["help"]
-
-    parser.add_argument("--out", type=Path, default=DEFAULT_PATH, help=help_of("out"))
-    parser.add_argument("--collections", nargs="+", default=list(COLLECTIONS), metavar="NAME",
-                        help=f"{help_of('collections')} (default: all): {', '.join(COLLECTIONS)}")
-    parser.add_argument("--limit-per-collection", type=int, default=0, metavar="N",
-                        help=help_of("limit_per_collection"))
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help=help_of("cache_dir"))
-    parser.set_defaults(func=_run_build)
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("corpus", help="build the default model's dataset from music21's corpus")
-    actions = parser.add_subparsers(dest="corpus_action", required=True, metavar="ACTION")
-    _add_build_arguments(actions.add_parser("build", help=__doc__.splitlines()[0]))
-
-
-if __name__ == "__main__":  # `python -m musicgen_cfg.world.corpus build ...` = `musicgen-cfg corpus build ...`
-    _parser = argparse.ArgumentParser(prog="python -m musicgen_cfg.world.corpus")
-    _add_build_arguments(_parser.add_subparsers(dest="action", required=True).add_parser("build"))
-    _args = _parser.parse_args()
-    try:
-        sys.exit(_args.func(_args))
-    except UserError as _err:
-        print(f"error: {_err}", file=sys.stderr)
-        sys.exit(2)

@@ -473,19 +473,3 @@ class DefaultWorldJudges:
             weights[rows] += 1.0 / rows.sum()
         return frechet_distance(*weighted_gaussian(self.embed_codes(codes).astype(np.float64)),
                                 *weighted_gaussian(self.test_embeddings.astype(np.float64), weights))
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def register(subparsers) -> None:
-    from musicgen_cfg.experiments import gamma_sweep
-    from musicgen_cfg.world import text_judge as scorer
-
-    parser = subparsers.add_parser("judges", help="evaluation judges of the default world")
-    actions = parser.add_subparsers(dest="judges_action", required=True, metavar="ACTION")
-    scorer.add_arguments(actions.add_parser("train-scorer", help=scorer.__doc__.splitlines()[0],
-                                            description=scorer.__doc__.split("\n\n")[0]))
-    gamma_sweep.add_arguments(actions.add_parser("sweep-gamma", help=gamma_sweep.__doc__.splitlines()[0],
-                                                 description=gamma_sweep.__doc__.split("\n\n")[0]))
-

@@ -21,8 +21,6 @@ segments, and how often a segment's own caption scores above a caption of anothe
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
 import random
 import shlex
@@ -44,8 +42,9 @@ from musicgen_cfg.checkpoint import (
     save_tensors,
     write_json,
 )
+from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import field, warmup_cosine
+from musicgen_cfg.training.run import warmup_cosine
 from musicgen_cfg.world import symbolic
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default" / "scorer"
@@ -324,7 +323,16 @@ def train(model: ContrastiveScorer, pairs: Pairs, sentences: torch.Tensor, heldo
     return {"losses": losses, "heldout": evaluations, "train_seconds": round(time.perf_counter() - started, 1)}
 
 
-def rebuild_command(args: argparse.Namespace, config: ScorerTrainConfig) -> str:
+@dataclass(kw_only=True)
+class ScorerTrainArgs(ScorerTrainConfig):
+    """Options of `musicgen-cfg judges train-scorer`: the optimisation, the data and the output."""
+
+    out: Path = field(DEFAULT_DIR, "output directory (replaced atomically)")
+    dataset: Path | None = field(None, "dataset .npz (default: the shipped one)")
+    threads: int = field(1, "torch CPU threads")
+
+
+def rebuild_command(args: ScorerTrainArgs, config: ScorerTrainConfig) -> str:
     """The command line that reproduces this run, every setting explicit (results depend on --threads)."""
     options = []
     for name, value in asdict(config).items():
@@ -337,7 +345,7 @@ def rebuild_command(args: argparse.Namespace, config: ScorerTrainConfig) -> str:
                        "--threads", str(args.threads)])
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(args: ScorerTrainArgs) -> int:
     from musicgen_cfg.conditioning import minilm_text_encoder
     from musicgen_cfg.world.corpus import DEFAULT_PATH, load_dataset
 
@@ -380,13 +388,3 @@ def run_train(args: argparse.Namespace) -> int:
     say(f"saved {args.out} (model.safetensors sha256 {digest}); held-out retrieval top-1 "
         f"{final['retrieval_top1']:.3f}, own caption above another {final['own_vs_other']:.3f}")
     return 0
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="output directory (replaced atomically)")
-    parser.add_argument("--dataset", type=Path, default=None, help="dataset .npz (default: the shipped one)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    for spec in dataclasses.fields(ScorerTrainConfig):
-        parser.add_argument(f"--{spec.name.replace('_', '-')}", type=type(spec.default), default=spec.default,
-                            help=spec.metadata["help"])
-    parser.set_defaults(func=run_train)

@@ -6,7 +6,6 @@ Quality and diversity endpoints are two tiny random real-MusicGen checkpoints wi
 so every lam gives different weights; the reward embedder is a random contrastive one.
 """
 
-import argparse
 import json
 
 import numpy as np
@@ -193,32 +192,30 @@ def test_demo_stands_in_base_for_missing_shipped_models(tmp_path, monkeypatch):
 
 def test_cli_registers_app_and_demo():
     from app import cli
+    from musicgen_cfg.cli import COMMANDS, parse
 
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
-    demo = parser.parse_args(["demo", "--no-browser", "--port", "7999"])
-    assert demo.func is cli.run_demo and demo.no_browser and demo.port == 7999 and demo.host == "127.0.0.1"
+    assert (COMMANDS["demo"].run, COMMANDS["app"].run) == ("app.cli:run_demo", "app.cli:run_app")
+    _, demo = parse(["demo", "--no-browser", "--port", "7999"])
+    assert isinstance(demo, cli.DemoArgs) and demo.no_browser and demo.port == 7999 and demo.host == "127.0.0.1"
     assert not demo.share
-    app = parser.parse_args(["app", "--quality", "q", "--diversity", "d", "--share"])
-    assert app.func is cli.run_app and app.share and app.base is None and app.host == "127.0.0.1"
+    _, app = parse(["app", "--quality", "q", "--diversity", "d", "--share"])
+    assert isinstance(app, cli.AppArgs) and app.share and app.base is None and app.host == "127.0.0.1"
     with pytest.raises(UserError, match="--quality q is not a checkpoint or training run directory"):
         cli.run_app(app)
-    fp16_on_cpu = parser.parse_args(["demo", "--no-browser", "--device", "cpu", "--dtype", "float16"])
+    _, fp16_on_cpu = parse(["demo", "--no-browser", "--device", "cpu", "--dtype", "float16"])
     with pytest.raises(UserError, match="--dtype float16 needs a CUDA device"):
         cli.run_demo(fp16_on_cpu)
 
 
 @pytest.mark.slow  # loads the shipped default model (MiniLM text encoder) three times
 def test_demo_command_serves_the_shipped_models_or_stand_ins(monkeypatch, tmp_path):
-    from app import cli
     from musicgen_cfg.model import ASSETS
 
     served = {}
     monkeypatch.setattr("app.ui.launch", lambda engine, *args, **kwargs: served.setdefault("engine", engine))
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["demo", "--no-browser", "--device", "cpu", "--out", str(tmp_path)])
-    assert args.func(args) == 0
+    from musicgen_cfg.cli import run
+
+    assert run(["demo", "--no-browser", "--device", "cpu", "--out", str(tmp_path)]) == 0
     engine = served["engine"]
     for role, endpoint in (("quality", engine.quality), ("diversity", engine.diversity)):
         built = (ASSETS / role / "config.json").is_file()

@@ -4,7 +4,6 @@ options `app` shares with `demo`.
     .venv/bin/python -m pytest -q tests/core/test_export.py
 """
 
-import argparse
 import json
 import shutil
 
@@ -90,13 +89,11 @@ def test_an_export_of_an_export_keeps_the_licence(tiny_dir, tmp_path):
 
 
 def test_app_and_demo_share_the_server_options():
-    from app import cli
+    from musicgen_cfg import cli
 
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers(dest="command"))
     common = ["--no-browser", "--host", "0.0.0.0", "--port", "7999", "--share", "--device", "cpu", "--out", "o"]
-    demo = parser.parse_args(["demo", *common])
-    app = parser.parse_args(["app", "--quality", "q", "--diversity", "d", *common])
+    _, demo = cli.parse(["demo", *common])
+    _, app = cli.parse(["app", "--quality", "q", "--diversity", "d", *common])
     options = ("no_browser", "host", "port", "share", "device", "out")
     assert {k: getattr(demo, k) for k in options} == {k: getattr(app, k) for k in options}
     assert app.no_browser and app.port == 7999

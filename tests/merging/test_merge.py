@@ -3,14 +3,12 @@
 .venv/bin/python -m pytest -q tests/merging/test_merge.py
 """
 
-import argparse
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from merging import cli as merge_cli
 from merging.merge import (
     MANIFEST_FILE,
     LiveMerge,
@@ -19,6 +17,7 @@ from merging.merge import (
     merge_state_dicts,
     slerp,
 )
+from musicgen_cfg import cli
 from musicgen_cfg.checkpoint import state_sha256
 from musicgen_cfg.errors import UserError
 
@@ -113,10 +112,7 @@ def pair(tmp_path, quality, diversity):
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    merge_cli.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return cli.run(argv)
 
 
 def assert_state_equal(actual, expected):

@@ -26,7 +26,6 @@ from rl.train_embedder import (
     EmbedderTrainConfig,
     clips_to_log_mels,
     info_nce_loss,
-    register,
     sample_positive_pairs,
     semi_hard_triplet_loss,
     split_clips,
@@ -134,12 +133,9 @@ def test_short_training_on_synthetic_music_lowers_the_loss(loss, lr, steps):
 
 
 def _run_cli(argv):
-    import argparse
+    from musicgen_cfg import cli
 
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return cli.run(argv)
 
 
 def test_cli_trains_from_an_audio_dir_and_writes_a_manifest(tmp_path):

@@ -1,6 +1,5 @@
 """Judges of the default world, the shipped scorer and the gamma sweep. `pytest tests/world/test_judges.py`"""
 
-import argparse
 import json
 
 import numpy as np
@@ -147,10 +146,7 @@ def test_sweep_end_to_end(judges, tmp_path, one_thread):
 
 @pytest.mark.parametrize("gammas", ["2,3", "1,x", "1,1"])
 def test_sweep_cli_rejects_bad_gammas(gammas, tmp_path):
-    from musicgen_cfg.world import judges as judges_module
+    from musicgen_cfg import cli
 
-    parser = argparse.ArgumentParser()
-    judges_module.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["judges", "sweep-gamma", "--gammas", gammas, "--out", str(tmp_path / "x")])
     with pytest.raises(UserError):
-        args.func(args)
+        cli.parse(["judges", "sweep-gamma", "--gammas", gammas, "--out", str(tmp_path / "x")])
