@@ -66,9 +66,9 @@ def train_setup(tiny_dir, tmp_path):
     ContrastiveMusicEmbedder().save(embedder_dir)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(["sad piano", "a joyful jig", "calm organ hymn", "fast rock drums", "dark jazz bass"]))
-    return ["--model", str(tiny_dir), "--prompts", str(prompts), "--embedder", str(embedder_dir), "--num_frames", "12",
-            "--prompts_per_step", "2", "--generations", "3", "--beta", "15", "--guidance_scale", "3", "--lr", "1e-3",
-            "--checkpoint_every", "2", "--eval_every", "2", "--heldout_prompts", "1", "--tensorboard", "false",
+    return ["--model", str(tiny_dir), "--prompts", str(prompts), "--embedder", str(embedder_dir), "--num-frames", "12",
+            "--prompts-per-step", "2", "--generations", "3", "--beta", "15", "--guidance-scale", "3", "--lr", "1e-3",
+            "--checkpoint-every", "2", "--eval-every", "2", "--heldout-prompts", "1", "--tensorboard", "false",
             "--threads", "1"]
 
 
@@ -108,8 +108,8 @@ def test_tiny_training_run_checkpoints_and_resumes_exactly(train_setup, tmp_path
     (["--beta", "15", "--generations", "1"], "generations >= 2"),
     (["--model", "/nonexistent/model"], "not found"),
     (["--steps", "ten"], "cannot read 'ten'"),
-    (["--beta", "15", "--top_k", "250"], "beta > 0 needs rollouts from the untruncated student"),
-    (["--grad_accum", "3"], "grad_accum 3 does not divide the 32 rows"),
+    (["--beta", "15", "--top-k", "250"], "beta > 0 needs rollouts from the untruncated student"),
+    (["--grad-accum", "3"], "grad_accum 3 does not divide the 32 rows"),
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, capsys, override, message):
     code = main(["train", "--out", str(tmp_path / "run"), "--prompts", "default", *override])

@@ -52,8 +52,8 @@ def local_files(tmp_path):
 def tiny_overrides(tiny_dir, files, config_path=None) -> list[str]:
     """A shipped config shrunk to the tiny model: 2 prompts x its G generations, 8 frames, one step."""
     overrides = ["--model", str(tiny_dir), "--prompts", str(files / "prompts.txt"), "--device", "cpu",
-                 "--num_frames", "8", "--prompts_per_step", "2", "--steps", "1", "--heldout_prompts", "1",
-                 "--rollout_batch_size", "5", "--tensorboard", "false", "--threads", "1", "--out", str(files / "run")]
+                 "--num-frames", "8", "--prompts-per-step", "2", "--steps", "1", "--heldout-prompts", "1",
+                 "--rollout-batch-size", "5", "--tensorboard", "false", "--threads", "1", "--out", str(files / "run")]
     if config_path is None or load_config(DistillConfig, config_path).embedder.startswith("clap:"):
         overrides += ["--embedder", str(files / "embedder")]
     return overrides
@@ -90,7 +90,7 @@ def test_bf16_kl_agrees_with_fp32_on_the_same_rollouts(tiny_dir, local_files, co
     the heads) and the teacher's CFG combination with gamma = 3 multiplies an error of the cond/uncond
     logits by up to 2 gamma - 1 = 5, so logits carry errors of ~1% of their size; the KL, a sum of
     p (log p_s - log p_t) over tokens, inherits about that relative error. Measured: 0.3-0.5%."""
-    fp32 = distiller(tiny_dir, local_files, "--bf16", "false", "--teacher_dtype", "float32", config_path=config_path)
+    fp32 = distiller(tiny_dir, local_files, "--bf16", "false", "--teacher-dtype", "float32", config_path=config_path)
     bf16 = distiller(tiny_dir, local_files, config_path=config_path)
     assert bf16.teacher.lm.dtype == torch.bfloat16 and bf16.config.bf16
     codes = fp32.rollout(*rollout_args(fp32))
@@ -111,7 +111,7 @@ def rollout_args(d: Distiller):
 
 
 def test_bf16_teacher_shares_the_frozen_towers(tiny_dir, local_files):
-    d = distiller(tiny_dir, local_files, "--teacher_dtype", "bfloat16")
+    d = distiller(tiny_dir, local_files, "--teacher-dtype", "bfloat16")
     assert d.teacher.text_encoder is d.student.text_encoder and d.teacher.codec is d.student.codec
     student = d.student.lm.state_dict()
     for name, tensor in d.teacher.lm.state_dict().items():
@@ -123,10 +123,10 @@ def test_bf16_teacher_shares_the_frozen_towers(tiny_dir, local_files):
 def test_micro_batches_checkpointing_and_chunked_rollouts_give_the_same_gradient(tiny_dir, local_files):
     """6 rows (2 prompts x 3): one micro-batch vs 3 of 2 rows (a prompt's siblings split between
     micro-batches), with gradient checkpointing and rollouts of 4 + 2 rows in the second."""
-    common = ["--beta", "15", "--generations", "3", "--guidance_scale", "3"]
-    one = distiller(tiny_dir, local_files, *common, "--grad_accum", "1", "--rollout_batch_size", "none")
-    three = distiller(tiny_dir, local_files, *common, "--grad_accum", "3", "--rollout_batch_size", "4",
-                      "--gradient_checkpointing", "true")
+    common = ["--beta", "15", "--generations", "3", "--guidance-scale", "3"]
+    one = distiller(tiny_dir, local_files, *common, "--grad-accum", "1", "--rollout-batch-size", "none")
+    three = distiller(tiny_dir, local_files, *common, "--grad-accum", "3", "--rollout-batch-size", "4",
+                      "--gradient-checkpointing", "true")
     args = rollout_args(one)
     assert torch.equal(one.rollout(*args), three.rollout(*args))
     m1, m3 = one.accumulate_gradients(0), three.accumulate_gradients(0)
@@ -140,7 +140,7 @@ def test_micro_batches_checkpointing_and_chunked_rollouts_give_the_same_gradient
 def test_policy_gradient_is_not_degenerate_on_a_tiny_real_model(tiny_dir, local_files):
     """With random EnCodec codebooks different codes decode to different audio: the reward sees the
     codes, and beta moves the gradient."""
-    common = ["--generations", "3", "--guidance_scale", "3"]
+    common = ["--generations", "3", "--guidance-scale", "3"]
     with_reward = distiller(tiny_dir, local_files, *common, "--beta", "15")
     without = distiller(tiny_dir, local_files, *common, "--beta", "0")
     metrics = with_reward.accumulate_gradients(0)
@@ -203,7 +203,7 @@ def test_warmup_cosine_schedule(floor):
 
 
 def test_trainer_lr_decays_to_the_floor(tiny_dir, local_files):
-    d = distiller(tiny_dir, local_files, "--lr", "1e-3", "--warmup", "2", "--steps", "10", "--lr_floor", "0.2")
+    d = distiller(tiny_dir, local_files, "--lr", "1e-3", "--warmup", "2", "--steps", "10", "--lr-floor", "0.2")
     lrs = []
     for _ in range(10):
         lrs.append(d.scheduler.get_last_lr()[0])

@@ -21,15 +21,15 @@ def test_two_process_ddp_matches_single_process(tiny_dir, tmp_path):
                for instrument in ("piano", "organ", "fiddle", "guitar", "drums")]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts))  # 30: the last 3 are held out
     args = ["train", "--model", str(tiny_dir), "--prompts", str(tmp_path / "prompts.txt"), "--embedder",
-            str(tmp_path / "embedder"), "--num_frames", "12", "--prompts_per_step", "4", "--generations", "3",
-            "--beta", "15", "--guidance_scale", "3", "--lr", "1e-3", "--steps", "3", "--checkpoint_every", "3",
-            "--eval_every", "3", "--heldout_prompts", "3", "--tensorboard", "false", "--threads", "1"]
+            str(tmp_path / "embedder"), "--num-frames", "12", "--prompts-per-step", "4", "--generations", "3",
+            "--beta", "15", "--guidance-scale", "3", "--lr", "1e-3", "--steps", "3", "--checkpoint-every", "3",
+            "--eval-every", "3", "--heldout-prompts", "3", "--tensorboard", "false", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "-m", "musicgen_cfg.cli", *args, "--out", str(tmp_path / "single")],
                             env=env, capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                          "musicgen_cfg.cli", *args, "--grad_accum", "3", "--out", str(tmp_path / "ddp")],
+                          "musicgen_cfg.cli", *args, "--grad-accum", "3", "--out", str(tmp_path / "ddp")],
                          env=env, capture_output=True, text=True)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     a = load_file(str(tmp_path / "single" / "checkpoint-000003" / "model.safetensors"))
