@@ -69,3 +69,14 @@ def test_config_commands_take_any_key_and_list_them(capsys):
     assert "guidance_scales" in capsys.readouterr().out
     assert cli.main(["reproduce", "--no-such-key", "1"]) == 2
     assert capsys.readouterr().err.strip() == "error: unknown config key 'no_such_key' (see --help-config for the keys)"
+
+
+def test_the_public_api_names_the_core():
+    import musicgen_cfg
+    from musicgen_cfg.model import load_model
+    from musicgen_cfg.sampler import SamplingConfig
+
+    assert musicgen_cfg.load_model is load_model and musicgen_cfg.SamplingConfig is SamplingConfig
+    assert all(getattr(musicgen_cfg, name) is not None for name in musicgen_cfg.__all__)
+    with pytest.raises(AttributeError):
+        musicgen_cfg.corpus  # noqa: B018  (the world is not part of the core's API)
