@@ -227,3 +227,18 @@ def test_demo_command_serves_the_shipped_models_or_stand_ins(monkeypatch, tmp_pa
     assert len(result.items) == 2 and len(result.base_items) == 2
     assert all(item.image.read_bytes().startswith(b"\x89PNG") for item in result.items)
     assert len(list((tmp_path / "session-session").glob("*/manifest.jsonl"))) == 2  # merged, base + CFG
+
+
+def test_the_page_events_fill_the_rows_and_apply_lambda(served):
+    """The page's private events (the browser test drives them through chromium, when it is installed)."""
+    from app.ui import MAX_VARIATIONS, build_app
+
+    engine, _ = served
+    events = {f.fn.__name__: f.fn for f in build_app(engine).fns.values() if f.fn is not None}
+    request = type("Request", (), {"session_hash": "page-test"})()
+    updates = events["ui_generate"](PROMPT, 0.5, 2, 0.5, 3, False, 1.0, 0, False, request,
+                                    progress=lambda *args, **kwargs: None)
+    rows = updates[:MAX_VARIATIONS]
+    assert [row.visible for row in rows] == [True, True] + [False] * (MAX_VARIATIONS - 2)
+    assert "seeds 3–4" in updates[-2] and updates[-1]["seeds"] == [3, 4]
+    assert events["ui_set_lambda"](0.5).startswith("θ(λ = 0.5) applied in place")
