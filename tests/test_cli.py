@@ -17,7 +17,7 @@ from musicgen_cfg.config import add_arguments, dash_case, from_args
 ROOT = Path(__file__).resolve().parents[1]
 # Commands whose options dataclass sits in a module that needs torch (a fast --help for them is
 # still to do: docs/architecture.md, "The CLI").
-HEAVY = {"evaluate", "judges sweep-gamma", "embedder train", "judges train-scorer"}
+HEAVY = {"evaluate", "embedder train", "judges train-scorer"}
 
 
 def imported_by_help(words: list[str]) -> set[str]:

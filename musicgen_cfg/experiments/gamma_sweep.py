@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
+# torch, the models and checkpoint I/O are imported in the functions that run the sweep, so that
+# `musicgen-cfg judges sweep-gamma --help` (which imports SweepArgs) stays free of torch.
 from musicgen_cfg.config import REQUIRED, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.world.corpus import SEGMENT_FRAMES
@@ -87,6 +87,8 @@ def choose_prompts(test, count: int, seed: int) -> tuple[np.ndarray, list[str]]:
 
 def generate(model, prompts: list[str], config: SweepConfig, gamma: float) -> np.ndarray:
     """codes uint8 [len(prompts) * samples, 4, SEGMENT_FRAMES]: prompt-major, seeds fixed per row."""
+    import torch
+
     from musicgen_cfg.sampler import SamplingConfig, sample
 
     rows = [p for p in prompts for _ in range(config.samples)]
@@ -195,6 +197,9 @@ def markdown(result: dict) -> str:
 def run_sweep(config: SweepConfig, out: Path, dataset_path=None, scorer_dir=None, log=print, judges=None) -> dict:
     """Generate, judge and write the sweep (module docstring); returns the results dict.
     `judges`: a DefaultWorldJudges to reuse (else one is built from dataset_path and scorer_dir)."""
+    import torch
+
+    from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
     from musicgen_cfg.model import load_model, pick_device
     from musicgen_cfg.world.corpus import load_dataset
     from musicgen_cfg.world.judges import DefaultWorldJudges, prompt_attributes
@@ -254,6 +259,8 @@ class SweepArgs(SweepConfig):
 
 
 def run(args: SweepArgs) -> int:
+    import torch
+
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
