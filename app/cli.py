@@ -16,13 +16,13 @@ each start looks again, so they are picked up as soon as they exist. Generated W
 and manifest.jsonl go to a per-session folder under --out (default: a new temporary folder).
 """
 
-import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from musicgen_cfg.config import DTYPE_HELP, REQUIRED, field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.model import add_dtype_argument
 
 LOCALHOST = "127.0.0.1"
 EMBEDDER_MISSING = ("diversity is not measured: the default reward embedder is not built yet "
@@ -34,32 +34,28 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=LOCALHOST, help=f"interface to bind (default {LOCALHOST}: this machine only)")
-    parser.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
-    add_dtype_argument(parser)
-    parser.add_argument("--out", default=None, help="folder for generated files + manifests (default: a new temp folder)")
-    parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+@dataclass(kw_only=True)
+class DemoArgs:
+    """Options of `musicgen-cfg demo`: the server (also taken by `app`)."""
+
+    host: str = field(LOCALHOST, f"interface to bind ({LOCALHOST}: this machine only)")
+    port: int | None = field(None, "port (default: the first free one from 7860)")
+    share: bool = field(False, "also open a public gradio.live link (off by default)")
+    device: str = field("auto", "auto (cuda when available), cpu or cuda")
+    dtype: str = field("auto", DTYPE_HELP)
+    out: str | None = field(None, "folder for generated files + manifests (default: a new temp folder)")
+    no_browser: bool = field(False, "do not open a browser tab")
 
 
-def register(subparsers) -> None:
-    demo = subparsers.add_parser("demo", help="launch the Gradio demo with the shipped default models",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _server_options(demo)
-    demo.set_defaults(func=run_demo)
-    app = subparsers.add_parser("app", help="serve your quality/diversity models in the Gradio demo",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    app.add_argument("--quality", required=True, help="the beta = 0 (quality) checkpoint or training run directory")
-    app.add_argument("--diversity", required=True,
-                     help="the beta = 15 (diversity) checkpoint or training run directory, same base")
-    app.add_argument("--base", default=None, help="base model (dir or hub id) for the 'compare with base + CFG' option")
-    app.add_argument("--embedder", default=None,
-                     help="reward embedder for the diversity readout: default, a trained dir, or clap:DIR "
-                          "(default: the shipped one for default-world models, none otherwise)")
-    _server_options(app)
-    app.set_defaults(func=run_app)
+@dataclass(kw_only=True)
+class AppArgs(DemoArgs):
+    """Options of `musicgen-cfg app`: the two models to merge (+ base, embedder) and the server."""
+
+    quality: str = field(REQUIRED, "the beta = 0 (quality) checkpoint or training run directory")
+    diversity: str = field(REQUIRED, "the beta = 15 (diversity) checkpoint or training run directory, same base")
+    base: str | None = field(None, "base model (dir or hub id) for the 'compare with base + CFG' option")
+    embedder: str | None = field(None, "reward embedder for the diversity readout: default, a trained dir, or "
+                                       "clap:DIR (default: the shipped one for default-world models, none otherwise)")
 
 
 def shipped_endpoint(role: str) -> tuple[str, str | None]:
@@ -95,7 +91,7 @@ def _serve(quality, diversity, base, embedder_spec, embedder_note, notes, args) 
     return 0
 
 
-def run_demo(args) -> int:
+def run_demo(args: DemoArgs) -> int:
     from app.engine import Endpoint
     from rl.embedders import CONFIG_NAME, DEFAULT_EMBEDDER_DIR
 
@@ -116,7 +112,7 @@ def run_demo(args) -> int:
                   "default" if has_embedder else None, EMBEDDER_MISSING, notes, args)
 
 
-def run_app(args) -> int:
+def run_app(args: AppArgs) -> int:
     from app.engine import Endpoint
     from musicgen_cfg.checkpoint import read_json
     from musicgen_cfg.model import is_symbolic_config, resolve_spec

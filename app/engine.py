@@ -32,9 +32,10 @@ from app import plots
 from merging.merge import LiveMerge, check_compatible
 from musicgen_cfg.checkpoint import open_checkpoint, state_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.generate import MANIFEST, load_manifest, model_provenance, record_generation
+from musicgen_cfg.experiments.generate import MANIFEST, load_manifest, model_provenance, record_generation
 from musicgen_cfg.model import MusicGen, load_model, resolve_spec
-from musicgen_cfg.sampler import MAX_SEED, SamplingConfig
+from musicgen_cfg.prompts import MAX_SEED
+from musicgen_cfg.sampler import SamplingConfig
 
 MAX_VARIATIONS = 8
 MAX_PROMPT_CHARS = 300
@@ -321,7 +322,7 @@ class Engine:
                 stem = f"{run}_{role}_{index}_s{out.seed}"
                 image = out_dir / f"{stem}.png"
                 if model.is_symbolic:
-                    from musicgen_cfg.codecs.symbolic import frame_seconds
+                    from musicgen_cfg.world.codec import frame_seconds
 
                     plots.piano_roll(out.codes.numpy(), frame_seconds(out.render["tempo_bpm"]), image)
                 else:

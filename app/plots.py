@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from musicgen_cfg.symbolic import VOICE_NAMES, codes_to_notes
+from musicgen_cfg.world.symbolic import VOICE_NAMES, codes_to_notes
 
 VOICE_COLORS = ("#d1495b", "#edae49", "#00798c", "#30638e")  # soprano .. bass
 FIGSIZE = (6.4, 2.3)

@@ -91,137 +91,170 @@ def _status_markdown(summary: dict) -> str:
 
 
 def build_app(engine: Engine) -> gr.Blocks:
-    """The Blocks page (not launched); `launch` queues and serves it."""
-    symbolic = engine.model.is_symbolic
-    gamma = engine.guidance_scale
+    """The Blocks page (not launched); `launch` queues and serves it: header, controls | results, and
+    the API (generate, set_lambda, info)."""
 
     def run(request, http_request: gr.Request, progress: gr.Progress):
         session = getattr(http_request, "session_hash", None)
         return engine.generate(request, session, lambda fraction, desc: progress(fraction, desc=desc))
 
     with _Blocks(title="musicgen-cfg: diversity-rewarded CFG distillation") as blocks:
-        gr.Markdown("## Diversity-rewarded CFG distillation: quality ⟷ diversity\n"
-                    "One distilled model, no classifier-free guidance at inference (one pass instead of two). "
-                    "The slider mixes the weights of the quality model and the diversity model: "
-                    "θ(λ) = (1 − λ)·θ_quality + λ·θ_diversity.")
-        for note in engine.notes:
-            gr.Markdown(f"**Note:** {note}", elem_classes="note")
-        with gr.Accordion("Served models", open=False):
-            gr.Markdown(_models_markdown(engine))
+        _header(engine)
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_PROMPT_CHARS,
-                                    placeholder=engine.examples[0], elem_id="prompt")
-                gr.Examples([[p] for p in engine.examples], inputs=[prompt], label="Example prompts")
-                lam = gr.Slider(0.0, 1.0, value=engine.lam, step=0.05, label="Quality ⟷ diversity (λ)",
-                                info="0 = quality model, 1 = diversity model; weights are mixed in place, no reload",
-                                elem_id="lam")
-                lam_status = gr.Markdown(f"θ(λ = {engine.lam:g}) is loaded.")
-                with gr.Row():
-                    variations = gr.Slider(1, MAX_VARIATIONS, value=DEFAULT_VARIATIONS, step=1, label="Variations",
-                                           elem_id="variations")
-                    duration = gr.Slider(MIN_DURATION_S, MAX_DURATION_S, value=DEFAULT_DURATION_S, step=0.5,
-                                         label="Duration (s)", elem_id="duration")
-                with gr.Row():
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (variation i uses seed + i)")
-                    random_seed = gr.Checkbox(value=True, label="Random seed")
-                with gr.Accordion("Advanced sampling", open=False):
-                    temperature = gr.Slider(0.05, MAX_TEMPERATURE, value=1.0, step=0.05, label="Temperature")
-                    top_k = gr.Slider(0, engine.cardinality, value=engine.default_top_k, step=1,
-                                      label="Top-k (0 = off: sample the full distribution)")
-                compare = gr.Checkbox(
-                    value=False, interactive=gamma is not None,
-                    label=(f"Compare with the base model + CFG (γ = {gamma:g}): twice the compute"
-                           if gamma is not None else "Compare with base + CFG (start the app with --base DIR)"))
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                controls = _controls(engine)
             with gr.Column(scale=3, min_width=420):
-                status = gr.Markdown("Results appear here: a player and a "
-                                     f"{'piano roll' if symbolic else 'spectrogram'} per variation.", elem_id="status")
-                slots, audios, images = [], [], []
-                for index in range(MAX_VARIATIONS):  # one row per variation: player | picture
-                    with gr.Row(visible=False, equal_height=True) as slot:
-                        audios.append(gr.Audio(type="filepath", interactive=False, label=f"Variation {index + 1}",
-                                               min_width=240))
-                        images.append(gr.Image(type="filepath", interactive=False, show_label=False, height=170,
-                                               label="piano roll" if symbolic else "spectrogram", min_width=300))
-                    slots.append(slot)
-                with gr.Column(visible=False) as base_box:
-                    gr.Markdown(f"### Base model + CFG (γ = {gamma:g})" if gamma is not None else "")
-                    with gr.Row():
-                        base_audios = [gr.Audio(type="filepath", interactive=False, visible=False, min_width=200,
-                                                label=f"Base + CFG {index + 1}") for index in range(MAX_VARIATIONS)]
-                with gr.Accordion("Run details (JSON)", open=False):
-                    details = gr.JSON()
-
-        def ui_generate(prompt, lam, variations, duration, seed, random_seed, temperature, top_k, compare,
-                        request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
-            parsed = _user_errors(lambda: engine.parse(prompt, lam, variations, duration, -1 if random_seed else seed,
-                                                       temperature, top_k, compare))
-            result = _user_errors(lambda: run(parsed, request, progress))
-            shown = len(result.items)
-            updates = [gr.Row(visible=i < shown) for i in range(MAX_VARIATIONS)]
-            updates += [gr.Audio(value=str(result.items[i].audio) if i < shown else None) for i in range(MAX_VARIATIONS)]
-            updates += [gr.Image(value=str(result.items[i].image) if i < shown else None) for i in range(MAX_VARIATIONS)]
-            base_shown = len(result.base_items)
-            updates.append(gr.Column(visible=base_shown > 0))
-            updates += [gr.Audio(value=str(result.base_items[i].audio) if i < base_shown else None, visible=i < base_shown)
-                        for i in range(MAX_VARIATIONS)]
-            return [*updates, _status_markdown(result.summary), result.summary]
-
-        button.click(ui_generate,
-                     inputs=[prompt, lam, variations, duration, seed, random_seed, temperature, top_k, compare],
-                     outputs=[*slots, *audios, *images, base_box, *base_audios, status, details],
-                     show_progress_on=[status], api_visibility="private", **CONCURRENCY)
-
-        def ui_set_lambda(lam):
-            milliseconds = _user_errors(lambda: engine.set_lambda(lam))
-            return f"θ(λ = {lam:g}) applied in place in {milliseconds:.1f} ms (no reload)."
-
-        lam.release(ui_set_lambda, inputs=[lam], outputs=[lam_status], show_progress="hidden",
-                    api_visibility="private", **CONCURRENCY)
-
-        # The API: hidden inputs without bounds (our validation speaks), plain outputs.
-        with gr.Column(visible=False):
-            api_inputs = [gr.Textbox(label="prompt"), gr.Number(engine.lam, label="lam"),
-                          gr.Number(DEFAULT_VARIATIONS, label="variations"), gr.Number(DEFAULT_DURATION_S, label="duration"),
-                          gr.Number(-1, label="seed"), gr.Number(1.0, label="temperature"),
-                          gr.Number(engine.default_top_k, label="top_k"), gr.Checkbox(False, label="compare")]
-            api_outputs = [gr.File(file_count="multiple", label="audio"), gr.File(file_count="multiple", label="images"),
-                           gr.File(file_count="multiple", label="base_audio"), gr.JSON(label="summary")]
-            api_lam = gr.Number(engine.lam, label="lam")
-            api_json = gr.JSON(label="result")
-
-        def generate(prompt, lam, variations, duration, seed, temperature, top_k, compare,
-                     request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
-            """Generate `variations` clips with theta(lam), one pass, no CFG (seed -1 = random; top_k 0 = off);
-            with compare=True also with the base model under CFG. Returns (audio files, piano-roll or
-            spectrogram images, base + CFG audio files, summary with seeds, times and diversity)."""
-            parsed = _user_errors(lambda: engine.parse(prompt, lam, variations, duration, seed, temperature, top_k, compare))
-            result = _user_errors(lambda: run(parsed, request, progress))
-            return ([str(i.audio) for i in result.items], [str(i.image) for i in result.items],
-                    [str(i.audio) for i in result.base_items], result.summary)
-
-        def set_lambda(lam):
-            """Rewrite the served weights to theta(lam) = (1 - lam) theta_q + lam theta_d in place."""
-            milliseconds = _user_errors(lambda: engine.set_lambda(lam))
-            return {"lambda": engine.lam, "apply_ms": round(milliseconds, 3)}
-
-        def info():
-            """The served models (sources, sha256, beta, teacher gamma), the lambda now loaded and the provenance
-            of theta(lambda) (as in the manifest lines), gamma of the comparison, and the limits."""
-            with engine.lock:  # a generation in progress finishes first (the weights are in flux during set_lambda)
-                served = engine.served_provenance()
-            return {"lambda": served["lambda"], "served": served, "guidance_scale": gamma, "notes": engine.notes,
-                    "quality": engine.quality.record(), "diversity": engine.diversity.record(),
-                    "base": None if engine.base_endpoint is None else engine.base_endpoint.record(),
-                    "limits": {"variations": MAX_VARIATIONS, "prompt_chars": MAX_PROMPT_CHARS,
-                               "duration_s": [MIN_DURATION_S, MAX_DURATION_S], "temperature_max": MAX_TEMPERATURE,
-                               "top_k_max": engine.cardinality}}
-
-        gr.on([], generate, inputs=api_inputs, outputs=api_outputs, api_name="generate", **CONCURRENCY)
-        gr.on([], set_lambda, inputs=[api_lam], outputs=[api_json], api_name="set_lambda", **CONCURRENCY)
-        gr.on([], info, inputs=[], outputs=[api_json], api_name="info", queue=False)
+                results = _results(engine)
+        _wire_page(engine, run, controls, results)
+        _api(engine, run)
     return blocks
+
+
+def _header(engine: Engine) -> None:
+    """Title, what the slider does, the engine's notes and the served models."""
+    gr.Markdown("## Diversity-rewarded CFG distillation: quality ⟷ diversity\n"
+                "One distilled model, no classifier-free guidance at inference (one pass instead of two). "
+                "The slider mixes the weights of the quality model and the diversity model: "
+                "θ(λ) = (1 − λ)·θ_quality + λ·θ_diversity.")
+    for note in engine.notes:
+        gr.Markdown(f"**Note:** {note}", elem_classes="note")
+    with gr.Accordion("Served models", open=False):
+        gr.Markdown(_models_markdown(engine))
+
+
+def _controls(engine: Engine) -> dict:
+    """The left column: prompt, lambda, variations, duration, seed, sampling, compare, the button."""
+    gamma = engine.guidance_scale
+    prompt = gr.Textbox(label="Prompt", lines=2, max_length=MAX_PROMPT_CHARS,
+                        placeholder=engine.examples[0], elem_id="prompt")
+    gr.Examples([[p] for p in engine.examples], inputs=[prompt], label="Example prompts")
+    lam = gr.Slider(0.0, 1.0, value=engine.lam, step=0.05, label="Quality ⟷ diversity (λ)",
+                    info="0 = quality model, 1 = diversity model; weights are mixed in place, no reload",
+                    elem_id="lam")
+    lam_status = gr.Markdown(f"θ(λ = {engine.lam:g}) is loaded.")
+    with gr.Row():
+        variations = gr.Slider(1, MAX_VARIATIONS, value=DEFAULT_VARIATIONS, step=1, label="Variations",
+                               elem_id="variations")
+        duration = gr.Slider(MIN_DURATION_S, MAX_DURATION_S, value=DEFAULT_DURATION_S, step=0.5,
+                             label="Duration (s)", elem_id="duration")
+    with gr.Row():
+        seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (variation i uses seed + i)")
+        random_seed = gr.Checkbox(value=True, label="Random seed")
+    with gr.Accordion("Advanced sampling", open=False):
+        temperature = gr.Slider(0.05, MAX_TEMPERATURE, value=1.0, step=0.05, label="Temperature")
+        top_k = gr.Slider(0, engine.cardinality, value=engine.default_top_k, step=1,
+                          label="Top-k (0 = off: sample the full distribution)")
+    compare = gr.Checkbox(
+        value=False, interactive=gamma is not None,
+        label=(f"Compare with the base model + CFG (γ = {gamma:g}): twice the compute"
+               if gamma is not None else "Compare with base + CFG (start the app with --base DIR)"))
+    button = gr.Button("Generate", variant="primary", elem_id="generate")
+    return {"prompt": prompt, "lam": lam, "lam_status": lam_status, "variations": variations, "duration": duration,
+            "seed": seed, "random_seed": random_seed, "temperature": temperature, "top_k": top_k, "compare": compare,
+            "button": button}
+
+
+def _results(engine: Engine) -> dict:
+    """The right column: status, one (player, picture) row per variation, the base + CFG players, details."""
+    symbolic, gamma = engine.model.is_symbolic, engine.guidance_scale
+    status = gr.Markdown("Results appear here: a player and a "
+                         f"{'piano roll' if symbolic else 'spectrogram'} per variation.", elem_id="status")
+    slots, audios, images = [], [], []
+    for index in range(MAX_VARIATIONS):  # one row per variation: player | picture
+        with gr.Row(visible=False, equal_height=True) as slot:
+            audios.append(gr.Audio(type="filepath", interactive=False, label=f"Variation {index + 1}",
+                                   min_width=240))
+            images.append(gr.Image(type="filepath", interactive=False, show_label=False, height=170,
+                                   label="piano roll" if symbolic else "spectrogram", min_width=300))
+        slots.append(slot)
+    with gr.Column(visible=False) as base_box:
+        gr.Markdown(f"### Base model + CFG (γ = {gamma:g})" if gamma is not None else "")
+        with gr.Row():
+            base_audios = [gr.Audio(type="filepath", interactive=False, visible=False, min_width=200,
+                                    label=f"Base + CFG {index + 1}") for index in range(MAX_VARIATIONS)]
+    with gr.Accordion("Run details (JSON)", open=False):
+        details = gr.JSON()
+    return {"status": status, "slots": slots, "audios": audios, "images": images, "base_box": base_box,
+            "base_audios": base_audios, "details": details}
+
+
+def _wire_page(engine: Engine, run, controls: dict, results: dict) -> None:
+    """The page's own (private) events: Generate fills the result rows; releasing the slider applies lambda."""
+
+    def ui_generate(prompt, lam, variations, duration, seed, random_seed, temperature, top_k, compare,
+                    request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
+        parsed = _user_errors(lambda: engine.parse(prompt, lam, variations, duration, -1 if random_seed else seed,
+                                                   temperature, top_k, compare))
+        result = _user_errors(lambda: run(parsed, request, progress))
+        shown = len(result.items)
+        updates = [gr.Row(visible=i < shown) for i in range(MAX_VARIATIONS)]
+        updates += [gr.Audio(value=str(result.items[i].audio) if i < shown else None) for i in range(MAX_VARIATIONS)]
+        updates += [gr.Image(value=str(result.items[i].image) if i < shown else None) for i in range(MAX_VARIATIONS)]
+        base_shown = len(result.base_items)
+        updates.append(gr.Column(visible=base_shown > 0))
+        updates += [gr.Audio(value=str(result.base_items[i].audio) if i < base_shown else None, visible=i < base_shown)
+                    for i in range(MAX_VARIATIONS)]
+        return [*updates, _status_markdown(result.summary), result.summary]
+
+    inputs = ("prompt", "lam", "variations", "duration", "seed", "random_seed", "temperature", "top_k", "compare")
+    r = results
+    controls["button"].click(
+        ui_generate, inputs=[controls[name] for name in inputs],
+        outputs=[*r["slots"], *r["audios"], *r["images"], r["base_box"], *r["base_audios"], r["status"], r["details"]],
+        show_progress_on=[r["status"]], api_visibility="private", **CONCURRENCY)
+
+    def ui_set_lambda(lam):
+        milliseconds = _user_errors(lambda: engine.set_lambda(lam))
+        return f"θ(λ = {lam:g}) applied in place in {milliseconds:.1f} ms (no reload)."
+
+    controls["lam"].release(ui_set_lambda, inputs=[controls["lam"]], outputs=[controls["lam_status"]],
+                            show_progress="hidden", api_visibility="private", **CONCURRENCY)
+
+
+def _api(engine: Engine, run) -> None:
+    """The public API endpoints: generate, set_lambda, info."""
+    gamma = engine.guidance_scale
+    # The API: hidden inputs without bounds (our validation speaks), plain outputs.
+    with gr.Column(visible=False):
+        api_inputs = [gr.Textbox(label="prompt"), gr.Number(engine.lam, label="lam"),
+                      gr.Number(DEFAULT_VARIATIONS, label="variations"), gr.Number(DEFAULT_DURATION_S, label="duration"),
+                      gr.Number(-1, label="seed"), gr.Number(1.0, label="temperature"),
+                      gr.Number(engine.default_top_k, label="top_k"), gr.Checkbox(False, label="compare")]
+        api_outputs = [gr.File(file_count="multiple", label="audio"), gr.File(file_count="multiple", label="images"),
+                       gr.File(file_count="multiple", label="base_audio"), gr.JSON(label="summary")]
+        api_lam = gr.Number(engine.lam, label="lam")
+        api_json = gr.JSON(label="result")
+
+    def generate(prompt, lam, variations, duration, seed, temperature, top_k, compare,
+                 request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
+        """Generate `variations` clips with theta(lam), one pass, no CFG (seed -1 = random; top_k 0 = off);
+        with compare=True also with the base model under CFG. Returns (audio files, piano-roll or
+        spectrogram images, base + CFG audio files, summary with seeds, times and diversity)."""
+        parsed = _user_errors(lambda: engine.parse(prompt, lam, variations, duration, seed, temperature, top_k, compare))
+        result = _user_errors(lambda: run(parsed, request, progress))
+        return ([str(i.audio) for i in result.items], [str(i.image) for i in result.items],
+                [str(i.audio) for i in result.base_items], result.summary)
+
+    def set_lambda(lam):
+        """Rewrite the served weights to theta(lam) = (1 - lam) theta_q + lam theta_d in place."""
+        milliseconds = _user_errors(lambda: engine.set_lambda(lam))
+        return {"lambda": engine.lam, "apply_ms": round(milliseconds, 3)}
+
+    def info():
+        """The served models (sources, sha256, beta, teacher gamma), the lambda now loaded and the provenance
+        of theta(lambda) (as in the manifest lines), gamma of the comparison, and the limits."""
+        with engine.lock:  # a generation in progress finishes first (the weights are in flux during set_lambda)
+            served = engine.served_provenance()
+        return {"lambda": served["lambda"], "served": served, "guidance_scale": gamma, "notes": engine.notes,
+                "quality": engine.quality.record(), "diversity": engine.diversity.record(),
+                "base": None if engine.base_endpoint is None else engine.base_endpoint.record(),
+                "limits": {"variations": MAX_VARIATIONS, "prompt_chars": MAX_PROMPT_CHARS,
+                           "duration_s": [MIN_DURATION_S, MAX_DURATION_S], "temperature_max": MAX_TEMPERATURE,
+                           "top_k_max": engine.cardinality}}
+
+    gr.on([], generate, inputs=api_inputs, outputs=api_outputs, api_name="generate", **CONCURRENCY)
+    gr.on([], set_lambda, inputs=[api_lam], outputs=[api_json], api_name="set_lambda", **CONCURRENCY)
+    gr.on([], info, inputs=[], outputs=[api_json], api_name="info", queue=False)
 
 
 def launch(engine: Engine, host: str, port: int | None, share: bool = False, inbrowser: bool = False,

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from musicgen_cfg import synth
-from musicgen_cfg.codecs.symbolic import SymbolicCodec
+from musicgen_cfg.world import synth
+from musicgen_cfg.world.codec import SymbolicCodec
 
 GOAL_X_REALTIME = 50.0
 RESULTS = Path(__file__).parent / "results" / "codec.json"
@@ -24,7 +24,7 @@ def benchmark_codes() -> np.ndarray:
     """A 4-voice chorale from the corpus (bwv66.6) tiled to 512 frames: [4, 512] (~77 s at 100 bpm)."""
     from music21 import corpus
 
-    from musicgen_cfg import symbolic
+    from musicgen_cfg.world import symbolic
 
     codes, _ = symbolic.score_to_codes(corpus.parse("bach/bwv66.6"))
     return np.tile(codes, (1, 4))[:, :512]

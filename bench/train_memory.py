@@ -53,8 +53,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from musicgen_cfg.config import load_config  # noqa: E402
 from musicgen_cfg.distillation import DistillConfig, Distiller, split_rows  # noqa: E402
-from musicgen_cfg.training import load_config  # noqa: E402
 
 GB = 1e9
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,10 +244,10 @@ def tensor_bytes(tensors) -> int:
 def cpu_check(workdir: Path) -> dict:
     """A real train step on CHECK_SHAPE: tensor-level bytes vs the formula's terms, and the profiled peak."""
     shape = CHECK_SHAPE
-    overrides = ["--num_frames", "32", "--prompts_per_step", "2", "--generations", "4", "--grad_accum", "2",
-                 "--rollout_batch_size", "8", "--threads", "2", "--heldout_prompts", "1"]
+    overrides = ["--num-frames", "32", "--prompts-per-step", "2", "--generations", "4", "--grad-accum", "2",
+                 "--rollout-batch-size", "8", "--threads", "2", "--heldout-prompts", "1"]
     distiller = distiller_for(shape, "musicgen_small_diversity.yaml", workdir, "cpu",
-                              [*overrides, "--guidance_scale", "3"])
+                              [*overrides, "--guidance-scale", "3"])
     distiller.train_step(0)  # allocates the optimizer state
     distiller.accumulate_gradients(1)  # the gradients, as they are when the optimizer steps
     lm = distiller.student.lm
@@ -365,7 +365,7 @@ def main():
     parser.add_argument("--grad-accum", type=int, default=None, help="override the configs' grad_accum")
     parser.add_argument("--processes", type=int, default=1, help="formula: processes sharing the step (DDP)")
     args = parser.parse_args()
-    overrides = ["--grad_accum", str(args.grad_accum)] if args.grad_accum else []
+    overrides = ["--grad-accum", str(args.grad_accum)] if args.grad_accum else []
     workdir = Path(tempfile.mkdtemp())
     began = time.perf_counter()
     result = {"device": args.device, "torch": torch.__version__, "created": time.strftime("%Y-%m-%d %H:%M"),

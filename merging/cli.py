@@ -10,39 +10,30 @@ latest checkpoint, said on stderr) or a shipped default (default-quality, ...). 
 hub-ready model directory (musicgen_cfg/export.py). The merging itself lives in merging/merge.py.
 """
 
-import argparse
 import math
+from dataclasses import dataclass
 
-from merging import merge
+from musicgen_cfg.config import REQUIRED, field
 from musicgen_cfg.errors import UserError
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "merge",
-        help="merge checkpoints by weight interpolation (lerp / slerp / task arithmetic)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--models", nargs="+", required=True, metavar="DIR", help="checkpoint or training run dirs (quality first)"
-    )
-    amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--lam", type=float, help="0 = first model, 1 = second model")
-    amount.add_argument(
-        "--sweep", metavar="L1,L2,...", help="comma-separated lams, one output dir each: OUT/lam_L"
-    )
-    parser.add_argument("--method", choices=merge.METHODS, default="lerp")
-    parser.add_argument("--base", metavar="DIR", help="shared base theta_0 (task_arithmetic only)")
-    parser.add_argument("--weights", type=float, nargs="+", help="task_arithmetic: one weight per model")
-    parser.add_argument(
-        "--allow-extrapolation",
-        action="store_true",
-        help="allow lam outside [0, 1] (recorded in the manifest)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output dirs (atomically)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output dir (the sweep's parent dir)")
-    parser.set_defaults(func=run)
+@dataclass(kw_only=True)
+class MergeArgs:
+    """Options of `musicgen-cfg merge`."""
+
+    models: tuple[str, ...] = field(REQUIRED, "checkpoint or training run dirs (quality first)", metavar="DIR")
+    lam: float | None = field(None, "0 = first model, 1 = second model")
+    sweep: str | None = field(None, "comma-separated lams, one output dir each: OUT/lam_L", metavar="L1,L2,...")
+    method: str = field("lerp", "merge rule: lerp | slerp | task_arithmetic (checked by merging/merge.py)")
+    base: str | None = field(None, "shared base theta_0 (task_arithmetic only)", metavar="DIR")
+    weights: tuple[float, ...] | None = field(None, "task_arithmetic: one weight per model")
+    allow_extrapolation: bool = field(False, "allow lam outside [0, 1] (recorded in the manifest)")
+    overwrite: bool = field(False, "replace existing output dirs (atomically)")
+    out: str = field(REQUIRED, "output dir (the sweep's parent dir)", metavar="DIR")
+
+    def __post_init__(self):
+        if self.lam is not None and self.sweep is not None:
+            raise UserError("--lam and --sweep exclude each other: one merge or a sweep")
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -55,32 +46,33 @@ def parse_sweep(text: str) -> list[float]:
     return lams
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: MergeArgs) -> int:
+    from merging import merge
     from musicgen_cfg.model import resolve_spec
 
-    args.models = [resolve_spec(model) for model in args.models]
-    args.base = resolve_spec(args.base) if args.base is not None else None
+    models = [resolve_spec(model) for model in args.models]
+    base = resolve_spec(args.base) if args.base is not None else None
     if args.sweep is not None:
         if args.weights is not None:
             raise UserError("--sweep varies lam; it cannot be combined with --weights")
         written = merge.sweep_checkpoints(
-            args.models,
+            models,
             args.out,
             parse_sweep(args.sweep),
             method=args.method,
-            base=args.base,
+            base=base,
             allow_extrapolation=args.allow_extrapolation,
             overwrite=args.overwrite,
         )
     else:
         written = [
             merge.merge_checkpoints(
-                args.models,
+                models,
                 args.out,
                 method=args.method,
                 lam=args.lam,
-                weights=args.weights,
-                base=args.base,
+                weights=list(args.weights) if args.weights is not None else None,
+                base=base,
                 allow_extrapolation=args.allow_extrapolation,
                 overwrite=args.overwrite,
             )

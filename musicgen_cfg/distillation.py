@@ -35,15 +35,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from musicgen_cfg.checkpoint import final_export_dir
+from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.prompts import FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
-from musicgen_cfg.training import (
+from musicgen_cfg.training.run import (
     MetricsLog,
-    field,
-    final_export_dir,
     load_checkpoint,
-    register_config_command,
     resume_point,
     save_checkpoint,
     warmup_cosine,
@@ -201,33 +201,14 @@ def mean_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------- prompts
 
-class PromptSource:
-    """Training and held-out prompts: default-corpus captions (train / val split) or a prompts file."""
+def prompt_source(spec: str, heldout: int, seed: int):
+    """Training and held-out prompts (`.draw(count, rng)`, `.heldout`): the default world's captions
+    (`default`: train / val split) or a prompts file."""
+    if spec == "default":
+        from musicgen_cfg.world.corpus import CaptionPrompts
 
-    def __init__(self, spec: str, heldout: int, seed: int):
-        if spec == "default":
-            from musicgen_cfg.corpus import load_dataset
-
-            self.train, val = load_dataset("train", augment_semitones=5), load_dataset("val")
-            rng = random.Random(seed + 99)
-            self.heldout = [val.sample_caption(rng.randrange(len(val)), rng) for _ in range(heldout)]
-            self.fixed = None
-        else:
-            from musicgen_cfg.generate import read_prompts, validate_prompts
-
-            prompts = validate_prompts(read_prompts(spec))
-            cut = max(1, len(prompts) // 10) if len(prompts) > 1 else 0
-            self.fixed, self.train = prompts[: len(prompts) - cut] or prompts, None
-            self.heldout = (prompts[len(prompts) - cut :] or prompts)[:heldout]
-
-    def draw(self, count: int, rng: random.Random) -> list[str]:
-        if self.fixed is not None:
-            return [rng.choice(self.fixed) for _ in range(count)]
-        prompts = []
-        for _ in range(count):
-            i = rng.randrange(len(self.train))
-            prompts.append(self.train.sample_caption(i, rng, self.train.random_transpose(i, rng)))
-        return prompts
+        return CaptionPrompts(heldout, seed)
+    return FilePrompts(spec, heldout)
 
 
 def rollout_seeds(seed: int, step: int, rows: range) -> list[int]:
@@ -272,7 +253,7 @@ class Distiller:
         self.forward, self.optimizer = accelerator.prepare(self.student.lm, self.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # mixed-data coin flips
         self.data_rng = random.Random(config.seed)
-        self.prompts = PromptSource(config.prompts, config.heldout_prompts, config.seed)
+        self.prompts = prompt_source(config.prompts, config.heldout_prompts, config.seed)
 
     def autocast(self):
         """bf16 autocast (config.bf16) on the model's device; the losses are computed outside it, in fp32."""
@@ -505,8 +486,3 @@ def final_metrics(path: Path) -> dict[str, float]:
             if row.get(column) not in (None, ""):
                 found[label] = float(row[column])
     return found
-
-
-def register(subparsers):
-    register_config_command(subparsers, "train", "CFG distillation + diversity reward (YAML config + --key value overrides)",
-                            __doc__, DistillConfig, train)

@@ -2,7 +2,7 @@
 
 Same architecture and parameter names as transformers' `MusicgenForConditionalGeneration` decoder
 part (`decoder.model.decoder.*`, `decoder.lm_heads.*`, `enc_to_dec_proj.*`), so a state dict moves
-between the two unchanged (tests/test_lm_equivalence.py proves the logits equal). What it adds is a
+between the two unchanged (tests/core/test_lm_equivalence.py proves the logits equal). What it adds is a
 lean forward for training and a preallocated KV cache for sampling (musicgen_cfg/sampler.py).
 
     tokens [B, K, L] (delayed, BOS first) + text states [B, S, Dt] -> logits [B, K, L, V]

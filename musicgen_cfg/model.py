@@ -10,6 +10,7 @@ Real checkpoints are read with transformers' MusicgenForConditionalGeneration (h
 HF_HUB_OFFLINE); the decoder weights move into our compact `MusicgenLM` unchanged.
 """
 
+import importlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -22,8 +23,11 @@ from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import Condition
 from musicgen_cfg.checkpoint import (
+    CHECKPOINT_PREFIX,
     WEIGHTS_NAME,
     atomic_directory,
+    checkpoints,
+    final_export_dir,
     load_state,
     open_checkpoint,
     read_json,
@@ -37,6 +41,10 @@ from musicgen_cfg.sampler import SamplingConfig, max_frames, sample
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "default"
 DEFAULT_MODELS = {"default": "base", "default-base": "base", "default-quality": "quality", "default-diversity": "diversity"}
+# Codecs a checkpoint's config.json can name (`musicgen_cfg.codec`), as "module:class". The core names
+# them instead of importing them: the symbolic codec belongs to the default world (musicgen_cfg/world/),
+# which the core never imports (tests/test_architecture.py); it is loaded only when a checkpoint asks.
+CODECS = {"symbolic": "musicgen_cfg.world.codec:SymbolicCodec"}
 
 
 @dataclass
@@ -200,8 +208,6 @@ def run_directory_model(run_dir: Path) -> tuple[Path, str]:
 
     The export is where the run's run.json says (`export`, default RUN/final); a run that was stopped
     before its end has no export, so its newest checkpoint-N stands in."""
-    from musicgen_cfg.training import CHECKPOINT_PREFIX, checkpoints, final_export_dir
-
     run_json = run_dir / "run.json"
     found = checkpoints(run_dir)
     if not run_json.is_file() and not found:
@@ -223,13 +229,6 @@ def _stderr(message: str) -> None:
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def add_dtype_argument(parser) -> None:
-    """THE --dtype option of the commands that generate (generate, demo, app)."""
-    parser.add_argument("--dtype", default="auto",
-                        help="LM weights for generation: auto (float32 on CPU, bfloat16 on CUDA; float16 on GPUs "
-                             "without bf16), float32, bfloat16 or float16 (CUDA only)")
 
 
 def pick_dtype(name: str, device: str | torch.device) -> torch.dtype:
@@ -264,14 +263,21 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     return _load_transformers(source).to(device, dtype)
 
 
+def codec_named(name: str):
+    """An instance of the codec `name` of CODECS (a symbolic checkpoint's codec)."""
+    if name not in CODECS:
+        raise UserError(f"unknown codec {name!r} in the checkpoint config: choose {', '.join(CODECS)}")
+    module, cls = CODECS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
 def _load_symbolic(path: Path, config: dict) -> MusicGen:
-    from musicgen_cfg.codecs.symbolic import SymbolicCodec
     from musicgen_cfg.conditioning import minilm_text_encoder
 
     text_encoder = minilm_text_encoder(cache_size=4096)
     lm = MusicgenLM(MusicgenDecoderConfig(**config["decoder"]), text_encoder.hidden_size)
     _load_lm_state(lm, load_state(path), path)  # single-file or sharded (a large merge)
-    return MusicGen(lm.eval(), text_encoder, SymbolicCodec(), config, str(path))
+    return MusicGen(lm.eval(), text_encoder, codec_named(config["musicgen_cfg"]["codec"]), config, str(path))
 
 
 def _load_transformers(source: str) -> MusicGen:
@@ -306,22 +312,3 @@ def _load_lm_state(lm: MusicgenLM, state: dict[str, torch.Tensor], where) -> Non
         if state[name].shape != tensor.shape:
             raise UserError(f"checkpoint {where}: tensor {name} has shape {list(state[name].shape)}, config expects {list(tensor.shape)}")
     lm.load_state_dict({k: state[k] for k in expected})
-
-
-
-def create_symbolic_model(decoder_config: MusicgenDecoderConfig, guidance_scale: float, seed: int = 0) -> MusicGen:
-    """A freshly initialised default-world model (MiniLM text encoder + symbolic codec), for pretraining."""
-    from musicgen_cfg.codecs.symbolic import SymbolicCodec
-    from musicgen_cfg.conditioning import MINILM_NAME, minilm_text_encoder
-
-    torch.manual_seed(seed)
-    text_encoder = minilm_text_encoder(cache_size=8192)
-    lm = MusicgenLM(decoder_config, text_encoder.hidden_size)
-    for module in lm.modules():  # transformers' MusicGen init: N(0, initializer_factor), zero biases
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            module.weight.data.normal_(0.0, decoder_config.initializer_factor)
-            if getattr(module, "bias", None) is not None:
-                module.bias.data.zero_()
-    config = {"decoder": decoder_config.to_dict(),
-              "musicgen_cfg": {"codec": "symbolic", "text_encoder": MINILM_NAME, "guidance_scale": guidance_scale}}
-    return MusicGen(lm, text_encoder, SymbolicCodec(), config, "new")

@@ -62,7 +62,6 @@ def max_frames(lm: MusicgenLM) -> int:
 
 
 _MASK32 = 0xFFFFFFFF
-MAX_SEED = 2**31 - 1  # seeds are hashed as 32-bit values; the one bound of every seed a user gives
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +206,7 @@ def sample(
 
     Eager (CPU default): attention over the filled part of the cache only, and the CPU top-k fast
     path. Compiled and/or CUDA-graph (CUDA default): one fixed-shape step, attention over the whole
-    cache under the future mask. In fp32 on CPU both give the same tokens (tests/test_decode_step.py).
+    cache under the future mask. In fp32 on CPU both give the same tokens (tests/core/test_decode_step.py).
     """
     device, num_codebooks, pad = lm.device, lm.num_codebooks, lm.pad_id
     seeds = torch.as_tensor(seeds, dtype=torch.long, device=device)

@@ -17,8 +17,8 @@ Why the advantages are not the textbook ones: the reward is *pairwise*. r_i depe
 y_j and each sibling's r_j depends on y_i, so (a) the pair (i, j) must be credited to both of its
 members, which doubles the naive estimate, and (b) the usual leave-one-out baseline
 mean_{j != i} r_j contains y_i and biases the gradient (with G = 2 it even cancels it exactly:
-r_1 == r_2). `advantages` below handles both; tests/test_diversity.py checks unbiasedness against the
-exact gradient on a categorical bandit. Run those tests with `pytest tests/test_diversity.py`.
+r_1 == r_2). `advantages` below handles both; tests/rl/test_diversity.py checks unbiasedness against the
+exact gradient on a categorical bandit. Run those tests with `pytest tests/rl/test_diversity.py`.
 """
 
 import numpy as np

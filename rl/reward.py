@@ -10,7 +10,7 @@ Why one group at a time: the siblings of a prompt share its prompt, hence its te
 decoding them together needs no padding. Decoding all prompts of a batch in one call padded the faster
 tempos with silence to the longest row, the embedder averaged that silence in, and a prompt's reward
 depended on which prompts shared its batch (and so on the number of DDP processes). Here a group's
-reward is a function of that group alone, bit for bit (tests/test_reward.py).
+reward is a function of that group alone, bit for bit (tests/rl/test_reward.py).
 
 Why a gate: a silent or near-empty clip is far from every musical sibling in the embedding, so the
 pairwise reward paid the policy for producing silence. The gate marks clips outside the real data's
@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.note_diversity import sounding_frames
 from rl.diversity import pairwise_diversity
+from rl.note_diversity import sounding_frames
 
 DATA_QUANTILE = 0.001
 GATE_SPECS = "'data' (clips outside the real data's range earn no reward), 'data:Q' (threshold quantile Q) or 'none'"
@@ -100,7 +100,7 @@ def silent_window_fraction(audio: torch.Tensor, sample_rate: int, window_seconds
 @functools.lru_cache(maxsize=4)
 def data_codes_gate(quantile: float = DATA_QUANTILE, dataset: str | None = None) -> CodesGate:
     """CodesGate at the `quantile` of the dataset's (default: shipped) segments that lie inside their piece."""
-    from musicgen_cfg.corpus import SEGMENT_FRAMES, read_arrays
+    from musicgen_cfg.world.corpus import SEGMENT_FRAMES, read_arrays
 
     arrays = read_arrays(dataset)
     inside = arrays["segment_start"] + SEGMENT_FRAMES <= arrays["piece_num_frames"][arrays["segment_piece"]]

@@ -14,7 +14,6 @@ Data: `--audio-dir` reads every .wav/.flac below DIR (one file = one clip, mixed
 random instrument and tempo, so the embedder sees both the timbre and the notes.
 """
 
-import argparse
 import hashlib
 import math
 import random
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training import warmup_cosine
+from musicgen_cfg.training.run import warmup_cosine
 from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -286,9 +285,9 @@ def render_default_world(
     notes do, as for the sibling generations the diversity reward compares. Crops with fewer than one
     note onset per two beats are skipped: mostly silent audio says nothing about the music.
     """
-    from musicgen_cfg.captions import INSTRUMENTS
-    from musicgen_cfg.codecs.symbolic import SymbolicCodec
-    from musicgen_cfg.corpus import load_dataset
+    from musicgen_cfg.world.captions import INSTRUMENTS
+    from musicgen_cfg.world.codec import SymbolicCodec
+    from musicgen_cfg.world.corpus import load_dataset
 
     dataset, codec = load_dataset(split), SymbolicCodec()
     rng = random.Random(f"{seed}-{split}-{prompt}")
@@ -329,7 +328,23 @@ def split_clips(mels: list[torch.Tensor], heldout: int, seed: int) -> tuple[list
 # --------------------------------------------------------------------------------------------------- CLI
 
 
-def rebuild_command(args: argparse.Namespace, config: EmbedderTrainConfig) -> str:
+@dataclass(kw_only=True)
+class EmbedderTrainArgs(EmbedderTrainConfig):
+    """Options of `musicgen-cfg embedder train`: the clips' source, the output and the optimisation."""
+
+    audio_dir: Path | None = field(default=None, metadata={"help": "train on the .wav/.flac files below this directory"})
+    model: str | None = field(default=None, metadata={"help": "train on audio rendered from the default world",
+                                                      "argparse": {"choices": ["default"]}})
+    out: Path = field(metadata={"help": "output directory (replaced atomically)"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.audio_dir is None) == (self.model is None):
+            raise UserError("give the clips' source with --audio-dir DIR or --model default, one of the two")
+
+
+def rebuild_command(args: EmbedderTrainArgs, config: EmbedderTrainConfig) -> str:
     """The command line that reproduces this run, every setting explicit."""
     source = ["--audio-dir", str(args.audio_dir)] if args.audio_dir else ["--model", args.model]
     options = []
@@ -344,8 +359,8 @@ def default_world_data(
 ) -> tuple[list, dict, dict, list[str]]:
     """Training clips (train split) with their instruments as groups, and two held-out sets (val split):
     random prompts, and one fixed prompt."""
-    from musicgen_cfg.captions import DEFAULT_BPM, DEFAULT_INSTRUMENT, render_settings
-    from musicgen_cfg.corpus import DEFAULT_PATH
+    from musicgen_cfg.world.captions import DEFAULT_BPM, DEFAULT_INSTRUMENT, render_settings
+    from musicgen_cfg.world.corpus import DEFAULT_PATH
 
     fixed_prompt = f"{DEFAULT_INSTRUMENT} at {DEFAULT_BPM:.0f} bpm"
     length, seed = config.clip_seconds, config.seed
@@ -381,7 +396,7 @@ def audio_dir_data(model: ContrastiveMusicEmbedder, config: EmbedderTrainConfig,
     return train_mels, {"held-out": heldout_mels}, record, None
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(args: EmbedderTrainArgs) -> int:
     if args.threads < 1:
         raise UserError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)  # the machines are shared: one core unless asked otherwise
@@ -422,26 +437,3 @@ def run_train(args: argparse.Namespace) -> int:
     digest = model.save(args.out, manifest=manifest)
     print(f"saved {args.out} (model.safetensors sha256 {digest})", flush=True)
     return 0
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("embedder", help="music embedders for the diversity reward")
-    actions = parser.add_subparsers(dest="embedder_command", required=True, metavar="ACTION")
-    train_parser = actions.add_parser(
-        "train", help=__doc__.splitlines()[0], description=__doc__.split("\n\n")[0]
-    )
-    source = train_parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--audio-dir", type=Path, help="train on the .wav/.flac files below this directory")
-    source.add_argument("--model", choices=["default"], help="train on audio rendered from the default world")
-    train_parser.add_argument(
-        "--out", type=Path, required=True, help="output directory (replaced atomically)"
-    )
-    train_parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    for name, spec in EmbedderTrainConfig.__dataclass_fields__.items():
-        train_parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=type(spec.default),
-            default=spec.default,
-            help=spec.metadata["help"],
-        )
-    train_parser.set_defaults(func=run_train)

@@ -1,0 +1,173 @@
+"""Config dataclasses and the one dataclass -> argparse bridge of the `musicgen-cfg` commands.
+
+Every command's options are a dataclass of `field(default, help)` fields validated in `__post_init__`.
+`add_arguments` turns the fields into dash-case options (`num_samples` -> `--num-samples`) and
+`from_args` builds the dataclass back from the parsed options; the training commands read their
+config from YAML with `--key value` overrides instead (`load_config`, keys listed by `config_help`).
+Light on purpose (no torch): `musicgen-cfg COMMAND --help` imports this and the command's options only.
+"""
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from musicgen_cfg.errors import UserError
+
+REQUIRED = dataclasses.MISSING
+# The --dtype option of the commands that generate (generate, demo, app); model.pick_dtype reads it.
+DTYPE_HELP = ("LM weights for generation: auto (float32 on CPU, bfloat16 on CUDA; float16 on GPUs without bf16), "
+              "float32, bfloat16 or float16 (CUDA only)")
+
+
+def dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def dash_case(argv: list[str]) -> list[str]:
+    """Command-line options in dash-case; the old underscore spelling (--num_frames) still works, with a note."""
+    out = []
+    for token in argv:
+        key, eq, value = token.partition("=")
+        if key.startswith("--") and "_" in key:
+            print(f"note: {key} is spelled {dashed(key)} now; the underscore spelling will go", file=sys.stderr)
+            token = dashed(key) + eq + value
+        out.append(token)
+    return out
+
+
+def _field_type(cls, name: str):
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return (args[0] if is_union and len(args) == 1 else hint), is_union
+
+
+def _convert(cls, name: str, value):
+    kind, optional = _field_type(cls, name)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        return None
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind in (int, float, str):
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return kind(value)
+        if typing.get_origin(kind) is tuple or kind is tuple:
+            items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+            item = (typing.get_args(kind) or (str,))[0]
+            return tuple(item(v.strip()) if item in (int, float) else v.strip() for v in items)
+    except (TypeError, ValueError):
+        raise UserError(f"config key {name!r}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
+    return value
+
+
+def load_config(cls, path: str | Path | None, overrides: list[str] | None = None):
+    """cls(**YAML) with `--key value` / `--key=value` overrides; unknown keys fail with one line."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"malformed YAML in {path}: {str(err).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config {path} must be a mapping of key: value")
+    data.update(parse_overrides(overrides or []))
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"unknown config key {unknown[0]!r} (see --help-config for the keys)")
+    return cls(**{k: _convert(cls, k, v) for k, v in data.items()})
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, str]:
+    values, i = {}, 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise UserError(f"expected --key value, got {token!r}")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(tokens):
+            value, i = tokens[i + 1], i + 1
+        else:
+            raise UserError(f"missing value for --{key}")
+        values[key.replace("-", "_")] = value
+        i += 1
+    return values
+
+
+def config_help(cls) -> str:
+    """One line per field: YAML key (on the command line: --key-name value), default, help."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"  {f.name:<24} {default!r:<22} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def field(default, help: str, **argparse_options):
+    """A dataclass field with help text (shown by --help and --help-config). `default=REQUIRED` makes a
+    required option (the dataclass must then be `kw_only`); `argparse_options` (choices, metavar, action,
+    flag="--other-name") go to its command-line option unchanged."""
+    metadata = {"help": help, "argparse": argparse_options}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------- checkpoints
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """One option per field of the dataclass `cls`: bool -> a switch, tuple[X, ...] -> one or more values
+    (spaces or commas between them), `X | None` -> an optional X, `flag="name"` -> a positional
+    argument; the field's help, with its default, is the option's help."""
+    for f in dataclasses.fields(cls):
+        kind, _ = _field_type(cls, f.name)
+        options = dict(f.metadata.get("argparse", {}))
+        flag = options.pop("flag", f"--{dashed(f.name)}")
+        text = f.metadata["help"]
+        if f.default is not dataclasses.MISSING:
+            options["default"] = f.default
+            if f.default is not None and f.default is not False and f.default != ():
+                shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+                text += f" (default: {shown})"
+        elif flag.startswith("-"):
+            options["required"] = True
+        if options.get("action") == "append":
+            options["type"] = typing.get_args(kind)[0]
+        elif kind is bool:
+            options["action"] = "store_true" if not f.default else argparse.BooleanOptionalAction
+        elif typing.get_origin(kind) is tuple:
+            options.setdefault("nargs", "+")
+        elif kind in (int, float, str, Path):
+            options["type"] = kind
+        if flag.startswith("-"):
+            options["dest"] = f.name
+        parser.add_argument(flag, help=text.replace("%", "%%"), **options)
+
+
+def from_args(cls, args: argparse.Namespace):
+    """The dataclass `cls` from options added by `add_arguments` (its __post_init__ validates them)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name)
+        kind, _ = _field_type(cls, f.name)
+        if typing.get_origin(kind) is tuple and isinstance(value, list):
+            value = _convert(cls, f.name, ",".join(str(v) for v in value))
+        values[f.name] = value
+    return cls(**values)

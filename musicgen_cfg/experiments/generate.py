@@ -1,0 +1,216 @@
+"""`musicgen-cfg generate`: batch text-to-music generation with a provenance manifest.
+
+    musicgen-cfg generate --model default --prompt "a joyful Irish jig on the fiddle in D major" \
+        --num-samples 4 --duration 8 --out outputs/jig
+    musicgen-cfg generate --model DIR --prompts-file prompts.txt --num-samples 4 --guidance-scale 3 --out runs/x
+
+Writes one audio file per (prompt, sample), its codes [K, T] beside it (`<file>.codes.npy`, int16,
+read by the default world's judges) and `manifest.jsonl`: one `record_generation` line per file
+(prompt, prompt and sample index, seed, model source + weights sha256, the model's beta, lambda and
+teacher gamma, sampling settings with the gamma used, render settings, wall time) -- the same record
+the demo writes, and what `musicgen-cfg evaluate` reads. --model takes a training run directory too
+(its final export, else its latest checkpoint). Rerunning the same
+command skips items already in the manifest whose file exists, so an interrupted run resumes.
+Item seeds are `--seed + prompt_index * num_samples + sample_index`; a row's codes depend only on
+its own seed, so resumed and batched runs give the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from musicgen_cfg.config import DTYPE_HELP, REQUIRED, field
+from musicgen_cfg.errors import UserError
+from musicgen_cfg.prompts import MAX_PROMPT_CHARS, MAX_SEED, read_prompts, validate_prompts
+
+if TYPE_CHECKING:
+    from musicgen_cfg.sampler import SamplingConfig
+
+MANIFEST = "manifest.jsonl"
+MAX_NUM_SAMPLES = 1000  # per prompt
+MAX_DURATION_S = 600.0  # hard cap; the model's position table usually allows less (checked after loading)
+
+
+@dataclass
+class GenerateConfig:
+    model: str = field("default", "default[-quality|-diversity], checkpoint dir, training run dir or hub id")
+    num_samples: int = field(1, f"samples per prompt, 1 to {MAX_NUM_SAMPLES}")
+    duration: float = field(8.0, f"seconds per sample, at most the model's context (checked after loading) and {MAX_DURATION_S:g}")
+    seed: int = field(0, f"base seed, 0 to {MAX_SEED}: item seed = seed + prompt_index * num_samples + sample_index "
+                         "(item seeds must stay within that range)")
+    batch_size: int = field(32, "rows sampled together")
+    audio_format: str = field("wav", "audio file format", flag="--format", choices=["wav", "flac"])
+    device: str = field("auto", "auto (cuda when available), cpu, cuda, cuda:N or mps")
+
+    def __post_init__(self):
+        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise UserError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, got {self.num_samples}")
+        if not 0 < self.duration <= MAX_DURATION_S:
+            raise UserError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {self.duration}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.audio_format not in ("wav", "flac"):
+            raise UserError(f"--format must be wav or flac, got {self.audio_format!r}")
+
+
+def check_seed_room(config: GenerateConfig, prompts: list[str]) -> None:
+    """Item seeds run from config.seed to seed + items - 1; all must stay within MAX_SEED."""
+    last_seed = config.seed + len(prompts) * config.num_samples - 1
+    if last_seed > MAX_SEED:
+        raise UserError(f"--seed {config.seed} leaves no room for {len(prompts) * config.num_samples} items: the last "
+                        f"item's seed {last_seed} exceeds {MAX_SEED}")
+
+
+def slug(text: str, length: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length] or "prompt"
+
+
+def model_provenance(model) -> dict:
+    """What identifies the weights and how they were made: source, sha256, beta, lambda, teacher gamma
+    (None for a model that was not distilled; beta is a list of the merged models' betas for a merge)."""
+    info = model.config.get("musicgen_cfg", {})
+    return {
+        "model": model.source,
+        "model_sha256": model.weights_sha256(),
+        "beta": info.get("beta"),
+        "lambda": info.get("lambda"),
+        "teacher_guidance_scale": info.get("teacher_guidance_scale"),
+        "dtype": str(model.lm.dtype).removeprefix("torch."),  # inference dtype: bf16 samples differ from fp32 ones
+    }
+
+
+def record_generation(manifest, out_dir: Path, name: str, output, *, prompt_index: int, sample_index: int,
+                      provenance: dict, settings: dict, wall_time_s: float, **extra) -> dict:
+    """Write one generated item (audio `name` + its codes `name.codes.npy`) and its manifest line; return the line.
+
+    The one record type of generated files (`generate` and the demo): `provenance` is model_provenance's
+    fields (model: a loadable spec whose config and codec the weights use), `settings` the sampling
+    settings with the gamma used and the duration; `extra` adds writer-specific fields (the demo's
+    run, role, picture, endpoints)."""
+    import soundfile as sf
+
+    sf.write(out_dir / name, np.clip(output.audio, -1, 1), output.sample_rate)
+    np.save(out_dir / f"{name}.codes.npy", output.codes.numpy().astype(np.int16))  # for code-level judges
+    entry = {"file": name, "codes_file": f"{name}.codes.npy", "prompt": output.prompt, "prompt_index": prompt_index,
+             "sample_index": sample_index, "seed": output.seed, **provenance, "sampling": settings,
+             "num_frames": int(output.codes.shape[-1]), "sample_rate": output.sample_rate, "render": output.render,
+             "wall_time_s": round(wall_time_s, 4), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+    manifest.write(json.dumps(entry, allow_nan=False) + "\n")  # Infinity / NaN are not JSON
+    return entry
+
+
+def load_manifest(out_dir: Path) -> list[dict]:
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{number} is not valid JSON; move the file away to start over") from None
+    return entries
+
+
+def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig, out_dir: Path,
+                   progress=None) -> list[dict]:
+    """Generate all (prompt, sample) items not already done; append their manifest entries; return all entries.
+
+    Nothing is created before the first item is generated: a run that fails first leaves no empty manifest."""
+    check_seed_room(config, validate_prompts(prompts))
+    provenance = model_provenance(model)
+    settings = {**asdict(sampling), "duration": config.duration}
+    done = {}
+    for entry in load_manifest(out_dir):
+        if (out_dir / entry["file"]).is_file():
+            done[(entry["prompt"], entry["seed"], entry["model_sha256"], json.dumps(entry["sampling"], sort_keys=True))] = entry
+    items = [(i, j, p, config.seed + i * config.num_samples + j) for i, p in enumerate(prompts) for j in range(config.num_samples)]
+    key = lambda p, s: (p, s, provenance["model_sha256"], json.dumps(settings, sort_keys=True))  # noqa: E731
+    todo = [item for item in items if key(item[2], item[3]) not in done]
+    manifest = None
+    try:
+        for start in range(0, len(todo), config.batch_size):
+            chunk = todo[start : start + config.batch_size]
+            began = time.perf_counter()
+            outputs = model.generate([c[2] for c in chunk], [c[3] for c in chunk], config.duration, sampling,
+                                     max_batch=config.batch_size)
+            wall = (time.perf_counter() - began) / len(chunk)
+            if manifest is None:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                manifest = open(out_dir / MANIFEST, "a")
+            for (i, j, prompt, seed), out in zip(chunk, outputs):
+                name = f"{i:04d}_{j:02d}_{slug(prompt)}_s{seed}.{config.audio_format}"
+                done[key(prompt, seed)] = record_generation(manifest, out_dir, name, out, prompt_index=i, sample_index=j,
+                                                            provenance=provenance, settings=settings, wall_time_s=wall)
+            manifest.flush()
+            if progress is not None:
+                progress(min(start + config.batch_size, len(todo)), len(todo))
+    except OSError as err:
+        raise UserError(f"cannot write to {out_dir}: {err.strerror or err}") from None
+    finally:
+        if manifest is not None:
+            manifest.close()
+    return [done[key(p, s)] for _, _, p, s in items]
+
+
+@dataclass(kw_only=True)
+class GenerateArgs(GenerateConfig):
+    """Options of `musicgen-cfg generate`: the run's config, the prompts, sampling and dtype."""
+
+    prompt: tuple[str, ...] | None = field(
+        None, f"a text prompt (repeat for several; at most {MAX_PROMPT_CHARS} characters each)", action="append")
+    prompts_file: str | None = field(None, "UTF-8 .txt (one prompt per line) or .jsonl ({'prompt': ...})")
+    guidance_scale: float | None = field(None, "CFG gamma (1 = no CFG, one pass); default: 1")
+    temperature: float = field(1.0, "sampling temperature")
+    top_k: int = field(250, "keep the k most likely tokens per codebook (0 = off)")
+    top_p: float = field(1.0, "nucleus sampling mass (1 = off)")
+    dtype: str = field("auto", DTYPE_HELP)
+    out: str = field(REQUIRED, "output directory (created; a file or unwritable place is refused)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.prompt is None) == (self.prompts_file is None):
+            raise UserError("give the prompts with --prompt (repeatable) or --prompts-file, one of the two")
+
+
+def main(args: GenerateArgs) -> int:
+    from musicgen_cfg.checkpoint import check_output_directory
+    from musicgen_cfg.model import load_model, pick_device, pick_dtype
+    from musicgen_cfg.sampler import SamplingConfig
+
+    # Every check that needs no model runs before the model loads, and before anything is written.
+    prompts = validate_prompts(list(args.prompt) if args.prompt else read_prompts(args.prompts_file))
+    sampling = SamplingConfig(guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
+                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    check_seed_room(args, prompts)
+    check_output_directory(args.out)
+    device = pick_device(args.device)
+    model = load_model(args.model, device=device, dtype=pick_dtype(args.dtype, device))
+    max_seconds = _max_duration(model, prompts)
+    if args.duration > max_seconds:
+        raise UserError(f"--duration {args.duration} s is too long for this model (at most {max_seconds:.1f} s)")
+    recommended = model.default_guidance_scale
+    if args.guidance_scale is None and recommended != 1.0 and model_provenance(model)["teacher_guidance_scale"] is None:
+        print(f"note: sampling without CFG (gamma 1); {args.model} is meant to be sampled with gamma {recommended:g} "
+              f"(its generation config): pass --guidance-scale {recommended:g} for that", file=sys.stderr)
+    began = time.perf_counter()
+    entries = run_generation(model, prompts, args, sampling, Path(args.out),
+                             progress=lambda done, total: print(f"  {done}/{total} generated", flush=True))
+    print(f"{len(entries)} files in {args.out} ({time.perf_counter() - began:.1f} s); manifest: {Path(args.out) / MANIFEST}")
+    return 0
+
+
+def _max_duration(model, prompts: list[str]) -> float:
+    """Longest duration every prompt can take within the model's position table."""
+    return min(model.max_frames / model.num_frames(1.0, p) for p in prompts)

@@ -1,0 +1,746 @@
+"""`musicgen-cfg reproduce`: the paper's quality-diversity sweeps, Pareto plot, hypervolumes and claim checks.
+
+    musicgen-cfg reproduce --config configs/reproduce.yaml --out results
+    musicgen-cfg reproduce --config configs/reproduce.yaml --train true      # also train beta = 5, 10 (slow on CPU)
+    musicgen-cfg reproduce --config configs/gpu/reproduce.yaml               # the GPU recipe (2 seeds per beta; docs/gpu.md)
+    musicgen-cfg reproduce --help-config                                     # every key
+
+Families (each point = one `generate` run on held-out prompts + `evaluate`):
+  cfg          base model, CFG gamma in guidance_scales (gamma != 1 costs 2 LM passes per step)
+  temperature  base model, gamma = 1, sampling temperature in temperatures
+  beta         distilled models: beta = 0 (quality_model), beta = 15 (diversity_model) and the
+               intermediate betas, trained here with `train_config --beta B` when --train true; with
+               --train_endpoints true beta = 0 and 15 are trained here too, from base_model
+  lerp         theta(lam) = (1 - lam) theta_q + lam theta_d (merging.merge.sweep_checkpoints); lam = 0
+               and 1 are the quality and diversity models themselves (the lerp is exact there)
+Seeds: every trained model is trained once per training seed in `seeds` (`--seed S`; seed 0 keeps the
+single-seed names models/beta_5, later seeds add _s<S>), and LERP merges each seed's own (theta_q, theta_d)
+pair. A point of several seeds pools their runs on the same prompts: its mean is over seeds and prompts and
+its 95% CI comes from a two-level bootstrap that resamples seeds and prompts (`seed_prompt_ci`); claims.md
+also lists each seed's mean. With `jobs` > 1 the trainings, generations and evaluations run as that many parallel
+`musicgen-cfg train` / `generate` / `evaluate` processes (the commands the manifests record).
+Missing models (the shipped default-quality / default-diversity, untrained betas) skip their points
+with a log line. Everything resumes: generation skips finished items, evaluation is cached per run
+directory, merges and trained models already on disk are reused.
+
+OUT gets runs/ (one generate run each, with metrics.json), models/ (merges, trained betas), prompts.txt,
+points.json + table.md (every point, 95% bootstrap CIs over prompts), pareto.png (+ note_diversity.png: quality
+against the note-level diversity of rl/note_diversity.py, default world), hypervolume.json,
+claims.md + claims.json (automatic checks of the paper's claims) and provenance.json (git commit, config).
+
+Hypervolume: area of the (quality, diversity_reward) region dominated by a family's points and
+dominating the reference point r = nadir - 10% of the range on each axis, nadir = the worst quality and
+the worst diversity over ALL points of the run, so that every family is measured against the same r.
+"""
+
+import dataclasses
+import random
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from musicgen_cfg.checkpoint import write_json
+from musicgen_cfg.config import field, load_config
+from musicgen_cfg.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+FAMILIES = {  # marker, legend label
+    "cfg": ("o", "base + CFG gamma (2x LM passes when gamma != 1)"),
+    "temperature": ("^", "base, temperature"),
+    "beta": ("s", "distilled, beta"),
+    "lerp": ("D", "LERP merge, lambda"),
+}
+QUALITY_BETA, DIVERSITY_BETA = 0.0, 15.0
+REFERENCE_MARGIN = 0.1  # the hypervolume reference sits this fraction of each axis' range below the nadir
+# Held-out diversity measures of claim 7 and their names in claims.md; the note-level ones
+# (rl/note_diversity.py) exist for default-world runs only.
+HELDOUT_MEASURES = {"diversity_heldout": "held-out embedder", "note_distance_pitch_class": "pitch classes",
+                    "note_distance_interval": "intervals", "note_distance_rhythm": "rhythm"}
+
+
+@dataclasses.dataclass
+class ReproduceConfig:
+    out: str = field("results", "output directory")
+    base_model: str = field("default", "base model theta_0: CFG and temperature sweeps, teacher of the trained betas")
+    quality_model: str = field("default-quality", "beta = 0 model theta_q (model spec or checkpoint dir)")
+    diversity_model: str = field("default-diversity", "beta = 15 model theta_d (model spec or checkpoint dir)")
+    prompts: str = field("default", "'default' = captions of the default corpus test split, or a .txt/.jsonl file")
+    num_prompts: int = field(64, "held-out prompts per point")
+    num_samples: int = field(4, "samples per prompt (>= 2: diversity is measured among them)")
+    duration: float = field(8.0, "seconds per sample")
+    seed: int = field(0, "seed of prompt selection, captions, generation and bootstrap")
+    batch_size: int = field(32, "generation batch size")
+    top_k: int | None = field(250, "sampling top-k of every point (0 or None = full distribution)")
+    guidance_scales: tuple[float, ...] = field((1.0, 1.25, 1.5, 2.0, 3.0, 5.0), "CFG gammas of the base model")
+    cfg_reference: float | None = field(None, "the CFG gamma the claims compare with; None = the base model's "
+                                              "recorded teacher gamma (3 for real MusicGen)")
+    temperatures: tuple[float, ...] = field((0.8, 1.0, 1.2), "temperature baseline (base model, gamma = 1); empty = skip")
+    betas: tuple[float, ...] = field((5.0, 10.0), "intermediate betas (models/beta_<B>, trained with --train true)")
+    train: bool = field(False, "train the missing intermediate-beta models (slow on CPU)")
+    train_config: str = field("configs/diversity.yaml", "distillation config for the intermediate betas (beta, model, "
+                                                        "embedder, out, export, threads, device are set here)")
+    lambdas: tuple[float, ...] = field((0.0, 0.25, 0.5, 0.75, 1.0), "LERP lambdas between quality and diversity models")
+    seeds: tuple[int, ...] = field((0,), "training seeds of every trained model (and LERP pair); a point pools its "
+                                        "seeds: mean and 95% bootstrap CI over seeds and prompts")
+    train_endpoints: bool = field(False, "also train beta = 0 (quality_train_config) and beta = 15 (train_config) from "
+                                         "base_model for every seed that has no model; quality_model / diversity_model, "
+                                         "when they exist, are seed 0's")
+    sweeps: bool = field(True, "run the sweeps; false = only train the missing models (no merges, no generation)")
+    quality_train_config: str = field("configs/quality.yaml", "distillation config of beta = 0 when train_endpoints")
+    jobs: int = field(1, "trainings / generations / evaluations at once: > 1 runs them as parallel `musicgen-cfg "
+                         "train` / `generate` / `evaluate` processes (each with `threads` threads)")
+    reward_embedder: str = field("default", "diversity embedder used in training: default | DIR | clap:<dir-or-id>")
+    heldout_embedder: str | None = field(None, "held-out diversity embedder (None: judges / encodec-emb of the run's codec)")
+    clap: str | None = field(None, "CLAP dir or hub id (real MusicGen: quality score and held-out embedder)")
+    judges_scorer: str | None = field(None, "default world: the judges' scorer directory; None = the shipped one")
+    world: str = field("auto", "auto | default | real (see musicgen-cfg evaluate)")
+    bootstrap: int = field(1000, "bootstrap resamples for the CIs")
+    smooth_tolerance: float = field(0.1, "claim 4: largest step against the trend, as a fraction of the family's range")
+    device: str = field("auto", "auto | cpu | cuda")
+    threads: int = field(2, "torch CPU threads")
+
+    def __post_init__(self):
+        for name in ("guidance_scales", "temperatures", "betas", "lambdas"):
+            values = getattr(self, name)
+            values = values.split(",") if isinstance(values, str) else values
+            try:
+                setattr(self, name, tuple(float(v) for v in values if str(v).strip() != ""))
+            except ValueError:
+                raise UserError(f"config key {name!r}: expected comma-separated numbers, got {values!r}") from None
+        if self.num_prompts < 1:
+            raise UserError(f"num_prompts must be >= 1, got {self.num_prompts}")
+        if self.num_samples < 2:
+            raise UserError(f"num_samples must be >= 2 (diversity is measured among a prompt's samples), got {self.num_samples}")
+        if not self.guidance_scales:
+            raise UserError("guidance_scales must list at least one gamma (the CFG front)")
+        if any(not 0 <= lam <= 1 for lam in self.lambdas):
+            raise UserError(f"lambdas must lie in [0, 1], got {self.lambdas}")
+        if any(not QUALITY_BETA < b < DIVERSITY_BETA for b in self.betas):
+            raise UserError(f"intermediate betas must lie strictly between {QUALITY_BETA:g} and {DIVERSITY_BETA:g} "
+                            f"(the quality and diversity models), got {self.betas}")
+        if not 0 <= self.smooth_tolerance <= 1:
+            raise UserError(f"smooth_tolerance must lie in [0, 1], got {self.smooth_tolerance}")
+        seeds = self.seeds.split(",") if isinstance(self.seeds, str) else self.seeds
+        try:
+            self.seeds = tuple(int(str(v)) for v in seeds if str(v).strip() != "")
+        except ValueError:
+            raise UserError(f"config key 'seeds': expected comma-separated integers, got {seeds!r}") from None
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise UserError(f"seeds must be distinct non-negative integers (at least one), got {self.seeds}")
+        if self.jobs < 1:
+            raise UserError(f"jobs must be >= 1, got {self.jobs}")
+
+
+# -------------------------------------------------------------------------------------- geometry
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (both maximised), by increasing first coordinate."""
+    front, best_y = [], -np.inf
+    for x, y in sorted(set(points), key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return front[::-1]
+
+
+def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area dominated by `points` (both coordinates maximised) and dominating `reference`."""
+    area, best_y = 0.0, reference[1]
+    for x, y in sorted(((x, y) for x, y in points if x > reference[0] and y > reference[1]), key=lambda p: -p[0]):
+        if y > best_y:  # sweeping from the best x down, each point adds the strip above the ones before
+            area += (x - reference[0]) * (y - best_y)
+            best_y = y
+    return area
+
+
+def reference_point(points: list[tuple[float, float]]) -> tuple[float, float]:
+    xs, ys = np.array(points).T
+    return (float(xs.min() - REFERENCE_MARGIN * (np.ptp(xs) or 1.0)),
+            float(ys.min() - REFERENCE_MARGIN * (np.ptp(ys) or 1.0)))
+
+
+def front_quality_at(points: list[tuple[float, float]], diversity: float) -> float | None:
+    """Quality of the piecewise-linear front through (quality, diversity) points at `diversity`; None outside it."""
+    front = sorted(pareto_front(points), key=lambda p: p[1])
+    ys = [p[1] for p in front]
+    if not front or diversity < ys[0] or diversity > ys[-1]:
+        return None
+    return float(np.interp(diversity, ys, [p[0] for p in front]))
+
+
+# --------------------------------------------------------------------------------------- planning
+
+@dataclasses.dataclass
+class Point:
+    family: str
+    param: float  # gamma, temperature, beta or lambda
+    label: str
+    model_tag: str  # names the model's run directories
+    model: str  # model spec
+    guidance_scale: float = 1.0
+    temperature: float = 1.0
+    metrics: dict | None = None
+    seed: int = 0  # training seed of the model
+    pooled_runs: tuple[str, ...] = ()  # a point pooled over seeds: its members' run names
+
+    @property
+    def run_name(self) -> str:  # shared by points that are the same run (cfg gamma 1 = temperature 1)
+        return f"{self.model_tag}_g{self.guidance_scale:g}_t{self.temperature:g}"
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return self.pooled_runs or (self.run_name,)
+
+
+def seed_tag(tag: str, seed: int) -> str:
+    """Name of a model trained with `seed`: seed 0 keeps the single-seed name (beta_5), others add _s<seed>."""
+    return tag if seed == 0 else f"{tag}_s{seed}"
+
+
+def select_prompts(config: ReproduceConfig) -> list[str]:
+    """num_prompts held-out prompts: captions of random test-split segments, or the head of a prompts file."""
+    from musicgen_cfg.prompts import read_prompts, validate_prompts
+
+    if config.prompts != "default":
+        return validate_prompts(read_prompts(config.prompts)[: config.num_prompts])
+    from musicgen_cfg.world.corpus import load_dataset
+
+    test = load_dataset("test")
+    rng = random.Random(config.seed)
+    indices = rng.sample(range(len(test)), min(config.num_prompts, len(test)))
+    return [test.sample_caption(i, rng) for i in indices]
+
+
+def model_available(spec: str) -> bool:
+    """A checkpoint directory (or shipped default) with config.json, or a hub id (checked when loaded)."""
+    from musicgen_cfg.model import looks_like_hub_id, resolve_spec
+
+    try:
+        path = Path(resolve_spec(spec))
+    except UserError:
+        return False
+    return (path / "config.json").is_file() or looks_like_hub_id(spec)
+
+
+def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
+    """tag -> model spec of every model the sweeps can use: trains / merges what is missing and allowed."""
+    from musicgen_cfg.model import resolve_spec
+
+    models = {"base": config.base_model}
+    endpoints = {QUALITY_BETA: config.quality_model, DIVERSITY_BETA: config.diversity_model}
+    for beta, spec in endpoints.items():  # seed 0's endpoints
+        if model_available(spec):
+            models[f"beta_{beta:g}"] = spec
+        elif not config.train_endpoints:
+            log(f"skip: model {spec!r} not found; its beta point and the LERP sweep are left out")
+    trained = sorted({*config.betas, *(endpoints if config.train_endpoints else ())})
+    wanted = [(beta, seed, out / "models" / seed_tag(f"beta_{beta:g}", seed)) for seed in config.seeds for beta in trained
+              if seed_tag(f"beta_{beta:g}", seed) not in models]
+    missing = [(beta, seed, destination) for beta, seed, destination in wanted if not (destination / "config.json").is_file()]
+    if missing and config.train:
+        train_betas(config, missing, out, log)
+    for beta, seed, destination in wanted:
+        if (destination / "config.json").is_file():
+            models[seed_tag(f"beta_{beta:g}", seed)] = str(destination)
+        else:
+            log(f"skip: beta = {beta:g} is not trained for seed {seed} ({destination} missing; pass --train true to train it)")
+    if not config.sweeps:  # no merges either: the endpoints may still be training elsewhere
+        return models
+    interior = [lam for lam in config.lambdas if 0 < lam < 1]
+    for seed in config.seeds:
+        quality = models.get(seed_tag(f"beta_{QUALITY_BETA:g}", seed))
+        diversity = models.get(seed_tag(f"beta_{DIVERSITY_BETA:g}", seed))
+        if not (quality and diversity and interior):
+            continue
+        from merging.merge import sweep_checkpoints, sweep_dir_name
+
+        sweep = out / "models" / seed_tag("lerp", seed)
+        unmerged = [lam for lam in interior if not (sweep / sweep_dir_name(lam) / "config.json").is_file()]
+        if unmerged:
+            log(f"merging lambda = {', '.join(f'{lam:g}' for lam in unmerged)} into {sweep}")
+            sweep_checkpoints([resolve_spec(quality), resolve_spec(diversity)], sweep, unmerged, overwrite=True)
+        models.update({seed_tag(f"lerp_{lam:g}", seed): str(sweep / sweep_dir_name(lam)) for lam in interior})
+    return models
+
+
+def train_command(config: ReproduceConfig, beta: float, seed: int, out: Path, destination: Path) -> tuple[str, list[str], Path]:
+    """(config file, `--key value` overrides, run directory) of `musicgen-cfg train` for one beta and seed.
+
+    beta = 0 uses quality_train_config (no reward, so no embedder); the others use train_config with the
+    reward embedder this pipeline evaluates diversity with, so "reward embedder" means the same model in both.
+    """
+    run_dir = out / "train" / destination.name
+    train_config = config.quality_train_config if beta == QUALITY_BETA else config.train_config
+    overrides = ["--beta", f"{beta:g}", "--seed", str(seed), "--model", config.base_model]
+    if beta != QUALITY_BETA:
+        overrides += ["--embedder", config.reward_embedder]
+    overrides += ["--out", str(run_dir), "--export", str(destination), "--threads", str(config.threads),
+                  "--device", config.device]
+    return train_config, overrides, run_dir
+
+
+def train_betas(config: ReproduceConfig, missing: list[tuple[float, int, Path]], out: Path, log):
+    """Train each (beta, seed) -> destination, resuming interrupted runs; `jobs` processes at once when jobs > 1."""
+    from musicgen_cfg.checkpoint import checkpoints
+    from musicgen_cfg.distillation import DistillConfig, train
+
+    commands = []
+    for beta, seed, destination in missing:
+        train_config, overrides, run_dir = train_command(config, beta, seed, out, destination)
+        resume = ["--resume"] if checkpoints(run_dir) else []
+        command = f"musicgen-cfg train --config {train_config} {' '.join(overrides)}"
+        log(f"training beta = {beta:g}, seed {seed}: {command}{' --resume' if resume else ''}")
+        if config.jobs == 1:
+            train(load_config(DistillConfig, train_config, overrides), resume=bool(resume), command=command)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            commands.append(([sys.executable, "-m", "musicgen_cfg.cli", "train", "--config", train_config,
+                              *overrides, *resume], run_dir / "train.log"))
+    run_parallel(commands, config.jobs, log)
+
+
+def run_parallel(commands: list[tuple[list[str], Path]], jobs: int, log):
+    """Run the (argv, log file) commands, at most `jobs` at once; any failure -> UserError naming its log."""
+    pending, running, failed = list(commands), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            argv, log_path = pending.pop(0)
+            handle = log_path.open("w")
+            running.append((subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT), handle, log_path))
+        time.sleep(0.5)
+        for entry in [r for r in running if r[0].poll() is not None]:
+            process, handle, log_path = entry
+            handle.close()
+            running.remove(entry)
+            if process.returncode:
+                failed.append(log_path)
+            log(f"{'failed' if process.returncode else 'done'}: {log_path}")
+    if failed:
+        raise UserError(f"{len(failed)} of {len(commands)} parallel runs failed; see {', '.join(map(str, failed))}")
+
+
+def plan_points(config: ReproduceConfig, models: dict[str, str]) -> list[Point]:
+    points = [Point("cfg", g, f"gamma={g:g}", "base", models["base"], guidance_scale=g) for g in config.guidance_scales]
+    points += [Point("temperature", t, f"T={t:g}", "base", models["base"], temperature=t) for t in config.temperatures]
+    for beta in sorted({QUALITY_BETA, DIVERSITY_BETA, *config.betas}):
+        for seed in config.seeds:
+            if (tag := seed_tag(f"beta_{beta:g}", seed)) in models:
+                points.append(Point("beta", beta, f"beta={beta:g}", tag, models[tag], seed=seed))
+    for seed in config.seeds:
+        endpoints = {0.0: seed_tag(f"beta_{QUALITY_BETA:g}", seed), 1.0: seed_tag(f"beta_{DIVERSITY_BETA:g}", seed)}
+        if set(endpoints.values()) <= set(models):  # prepare_models merged every interior lambda
+            for lam in config.lambdas:
+                tag = endpoints.get(lam, seed_tag(f"lerp_{lam:g}", seed))
+                points.append(Point("lerp", lam, f"lambda={lam:g}", tag, models[tag], seed=seed))
+    return points
+
+
+def seed_prompt_ci(values, resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of the mean of `values` [S, P]: S seeds' runs on the same P prompts (NaN = undefined).
+
+    Two-level bootstrap: each resample draws S seeds and P prompts with replacement (the same prompts for
+    every drawn seed, as the runs share them), so the CI carries training-seed noise as well as prompt noise.
+    With S = 1 it is the prompt bootstrap of `evaluate`.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or not values.size:
+        raise ValueError(f"values must be a non-empty [seeds, prompts] array, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    num_seeds, num_prompts = values.shape
+    seeds = rng.integers(0, num_seeds, size=(resamples, num_seeds, 1))
+    prompts = rng.integers(0, num_prompts, size=(resamples, 1, num_prompts))
+    with warnings.catch_warnings():  # a resample of undefined values only is left out of the percentiles
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(values[seeds, prompts].reshape(resamples, -1), axis=1)
+        tail = (1 - confidence) / 2 * 100
+        low, high = np.nanpercentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def pool_seeds(points: list[Point], per_prompt: dict[str, dict[str, list]], resamples: int, seed: int) -> list[Point]:
+    """One point per (family, param): a point with several seeds' runs gets pooled metrics.
+
+    per_prompt: run name -> metric -> per-prompt values (None = undefined), as `evaluate` writes them.
+    Pooled metric: mean over seeds and prompts, `seed_prompt_ci`, and seed_means (each run's own mean);
+    whole-set metrics (no per-prompt values) get the mean of the runs' values and no CI.
+    """
+    groups: dict[tuple[str, float], list[Point]] = {}
+    for point in points:
+        groups.setdefault((point.family, point.param), []).append(point)
+    pooled = []
+    for members in groups.values():
+        if len(members) == 1:
+            pooled.append(members[0])
+            continue
+        metrics = {}
+        for name in set.intersection(*(set(p.metrics) for p in members)):
+            seed_means = [p.metrics[name]["mean"] for p in members]
+            if all(name in per_prompt[p.run_name] for p in members):
+                values = np.array([[np.nan if v is None else v for v in per_prompt[p.run_name][name]] for p in members],
+                                  dtype=np.float64)
+                if np.isnan(values).all():
+                    metrics[name] = {"mean": None, "ci_low": None, "ci_high": None, "num_prompts": 0}
+                    continue
+                low, high = seed_prompt_ci(values, resamples, seed)
+                metrics[name] = {"mean": float(np.nanmean(values)), "ci_low": low, "ci_high": high,
+                                 "num_prompts": int((~np.isnan(values)).any(axis=0).sum())}
+            else:
+                defined = [m for m in seed_means if m is not None]
+                metrics[name] = {"mean": float(np.mean(defined)) if defined else None, "ci_low": None,
+                                 "ci_high": None, "num_prompts": members[0].metrics[name]["num_prompts"]}
+            metrics[name]["seed_means"] = seed_means
+        first = members[0]
+        pooled.append(dataclasses.replace(first, metrics=metrics, pooled_runs=tuple(p.run_name for p in members)))
+    return pooled
+
+
+def generate_points(points: list[Point], prompts: list[str], config: ReproduceConfig, runs: Path, log):
+    """One generate run per distinct run directory; each model is loaded once. With jobs > 1 the runs are
+    `musicgen-cfg generate` processes on OUT/prompts.txt instead (top-k None is `--top-k 0`: off)."""
+    import torch
+
+    if config.jobs > 1:
+        distinct = {point.run_name: point for point in points}
+        runs.mkdir(parents=True, exist_ok=True)
+        log(f"generating {len(distinct)} runs, {config.jobs} processes at once")
+        run_parallel([([sys.executable, "-m", "musicgen_cfg.cli", "generate", "--model", point.model,
+                        "--prompts-file", str(runs.parent / "prompts.txt"), "--num-samples", str(config.num_samples),
+                        "--duration", f"{config.duration!r}", "--seed", str(config.seed), "--batch-size",
+                        str(config.batch_size), "--guidance-scale", f"{point.guidance_scale!r}", "--temperature",
+                        f"{point.temperature!r}", "--top-k", str(config.top_k or 0), "--format", "wav", "--device",
+                        config.device, "--out", str(runs / name)], runs / f"{name}.log")
+                      for name, point in distinct.items()], config.jobs, log)
+        return
+
+    from musicgen_cfg.experiments.generate import GenerateConfig, run_generation
+    from musicgen_cfg.model import load_model, pick_device
+    from musicgen_cfg.sampler import SamplingConfig
+
+    torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    by_model: dict[str, dict[str, Point]] = {}
+    for point in points:
+        by_model.setdefault(point.model_tag, {})[point.run_name] = point
+    for runs_of_model in by_model.values():
+        first = next(iter(runs_of_model.values()))
+        model = load_model(first.model, device=device)
+        for name, point in runs_of_model.items():
+            log(f"generate {name} ({point.model})")
+            generate = GenerateConfig(point.model, config.num_samples, config.duration, config.seed, config.batch_size,
+                                      "wav", config.device)
+            sampling = SamplingConfig(guidance_scale=point.guidance_scale, temperature=point.temperature, top_k=config.top_k)
+            run_generation(model, prompts, generate, sampling, runs / name)
+        del model  # release it before the next model loads
+
+
+# ------------------------------------------------------------------------------------------ claims
+
+def _value(point: Point, metric: str) -> float:
+    return point.metrics[metric]["mean"]
+
+
+def _ci(point: Point, metric: str) -> str:
+    stats = point.metrics[metric]
+    text = f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+    if stats.get("seed_means"):
+        text += " (seeds " + ", ".join(f"{m:.4f}" for m in stats["seed_means"]) + ")"
+    return text
+
+
+def _family(points: list[Point], family: str) -> list[Point]:
+    return sorted((p for p in points if p.family == family), key=lambda p: p.param)
+
+
+def _result(number: int, claim: str, passed: bool | None, detail: str) -> dict:
+    status = "skipped" if passed is None else "pass" if passed else "fail"
+    return {"claim": number, "statement": claim, "status": status, "detail": detail}
+
+
+def check_claims(points: list[Point], reference_gamma: float, hypervolumes: dict[str, float],
+                 tolerance: float) -> list[dict]:
+    """The seven claims, each pass / fail / skipped (with the reason) and the numbers behind it."""
+    cfg = {p.param: p for p in _family(points, "cfg")}
+    betas, lerps = _family(points, "beta"), _family(points, "lerp")
+    beta_of = {p.param: p for p in betas}
+    plain, guided = cfg.get(1.0), cfg.get(reference_gamma)
+    results = []
+
+    claim = "CFG raises quality and lowers diversity"
+    if plain and guided and reference_gamma != 1.0:
+        passed = _value(guided, "quality") > _value(plain, "quality") and \
+            _value(guided, "diversity_reward") < _value(plain, "diversity_reward")
+        detail = (f"quality gamma=1 {_ci(plain, 'quality')} -> gamma={reference_gamma:g} {_ci(guided, 'quality')}; "
+                  f"diversity {_ci(plain, 'diversity_reward')} -> {_ci(guided, 'diversity_reward')}. All gammas "
+                  "(quality, diversity): " + ", ".join(f"{g:g}: ({_value(p, 'quality'):.4f}, "
+                                                       f"{_value(p, 'diversity_reward'):.4f})" for g, p in cfg.items()))
+        results.append(_result(1, claim, passed, detail))
+    else:
+        results.append(_result(1, claim, None, f"needs CFG points at gamma = 1 and gamma = {reference_gamma:g}"))
+
+    claim = "beta = 0 reaches CFG quality at half the cost"
+    quality_model = beta_of.get(QUALITY_BETA)
+    if quality_model and guided and reference_gamma != 1.0:
+        cost = _value(quality_model, "lm_passes_per_second") / _value(guided, "lm_passes_per_second")
+        wall = _value(quality_model, "seconds_per_second") / _value(guided, "seconds_per_second")
+        passed = _value(quality_model, "quality") >= guided.metrics["quality"]["ci_low"] and cost <= 0.5 + 1e-9
+        detail = (f"quality beta=0 {_ci(quality_model, 'quality')} vs CFG gamma={reference_gamma:g} "
+                  f"{_ci(guided, 'quality')} (pass: at least the CFG CI's lower end); LM passes ratio {cost:.3f}, "
+                  f"measured wall-time ratio {wall:.3f}")
+        results.append(_result(2, claim, passed, detail))
+    else:
+        results.append(_result(2, claim, None, f"needs the beta = 0 model and CFG gamma = {reference_gamma:g}"))
+
+    claim = "diversity rises with beta"
+    if len(betas) >= 2:
+        values = [_value(p, "diversity_reward") for p in betas]
+        passed = all(b > a for a, b in zip(values, values[1:]))
+        detail = "; ".join(f"beta={p.param:g}: {_ci(p, 'diversity_reward')}" for p in betas)
+        results.append(_result(3, claim, passed, detail))
+    else:
+        results.append(_result(3, claim, None, "needs at least two beta models"))
+
+    claim = "quality and diversity move smoothly (near-monotone) with lambda"
+    if len(lerps) >= 3:
+        worst = {metric: _against_trend([_value(p, metric) for p in lerps], sign)
+                 for metric, sign in (("quality", -1), ("diversity_reward", 1))}
+        passed = all(w <= tolerance for w in worst.values())
+        detail = "; ".join(f"lambda={p.param:g}: quality {_value(p, 'quality'):.4f}, diversity "
+                           f"{_value(p, 'diversity_reward'):.4f}" for p in lerps)
+        detail += (f". Largest step against the trend (fraction of the range): quality {worst['quality']:.3f}, "
+                   f"diversity {worst['diversity_reward']:.3f}; tolerance {tolerance:g}")
+        results.append(_result(4, claim, passed, detail))
+    else:
+        results.append(_result(4, claim, None, "needs at least three LERP points"))
+
+    claim = "the LERP front dominates the CFG front (hypervolume)"
+    if "lerp" in hypervolumes and "cfg" in hypervolumes:
+        passed = hypervolumes["lerp"] >= hypervolumes["cfg"]
+        results.append(_result(5, claim, passed, f"hypervolume LERP {hypervolumes['lerp']:.5f} vs CFG {hypervolumes['cfg']:.5f}"))
+    else:
+        results.append(_result(5, claim, None, "needs LERP and CFG points"))
+
+    claim = "merged models are at least as good as intermediate-beta models"
+    intermediate = [p for p in betas if p.param not in (QUALITY_BETA, DIVERSITY_BETA)]
+    if lerps and intermediate:
+        front = [(_value(p, "quality"), _value(p, "diversity_reward")) for p in lerps]
+        verdicts = []
+        for p in intermediate:
+            q, d = _value(p, "quality"), _value(p, "diversity_reward")
+            on_front = front_quality_at(front, d)
+            if on_front is None:  # more diverse (or less) than any merge: some merge must beat it on both axes
+                ok = any(fq >= q and fd >= d for fq, fd in front)
+                verdicts.append((ok, f"beta={p.param:g} ({q:.4f}, {d:.4f}) outside the LERP diversity range, "
+                                     f"{'dominated' if ok else 'not dominated'} by a merge"))
+            else:
+                ok = q <= on_front
+                verdicts.append((ok, f"beta={p.param:g} quality {q:.4f} vs LERP front {on_front:.4f} at diversity {d:.4f}"))
+        results.append(_result(6, claim, all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)))
+    else:
+        results.append(_result(6, claim, None, "needs LERP points and at least one intermediate-beta model"))
+
+    claim = "the diversity changes hold under the held-out embedder (and, default world, the note-level measures)"
+    comparisons = []
+    if plain and guided and reference_gamma != 1.0:
+        comparisons.append((f"CFG gamma=1 over gamma={reference_gamma:g}", plain, guided))
+    if quality_model and DIVERSITY_BETA in beta_of:
+        comparisons.append((f"beta={DIVERSITY_BETA:g} over beta={QUALITY_BETA:g}", beta_of[DIVERSITY_BETA], quality_model))
+    if len(lerps) >= 2:
+        comparisons.append((f"lambda={lerps[-1].param:g} over lambda={lerps[0].param:g}", lerps[-1], lerps[0]))
+    if comparisons:
+        # In every comparison each held-out measure must rise: the held-out embedder and each note-level
+        # distance (pitch classes, intervals, rhythm) on its own, not just their mean.
+        compared = [p for _, hi, lo in comparisons for p in (hi, lo)]
+        heldout = [m for m in HELDOUT_MEASURES if all(m in p.metrics for p in compared)]
+        verdicts, texts = [], []
+        for name, hi, lo in comparisons:
+            gains = {m: _value(hi, m) - _value(lo, m) for m in ("diversity_reward", *heldout)}
+            verdicts += [gains[m] > 0 for m in heldout]
+            texts.append(f"{name}: reward {gains['diversity_reward']:+.4f}, "
+                         + ", ".join(f"{HELDOUT_MEASURES[m]} {gains[m]:+.4f}" for m in heldout))
+        detail = "; ".join(texts)
+        if len(heldout) > 1:
+            detail += ". Note-level: mean pairwise total variation of the histograms; pass = every measure rises"
+        results.append(_result(7, claim, all(verdicts), detail))
+    else:
+        results.append(_result(7, claim, None, "no diversity comparison available"))
+    return results
+
+
+def _against_trend(values: list[float], sign: int) -> float:
+    """Largest consecutive step in the direction opposite to `sign`, as a fraction of the values' range."""
+    span = max(values) - min(values)
+    worst = max((max(0.0, -sign * (b - a)) for a, b in zip(values, values[1:])), default=0.0)
+    return worst / span if span > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------------ output
+
+TABLE_METRICS = ("quality", "diversity_reward", "diversity_heldout", "vendi_reward", "vendi_heldout", "note_diversity",
+                 "degenerate_rate", "lm_passes_per_second", "seconds_per_second")
+
+
+def write_tables(points: list[Point], hypervolumes: dict, reference: tuple[float, float], out: Path):
+    """table.md: the main metrics with CIs, every other metric (e.g. the judges' parts) as means, the hypervolumes."""
+    names = {name for p in points for name in p.metrics}
+    main = [name for name in (*TABLE_METRICS, "clap_score", "distribution_distance") if name in names]
+    lines = ["# Points", "", "Mean [95% bootstrap CI over prompts, and over seeds for points of several training "
+             "seeds]; runs under runs/.", "",
+             *_markdown_table(points, main, with_ci=True)]
+    others = sorted(names - set(main))
+    if others:
+        lines += ["", "# Other metrics (means)", "", *_markdown_table(points, others, with_ci=False)]
+    lines += ["", f"# Hypervolume in (quality, diversity_reward), reference point ({reference[0]:.4f}, "
+              f"{reference[1]:.4f}) = nadir of all points - {REFERENCE_MARGIN:g} x range", "",
+              "| family | hypervolume |", "|---|---|", *(f"| {f} | {v:.5f} |" for f, v in hypervolumes.items())]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_json({"points": [dataclasses.asdict(p) | {"runs": [f"runs/{r}" for r in p.runs]} for p in points]},
+               out / "points.json")
+    write_json({"reference_point": list(reference), "axes": ["quality", "diversity_reward"], "hypervolume": hypervolumes},
+               out / "hypervolume.json")
+
+
+def _markdown_table(points: list[Point], columns: list[str], with_ci: bool) -> list[str]:
+    lines = ["| family | point | " + " | ".join(columns) + " | run |", "|" + "---|" * (len(columns) + 3)]
+    for p in points:
+        cells = []
+        for name in columns:
+            stats = p.metrics.get(name) or {"mean": None}
+            if stats["mean"] is None:
+                cells.append("n/a")
+            elif with_ci and stats.get("ci_low") is not None:
+                cells.append(f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]")
+            else:
+                cells.append(f"{stats['mean']:.4f}")
+        lines.append(f"| {p.family} | {p.label} | " + " | ".join(cells) + f" | {' + '.join(p.runs)} |")
+    return lines
+
+
+def plot_front(points: list[Point], hypervolumes: dict, path: Path, x_metric: str = "diversity_reward",
+               x_label: str = "diversity (mean pairwise 1 - cos, reward embedder)"):
+    """Quality against the diversity measure `x_metric`, one line per family (hypervolumes in the legend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for family, (marker, name) in FAMILIES.items():
+        members = _family(points, family)
+        if not members:
+            continue
+        xs = [_value(p, x_metric) for p in members]
+        ys = [_value(p, "quality") for p in members]
+        hv = f", HV {hypervolumes[family]:.4f}" if family in hypervolumes else ""
+        (line,) = ax.plot(xs, ys, marker=marker, linestyle="-", alpha=0.8, label=f"{name}{hv}")
+        for p, x, y in zip(members, xs, ys):
+            doubled = family == "cfg" and p.guidance_scale != 1.0
+            if doubled:  # 2x inference cost: a wide ring around the marker
+                ax.scatter([x], [y], s=220, facecolors="none", edgecolors=line.get_color(), linewidths=1.5)
+            ax.annotate(p.label + (" (2x)" if doubled else ""), (x, y), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("quality")
+    ax.set_title("Quality-diversity: CFG vs distillation (beta) vs merging (lambda); rings = 2x cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def write_claims(claims: list[dict], out: Path):
+    lines = ["# Claims of the paper, checked on this run", "",
+             "Numbers: mean [95% bootstrap CI over prompts, and over training seeds where a point has several: "
+             "(seeds ...) lists each seed's mean]; diversity = mean pairwise 1 - cos under the reward "
+             "embedder unless said otherwise. Generated by `musicgen-cfg reproduce` (see provenance.json).", ""]
+    for c in claims:
+        lines += [f"{c['claim']}. **{c['status'].upper()}**: {c['statement']}", f"   {c['detail']}", ""]
+    (out / "claims.md").write_text("\n".join(lines))
+    write_json({"claims": claims}, out / "claims.json")
+
+
+def git_commit() -> str:
+    """HEAD of this checkout, '+dirty' when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+dirty" if dirty else "")
+
+
+# -------------------------------------------------------------------------------------------- main
+
+def evaluate_in_parallel(config: ReproduceConfig, run_names: list[str], runs: Path, log):
+    """`musicgen-cfg evaluate` over the runs in `jobs` processes, with this pipeline's evaluation settings, so
+    that the in-process evaluation below reads their metrics.json back (its cache key is the same)."""
+    options = ["--reward-embedder", config.reward_embedder, "--world", config.world, "--bootstrap",
+               str(config.bootstrap), "--seed", str(config.seed)]
+    for flag, value in (("--heldout-embedder", config.heldout_embedder), ("--clap", config.clap),
+                        ("--judges-scorer", config.judges_scorer)):
+        if value is not None:
+            options += [flag, value]
+    chunks = [run_names[i :: config.jobs] for i in range(min(config.jobs, len(run_names)))]
+    log(f"evaluating {len(run_names)} runs in {len(chunks)} processes")
+    run_parallel([([sys.executable, "-m", "musicgen_cfg.cli", "evaluate", *(str(runs / name) for name in chunk),
+                    *options], runs / f"evaluate-{i}.log") for i, chunk in enumerate(chunks)], config.jobs, log)
+
+
+def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None) -> dict:
+    """Run every sweep, evaluate, plot, check the claims; returns {"points", "hypervolume", "claims"}
+    (with sweeps false: only trains the missing models and returns {"models": tag -> spec})."""
+    from musicgen_cfg.experiments.evaluate import EvaluateConfig, Evaluator
+    from musicgen_cfg.model import load_model
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    reference_gamma = config.cfg_reference
+    if reference_gamma is None:
+        reference_gamma = load_model(config.base_model).default_guidance_scale
+    if reference_gamma not in config.guidance_scales:
+        raise UserError(f"the claims compare with CFG gamma = {reference_gamma:g}, which is not in guidance_scales "
+                        f"{config.guidance_scales}; add it or set cfg_reference")
+    evaluator = Evaluator(EvaluateConfig(config.reward_embedder, config.heldout_embedder, config.clap,
+                                         config.judges_scorer, config.world, config.bootstrap, config.seed), judges=judges)
+    evaluator.embedder(config.reward_embedder)  # a missing embedder fails now, not after all the generation
+    prompts = select_prompts(config)
+    (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    models = prepare_models(config, out, log)
+    if not config.sweeps:
+        log(f"trained models in {out / 'models'}; sweeps: false, so no sweeps")
+        return {"models": models}
+    points = plan_points(config, models)
+    generate_points(points, prompts, config, out / "runs", log)
+    if config.jobs > 1:
+        evaluate_in_parallel(config, sorted({p.run_name for p in points}), out / "runs", log)
+    per_prompt = {}
+    for point in points:
+        result = evaluator.evaluate(out / "runs" / point.run_name)  # read back when evaluated in parallel
+        point.metrics, per_prompt[point.run_name] = result["metrics"], result["per_prompt"]
+        log(f"evaluated {point.family} {point.label} (seed {point.seed}): quality {_value(point, 'quality'):.4f}, "
+            f"diversity {_value(point, 'diversity_reward'):.4f}")
+    points = pool_seeds(points, per_prompt, config.bootstrap, config.seed)
+    coordinates = {id(p): (_value(p, "quality"), _value(p, "diversity_reward")) for p in points}
+    reference = reference_point(list(coordinates.values()))
+    hypervolumes = {family: hypervolume([coordinates[id(p)] for p in _family(points, family)], reference)
+                    for family in FAMILIES if _family(points, family)}
+    claims = check_claims(points, reference_gamma, hypervolumes, config.smooth_tolerance)
+    write_tables(points, hypervolumes, reference, out)
+    plots = ["pareto.png"]
+    plot_front(points, hypervolumes, out / "pareto.png")
+    if all("note_diversity" in p.metrics for p in points):
+        plots.append("note_diversity.png")
+        plot_front(points, {}, out / "note_diversity.png", "note_diversity",
+                   "note-level diversity (mean pairwise total variation of pitch-class, interval, rhythm histograms)")
+    write_claims(claims, out)
+    write_json({"git_commit": git_commit(), "command": command, "config": dataclasses.asdict(config),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, out / "provenance.json")
+    for c in claims:
+        log(f"claim {c['claim']}: {c['status']}: {c['statement']}")
+    log(f"results in {out}: table.md, {', '.join(plots)}, claims.md")
+    return {"points": points, "hypervolume": hypervolumes, "claims": claims}

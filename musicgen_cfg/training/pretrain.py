@@ -1,0 +1,253 @@
+"""`musicgen-cfg pretrain`: train the embedded default model (the base theta_0) on the music21 corpus.
+
+    musicgen-cfg pretrain --config configs/default_base.yaml            # ~1 h on 2 CPU cores
+    musicgen-cfg pretrain --config configs/default_base.yaml --resume   # continue a killed run
+
+Teacher-forced cross-entropy over all 4 codebooks (delay pattern undone by scoring.score), with
+per-sample condition dropout so that the model also learns the unconditional distribution that
+classifier-free guidance needs. Captions are re-drawn from paraphrase templates each time, each
+attribute (style, instrument, key, meter, texture, tempo) left out with its own probability
+(`caption_drop_*`, captions.CaptionDropout), and segments are transposed (the caption's key follows). With --export the final weights are written
+as a shipped checkpoint with a manifest (command, config, dataset hash, weights sha256).
+"""
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import MusicgenDecoderConfig
+
+from musicgen_cfg.cfg import drop_condition
+from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, write_json
+from musicgen_cfg.config import field
+from musicgen_cfg.errors import UserError
+from musicgen_cfg.scoring import score
+from musicgen_cfg.training.run import (
+    MetricsLog,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+    warmup_cosine,
+    write_run_info,
+)
+
+
+@dataclass
+class PretrainConfig:
+    out: str = field("runs/default-base", "run directory (checkpoints, metrics.csv, tensorboard)")
+    dataset: str | None = field(None, "dataset .npz; default: the shipped musicgen_cfg/assets/default/dataset.npz")
+    hidden_size: int = field(256, "decoder width")
+    num_layers: int = field(4, "decoder layers")
+    num_heads: int = field(4, "attention heads")
+    ffn_dim: int = field(1024, "MLP width")
+    max_positions: int = field(1024, "longest sequence in decoder steps (frames + 3)")
+    dropout: float = field(0.1, "residual dropout")
+    steps: int = field(3000, "optimizer steps")
+    batch_size: int = field(32, "segments per step")
+    lr: float = field(1e-3, "peak learning rate (AdamW)")
+    warmup: int = field(200, "linear warm-up steps")
+    weight_decay: float = field(0.01, "AdamW weight decay")
+    grad_clip: float = field(1.0, "max global grad norm")
+    cond_dropout: float = field(0.2, "probability of replacing a caption by the null condition (for CFG)")
+    caption_drop_style: float = field(0.0, "probability that a caption leaves out the style / dance-form name")
+    caption_drop_instrument: float = field(0.0, "probability that a caption leaves out the instrument")
+    caption_drop_key: float = field(0.15, "probability that a caption leaves out the key")
+    caption_drop_meter: float = field(0.5, "probability that a caption leaves out the meter")
+    caption_drop_texture: float = field(0.5, "probability that a caption leaves out the texture (number of parts)")
+    caption_drop_tempo: float = field(0.1, "probability that a caption leaves out the tempo")
+    transpose: int = field(5, "random transposition range in semitones (caption key follows)")
+    style_balance: float = field(0.5, "segment sampling: style share ∝ count^(1 - style_balance); 0 = as in the data, 1 = all styles equal")
+    guidance_scale: float = field(3.0, "teacher CFG gamma recorded in the model config (set from the gamma sweep)")
+    seed: int = field(0, "seed for init, data order, dropout")
+    log_every: int = field(10, "steps between metric rows")
+    eval_every: int = field(250, "steps between validation losses")
+    eval_segments: int = field(256, "validation segments per evaluation")
+    checkpoint_every: int = field(250, "steps between checkpoints")
+    keep_last: int = field(2, "checkpoints kept")
+    threads: int = field(2, "torch CPU threads")
+    device: str = field("auto", "auto | cpu | cuda")
+    export: str | None = field(None, "write the final model here as a shipped checkpoint with manifest.json")
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "steps", "batch_size", "warmup",
+                     "log_every", "eval_every", "checkpoint_every", "keep_last", "threads", "eval_segments"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if not 0 <= self.cond_dropout < 1:
+            raise UserError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.style_balance <= 1:
+            raise UserError(f"style_balance must be in [0, 1], got {self.style_balance}")
+        try:
+            self.caption_dropout()
+        except ValueError as err:
+            raise UserError(str(err).replace("caption dropout of ", "caption_drop_")) from None
+
+    def caption_dropout(self):
+        """The per-attribute caption dropout of the training captions (captions.CaptionDropout)."""
+        from musicgen_cfg.captions import CaptionDropout
+
+        return CaptionDropout(style=self.caption_drop_style, instrument=self.caption_drop_instrument,
+                              key=self.caption_drop_key, meter=self.caption_drop_meter,
+                              texture=self.caption_drop_texture, tempo=self.caption_drop_tempo)
+
+
+def decoder_config(config: PretrainConfig) -> MusicgenDecoderConfig:
+    from musicgen_cfg.world.symbolic import CARDINALITY, NUM_VOICES
+
+    return MusicgenDecoderConfig(
+        vocab_size=CARDINALITY, num_codebooks=NUM_VOICES, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads, ffn_dim=config.ffn_dim,
+        max_position_embeddings=config.max_positions, dropout=config.dropout, pad_token_id=CARDINALITY,
+        bos_token_id=CARDINALITY, decoder_start_token_id=CARDINALITY,
+    )
+
+
+def style_cumulative_weights(dataset, style_balance: float) -> list[float]:
+    """Cumulative per-segment sampling weights giving each style a share ∝ count^(1 - style_balance).
+
+    Palestrina and German folk songs are over half the corpus; full balancing would instead repeat
+    the few hundred English folk segments endlessly, so the default (0.5) is the square-root middle.
+    """
+    _, inverse, counts = np.unique(dataset.styles, return_inverse=True, return_counts=True)
+    return np.cumsum(counts[inverse].astype(np.float64) ** -style_balance).tolist()
+
+
+def draw_batch(dataset, batch_size: int, rng: random.Random, cum_weights: list[float],
+               dropout=None) -> tuple[torch.Tensor, list[str]]:
+    """Random segments, each randomly transposed, with a freshly drawn caption: codes [B, 4, T], captions.
+
+    dropout: the per-attribute caption dropout (captions.CaptionDropout; None = the default)."""
+    codes, captions = [], []
+    for i in rng.choices(range(len(dataset)), cum_weights=cum_weights, k=batch_size):
+        shift = dataset.random_transpose(i, rng) if dataset.augment_semitones else 0
+        segment, _ = dataset.get(i, shift)
+        codes.append(torch.from_numpy(segment.astype(np.int64)))
+        captions.append(dataset.sample_caption(i, rng, shift, dropout))
+    return torch.stack(codes), captions
+
+
+def token_cross_entropy(lm, codes: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean CE over all valid (codebook, frame) tokens; also per-codebook CE [K]."""
+    scores = score(lm, codes, cond)
+    ce = F.cross_entropy(scores.logits.flatten(0, 2).float(), codes.flatten(), reduction="none").view(codes.shape)
+    mask = scores.mask.float()
+    return (ce * mask).sum() / mask.sum(), (ce * mask).sum(dim=(0, 2)) / mask.sum(dim=(0, 2))
+
+
+@torch.no_grad()
+def validation_loss(model, segments: torch.Tensor, captions: list[str], batch_size: int) -> float:
+    model.lm.eval()
+    total = 0.0
+    for start in range(0, len(segments), batch_size):
+        chunk = segments[start : start + batch_size]
+        loss, _ = token_cross_entropy(model.lm, chunk.to(model.device), model.condition(captions[start : start + batch_size]))
+        total += loss.item() * len(chunk)
+    return total / len(segments)
+
+
+def create_symbolic_model(decoder_config: MusicgenDecoderConfig, guidance_scale: float, seed: int = 0):
+    """A freshly initialised default-world model (MiniLM text encoder + symbolic codec), for pretraining."""
+    from musicgen_cfg.conditioning import MINILM_NAME, minilm_text_encoder
+    from musicgen_cfg.lm import MusicgenLM
+    from musicgen_cfg.model import MusicGen
+    from musicgen_cfg.world.codec import SymbolicCodec
+
+    torch.manual_seed(seed)
+    text_encoder = minilm_text_encoder(cache_size=8192)
+    lm = MusicgenLM(decoder_config, text_encoder.hidden_size)
+    for module in lm.modules():  # transformers' MusicGen init: N(0, initializer_factor), zero biases
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            module.weight.data.normal_(0.0, decoder_config.initializer_factor)
+            if getattr(module, "bias", None) is not None:
+                module.bias.data.zero_()
+    config = {"decoder": decoder_config.to_dict(),
+              "musicgen_cfg": {"codec": "symbolic", "text_encoder": MINILM_NAME, "guidance_scale": guidance_scale}}
+    return MusicGen(lm, text_encoder, SymbolicCodec(), config, "new")
+
+
+def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") -> Path:
+    from musicgen_cfg.model import pick_device
+    from musicgen_cfg.world.corpus import DEFAULT_PATH, load_dataset
+
+    torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    run_dir = Path(config.out)
+    checkpoint = resume_point(run_dir, resume)
+    train = load_dataset("train", config.dataset, augment_semitones=config.transpose)
+    cum_weights = style_cumulative_weights(train, config.style_balance)
+    val = load_dataset("val", config.dataset)
+    val_rng = random.Random(1234)
+    val_idx = sorted(val_rng.sample(range(len(val)), min(config.eval_segments, len(val))))
+    val_codes = torch.stack([torch.from_numpy(val.get(i)[0].astype(np.int64)) for i in val_idx])
+    caption_dropout = config.caption_dropout()
+    val_captions = [val.sample_caption(i, val_rng, dropout=caption_dropout) for i in val_idx]
+
+    model = create_symbolic_model(decoder_config(config), config.guidance_scale, seed=config.seed).to(device)
+    optimizer = torch.optim.AdamW(model.lm.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps))
+    generator = torch.Generator().manual_seed(config.seed)
+    data_rng = random.Random(config.seed)
+    start, state = 0, {}
+    if checkpoint is not None:  # restored before run.json is written: a failed resume changes nothing
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, generator, data_rng)
+        start = state["step"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_info(run_dir, config, command)
+    log = MetricsLog(run_dir)
+    log.truncate_after(start)
+    elapsed = state.get("elapsed_s", 0.0)
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="pretrain", dynamic_ncols=True)
+    for step in bar:
+        began = time.perf_counter()
+        model.lm.train()
+        codes, captions = draw_batch(train, config.batch_size, data_rng, cum_weights, caption_dropout)
+        cond = model.condition(captions)
+        drop = torch.rand(len(captions), generator=generator) < config.cond_dropout
+        loss, per_codebook = token_cross_entropy(model.lm, codes.to(device), drop_condition(cond, drop.to(device)))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.lm.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        elapsed += time.perf_counter() - began
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            metrics = {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
+                       "elapsed_s": elapsed, **{f"loss_voice{k}": v.item() for k, v in enumerate(per_codebook)}}
+            if done % config.eval_every == 0 or done == config.steps:
+                metrics["val_loss"] = validation_loss(model, val_codes, val_captions, config.batch_size)
+            log.log(done, metrics)
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{metrics.get('val_loss', float('nan')):.3f}")
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_checkpoint(run_dir, done, model, optimizer, scheduler, generator, data_rng,
+                            {"elapsed_s": elapsed}, config.keep_last)
+    if config.export:
+        export(model, config, run_dir, command, elapsed, Path(config.dataset) if config.dataset else DEFAULT_PATH)
+    return run_dir
+
+
+def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: float, dataset_path: Path):
+    """Write the shipped checkpoint + manifest.json (how to rebuild it, what it was trained on)."""
+    with atomic_directory(config.export) as tmp:
+        model.write_files(tmp)
+        write_json({
+            "artifact": "default base model (theta_0)",
+            "rebuild_command": command,
+            "config": asdict(config),
+            "dataset": str(dataset_path.name),
+            "dataset_sha256": file_sha256(dataset_path),
+            "weights_sha256": model.weights_sha256(refresh=True),
+            "model_safetensors_sha256": file_sha256(tmp / WEIGHTS_NAME),
+            "parameters": sum(p.numel() for p in model.lm.parameters()),
+            "train_seconds": round(elapsed, 1),
+            "final_metrics_csv": str(run_dir / "metrics.csv"),
+        }, tmp / "manifest.json")

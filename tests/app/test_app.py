@@ -1,0 +1,265 @@
+"""The Gradio demo through its API: a launched app on tiny models, driven by gradio_client.
+
+    .venv/bin/python -m pytest -q tests/app/test_app.py
+
+Quality and diversity endpoints are two tiny random real-MusicGen checkpoints with different seeds,
+so every lam gives different weights; the reward embedder is a random contrastive one.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import free_port
+from gradio_client import Client
+from safetensors.torch import load_file
+
+from musicgen_cfg.errors import UserError
+from musicgen_cfg.experiments.evaluate import check_entry
+
+PROMPT = "a calm folk song on the piano"
+PARAMETER = "decoder.lm_heads.0.weight"
+
+
+@pytest.fixture(scope="module")
+def endpoints(tmp_path_factory):
+    from musicgen_cfg.tiny import save_tiny_musicgen
+    from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder
+
+    root = tmp_path_factory.mktemp("app")
+    quality = save_tiny_musicgen(root / "quality", seed=0)
+    diversity = save_tiny_musicgen(root / "diversity", seed=1)
+    torch.manual_seed(0)
+    ContrastiveMusicEmbedder(ContrastiveEmbedderConfig(channels=(8, 16), embedding_dim=16)).save(root / "embedder")
+    return root, quality, diversity
+
+
+@pytest.fixture(scope="module")
+def served(endpoints):
+    from app.engine import Endpoint, Engine
+    from app.ui import launch
+
+    root, quality, diversity = endpoints
+    engine = Engine.load(Endpoint("quality", str(quality), str(quality)),
+                         Endpoint("diversity", str(diversity), str(diversity)),
+                         Endpoint("base", str(quality), str(quality)), str(root / "embedder"), None, "cpu",
+                         root / "out", [], lam=0.5, log=lambda message: None)
+    blocks = launch(engine, "127.0.0.1", free_port(), prevent_thread_lock=True)
+    yield engine, Client(blocks.local_url, verbose=False)
+    blocks.close()
+
+
+def endpoint_tensor(directory, name=PARAMETER) -> torch.Tensor:
+    return load_file(str(directory / "model.safetensors"))[name]
+
+
+def served_tensor(engine, name=PARAMETER) -> torch.Tensor:
+    return engine.model.lm.state_dict()[name].detach().cpu()
+
+
+def manifest_entries(engine) -> list[dict]:
+    """Every manifest line of the one session (one client = one session), oldest first, with its folder."""
+    (session,) = engine.out_root.glob("session-*")
+    entries = [{**json.loads(line), "folder": manifest.parent} for manifest in session.glob("*/manifest.jsonl")
+               for line in manifest.read_text().splitlines()]
+    return sorted(entries, key=lambda e: (e["created"], e["run"], e["sample_index"]))
+
+
+def test_generate_change_lambda_generate_again(served, endpoints):
+    engine, client = served
+    _, quality, diversity = endpoints
+    q, d = endpoint_tensor(quality), endpoint_tensor(diversity)
+    assert not torch.equal(q, d)
+
+    audio, images, base_audio, summary = client.predict(prompt=PROMPT, lam=0.0, variations=3, duration=1.0, seed=7,
+                                                        api_name="/generate")
+    assert len(audio) == 3 and len(images) == 3 and not base_audio
+    assert all(path.endswith(".wav") for path in audio) and all(path.endswith(".png") for path in images)
+    assert summary["seeds"] == [7, 8, 9] and summary["lambda"] == 0.0 and summary["time_s"] > 0
+    assert 0.0 <= summary["diversity"] <= 2.0
+    assert torch.equal(served_tensor(engine), q)
+
+    audio, images, _, summary = client.predict(prompt=PROMPT, lam=0.75, variations=2, duration=1.0, seed=7,
+                                               api_name="/generate")
+    assert len(audio) == 2 and len(images) == 2 and summary["lambda"] == 0.75
+    assert torch.allclose(served_tensor(engine), torch.lerp(q, d, 0.75), atol=1e-6)
+    assert not torch.allclose(served_tensor(engine), q)
+
+    entries = manifest_entries(engine)
+    assert [(e["lambda"], e["seed"]) for e in entries] == [(0.0, 7), (0.0, 8), (0.0, 9), (0.75, 7), (0.75, 8)]
+    assert len({e["folder"] for e in entries}) == 2  # one folder per lambda (model) and sampling setting
+    for entry in entries:
+        check_entry(entry, "demo")  # the record `generate` writes and `evaluate` reads
+        assert (entry["folder"] / entry["file"]).is_file() and (entry["folder"] / entry["image_file"]).is_file()
+        assert entry["prompt"] == PROMPT and entry["prompt_index"] == 0 and entry["sampling"]["guidance_scale"] == 1.0
+        assert entry["sampling"]["duration"] == 1.0 and entry["model"] == str(quality)
+        assert entry["endpoints"]["quality"]["model_sha256"] == engine.quality.provenance["model_sha256"]
+        assert entry["endpoints"]["diversity"]["model_sha256"] == engine.diversity.provenance["model_sha256"]
+        assert entry["beta"] == [None, None] and entry["teacher_guidance_scale"] is None  # undistilled endpoints
+    assert engine.quality.provenance["model_sha256"] != engine.diversity.provenance["model_sha256"]
+    # model_sha256 is the served theta(lam): the quality weights at lam 0, a new hash at 0.75
+    assert entries[0]["model_sha256"] == engine.quality.provenance["model_sha256"] != entries[3]["model_sha256"]
+    # Same seed, other weights: the music changed with lam.
+    first, again = (np.load(entries[i]["folder"] / entries[i]["codes_file"]) for i in (0, 3))
+    assert not np.array_equal(first, again)
+
+    result = client.predict(lam=0.25, api_name="/set_lambda")
+    assert result["lambda"] == 0.25
+    assert torch.allclose(served_tensor(engine), torch.lerp(q, d, 0.25), atol=1e-6)
+    info = client.predict(api_name="/info")
+    assert info["lambda"] == 0.25 and info["served"]["lambda"] == 0.25
+    assert set(info["served"]) == {"model", "model_sha256", "beta", "lambda", "teacher_guidance_scale"}
+
+
+def test_compare_with_base_cfg(served):
+    engine, client = served
+    audio, _, base_audio, summary = client.predict(prompt=PROMPT, lam=0.5, variations=2, duration=1.0, seed=3,
+                                                   compare=True, api_name="/generate")
+    assert len(audio) == 2 and len(base_audio) == 2
+    assert summary["base"]["guidance_scale"] == engine.base.default_guidance_scale == 3.0
+    assert summary["base"]["time_s"] > 0 and summary["base"]["diversity"] is not None
+    base_entries = [e for e in manifest_entries(engine) if e["role"] == "base-cfg"]
+    assert [e["seed"] for e in base_entries[-2:]] == [3, 4]
+    assert all(e["sampling"]["guidance_scale"] == 3.0 and e["model_sha256"] == engine.base_endpoint.provenance[
+        "model_sha256"] for e in base_entries)
+
+
+def test_shown_diversity_is_the_gated_reward(served):
+    from dataclasses import replace
+
+    from musicgen_cfg.sampler import SamplingConfig
+
+    engine, _ = served
+    takes = engine.model.generate([PROMPT] * 2, [1, 2], 0.5, SamplingConfig())
+    value, note = engine._diversity(takes)
+    assert note is None and value > 0
+    silent = replace(takes[1], audio=np.zeros_like(takes[1].audio))
+    assert engine._diversity([takes[0], silent]) == (0.0, None)  # a silent take adds no diversity
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"lam": 1.5}, "lambda must be between 0 (quality) and 1 (diversity), got 1.5"),
+    ({"variations": 0}, "the number of variations must be between 1 and 8, got 0"),
+    ({"variations": 2.5}, "the number of variations must be a whole number"),
+    ({"variations": "many"}, "the number of variations must be a number, got 'many'"),
+    ({"prompt": "   "}, "the prompt is empty"),
+    ({"prompt": "x" * 301}, "the prompt has 301 characters; at most 300 are allowed"),
+    ({"duration": 1e6}, "duration must be between 0.5 and 30 s, got 1e+06"),
+    ({"temperature": 0}, "temperature must be in (0, 2]"),
+    ({"top_k": 100000}, "top-k must be between 0 (off) and 64"),
+    ({"seed": -5}, "seed must be -1 (random) or between"),
+])
+def test_bad_inputs_give_our_one_line_errors(served, override, message):
+    engine, client = served
+    before = served_tensor(engine).clone()
+    arguments = {"prompt": PROMPT, "lam": 0.9, "variations": 2, "duration": 1.0, **override}
+    with pytest.raises(Exception) as error:
+        client.predict(**arguments, api_name="/generate")
+    assert message in str(error.value) and "Traceback" not in str(error.value)
+    assert torch.equal(served_tensor(engine), before)  # a rejected request never moved the weights
+
+
+@pytest.mark.parametrize("data", [["a calm folk song"], []])
+def test_raw_rest_call_with_too_few_inputs_gets_one_line(served, data):
+    import urllib.request
+
+    engine, client = served
+    url = client.src.rstrip("/")
+    request = urllib.request.Request(f"{url}/gradio_api/call/generate", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    event = json.loads(urllib.request.urlopen(request).read())["event_id"]
+    stream = urllib.request.urlopen(f"{url}/gradio_api/call/generate/{event}").read().decode()
+    payload = json.loads(stream.split("data:", 1)[1].strip().splitlines()[0])
+    assert payload["error"] == (f"/generate takes 8 inputs (prompt, lam, variations, duration, seed, temperature, "
+                                f"top_k, compare), got {len(data)}")
+
+
+def test_top_k_zero_is_off_in_the_app_as_in_generate(served):
+    engine, _ = served
+    request = engine.parse(PROMPT, 0.5, 1, 1.0, 0, 1.0, 0, False)
+    assert request.top_k is None  # SamplingConfig(top_k=0) means the same (tests/test_generate_cli.py)
+
+
+def test_set_lambda_out_of_range(served):
+    _, client = served
+    with pytest.raises(Exception, match="lambda must be between 0"):
+        client.predict(lam=-0.1, api_name="/set_lambda")
+
+
+def test_incompatible_endpoints_fail_at_startup_in_one_line(endpoints, tmp_path):
+    from app.engine import Endpoint, Engine
+    from musicgen_cfg.tiny import save_tiny_musicgen
+
+    _, quality, _ = endpoints
+    wider = save_tiny_musicgen(tmp_path / "wider", hidden_size=96)
+    with pytest.raises(UserError) as error:
+        Engine.load(Endpoint("quality", str(quality), str(quality)), Endpoint("diversity", str(wider), str(wider)),
+                    None, None, None, "cpu", tmp_path / "out", [], log=lambda message: None)
+    assert str(error.value).startswith("quality and diversity models cannot be merged: ")
+    assert "config.json key decoder." in str(error.value) and "\n" not in str(error.value)
+
+
+def test_demo_stands_in_base_for_missing_shipped_models(tmp_path, monkeypatch):
+    from app import cli
+
+    monkeypatch.setattr("musicgen_cfg.model.ASSETS", tmp_path / "musicgen_cfg" / "assets" / "default")
+    spec, note = cli.shipped_endpoint("quality")
+    assert spec == "default" and "quality" in note and "musicgen_cfg/assets/default/quality" in note
+    (tmp_path / "musicgen_cfg" / "assets" / "default" / "quality").mkdir(parents=True)
+    (tmp_path / "musicgen_cfg" / "assets" / "default" / "quality" / "config.json").write_text("{}")
+    assert cli.shipped_endpoint("quality") == ("default-quality", None)
+
+
+def test_cli_registers_app_and_demo():
+    from app import cli
+    from musicgen_cfg.cli import COMMANDS, parse
+
+    assert (COMMANDS["demo"].run, COMMANDS["app"].run) == ("app.cli:run_demo", "app.cli:run_app")
+    _, demo = parse(["demo", "--no-browser", "--port", "7999"])
+    assert isinstance(demo, cli.DemoArgs) and demo.no_browser and demo.port == 7999 and demo.host == "127.0.0.1"
+    assert not demo.share
+    _, app = parse(["app", "--quality", "q", "--diversity", "d", "--share"])
+    assert isinstance(app, cli.AppArgs) and app.share and app.base is None and app.host == "127.0.0.1"
+    with pytest.raises(UserError, match="--quality q is not a checkpoint or training run directory"):
+        cli.run_app(app)
+    _, fp16_on_cpu = parse(["demo", "--no-browser", "--device", "cpu", "--dtype", "float16"])
+    with pytest.raises(UserError, match="--dtype float16 needs a CUDA device"):
+        cli.run_demo(fp16_on_cpu)
+
+
+@pytest.mark.slow  # loads the shipped default model (MiniLM text encoder) three times
+def test_demo_command_serves_the_shipped_models_or_stand_ins(monkeypatch, tmp_path):
+    from musicgen_cfg.model import ASSETS
+
+    served = {}
+    monkeypatch.setattr("app.ui.launch", lambda engine, *args, **kwargs: served.setdefault("engine", engine))
+    from musicgen_cfg.cli import run
+
+    assert run(["demo", "--no-browser", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    engine = served["engine"]
+    for role, endpoint in (("quality", engine.quality), ("diversity", engine.diversity)):
+        built = (ASSETS / role / "config.json").is_file()
+        assert endpoint.requested == f"default-{role}" and endpoint.spec == (f"default-{role}" if built else "default")
+        assert built or any(f"shipped {role} model is not built yet" in note for note in engine.notes)
+    assert engine.guidance_scale == json.loads((ASSETS / "base" / "config.json").read_text())["musicgen_cfg"]["guidance_scale"]
+    request = engine.parse("a lively American fiddle tune", 0.5, 2, 1.0, 0, 1.0, 0, True)
+    result = engine.generate(request, "session")
+    assert len(result.items) == 2 and len(result.base_items) == 2
+    assert all(item.image.read_bytes().startswith(b"\x89PNG") for item in result.items)
+    assert len(list((tmp_path / "session-session").glob("*/manifest.jsonl"))) == 2  # merged, base + CFG
+
+
+def test_the_page_events_fill_the_rows_and_apply_lambda(served):
+    """The page's private events (the browser test drives them through chromium, when it is installed)."""
+    from app.ui import MAX_VARIATIONS, build_app
+
+    engine, _ = served
+    events = {f.fn.__name__: f.fn for f in build_app(engine).fns.values() if f.fn is not None}
+    request = type("Request", (), {"session_hash": "page-test"})()
+    updates = events["ui_generate"](PROMPT, 0.5, 2, 0.5, 3, False, 1.0, 0, False, request,
+                                    progress=lambda *args, **kwargs: None)
+    rows = updates[:MAX_VARIATIONS]
+    assert [row.visible for row in rows] == [True, True] + [False] * (MAX_VARIATIONS - 2)
+    assert "seeds 3–4" in updates[-2] and updates[-1]["seeds"] == [3, 4]
+    assert events["ui_set_lambda"](0.5).startswith("θ(λ = 0.5) applied in place")

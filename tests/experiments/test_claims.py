@@ -1,0 +1,91 @@
+"""Claim 7 of `musicgen-cfg reproduce` on hand-made points: held-out and note-level measures must all rise."""
+
+import pytest
+
+from musicgen_cfg.experiments.reproduce import Point, check_claims, plot_front
+
+NOTE = ("note_distance_pitch_class", "note_distance_interval", "note_distance_rhythm")
+
+
+def point(family, param, tag, diversity, heldout, notes=None, **kwargs):
+    values = {"quality": 0.5, "diversity_reward": diversity, "diversity_heldout": heldout,
+              "lm_passes_per_second": 10.0, "seconds_per_second": 1.0}
+    if notes is not None:
+        values.update(zip(NOTE, notes))
+        values["note_diversity"] = sum(notes) / 3
+    metrics = {name: {"mean": v, "ci_low": v, "ci_high": v, "num_prompts": 4} for name, v in values.items()}
+    return Point(family, param, f"{family}={param:g}", tag, tag, metrics=metrics, **kwargs)
+
+
+def claim_7(quality_notes, diversity_notes):
+    points = [point("beta", 0.0, "beta_0", 0.2, 0.3, quality_notes), point("beta", 15.0, "beta_15", 0.3, 0.4, diversity_notes)]
+    return {c["claim"]: c for c in check_claims(points, 3.0, {}, 0.1)}[7]
+
+
+def test_claim_7_needs_every_note_level_measure_to_rise():
+    held = claim_7((0.1, 0.2, 0.3), (0.2, 0.3, 0.4))
+    assert held["status"] == "pass" and "pitch classes +0.1000" in held["detail"]
+    # The embedder and two of the three note-level measures rise; the rhythm distance falls: the claim fails.
+    failed = claim_7((0.1, 0.2, 0.3), (0.2, 0.3, 0.25))
+    assert failed["status"] == "fail" and "rhythm -0.0500" in failed["detail"]
+    assert "held-out embedder +0.1000" in failed["detail"]
+
+
+def test_claim_7_without_note_level_measures_is_judged_on_the_heldout_embedder():
+    real_world = claim_7(None, None)
+    assert real_world["status"] == "pass" and "pitch" not in real_world["detail"]
+
+
+def test_note_level_plot(tmp_path):
+    points = [point("cfg", g, "base", 0.3 - g / 20, 0.3, (0.3 - g / 20,) * 3, guidance_scale=g) for g in (1.0, 3.0)]
+    plot_front(points, {}, tmp_path / "note.png", "note_diversity", "note-level diversity")
+    assert (tmp_path / "note.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_equal_note_level_measures_are_no_gain():
+    assert claim_7((0.1, 0.2, 0.3), (0.1, 0.2, 0.3))["status"] == "fail"
+
+
+# --------------------------------------------------------------------------------- seeds of a beta
+
+def test_seed_prompt_ci_contains_the_mean_and_widens_with_seed_disagreement():
+    import numpy as np
+
+    from musicgen_cfg.experiments.reproduce import seed_prompt_ci
+
+    prompts = np.random.default_rng(0).normal(0.3, 0.05, size=32)
+    agree = np.stack([prompts, prompts])
+    disagree = np.stack([prompts - 0.1, prompts + 0.1])  # same mean, the seeds differ by 0.2
+    low, high = seed_prompt_ci(agree, 500, 0)
+    assert low < prompts.mean() < high
+    wide_low, wide_high = seed_prompt_ci(disagree, 500, 0)
+    assert wide_low < disagree.mean() < wide_high
+    assert wide_high - wide_low > 2 * (high - low)
+    assert seed_prompt_ci(np.full((2, 5), 0.4), 100, 0) == pytest.approx((0.4, 0.4))
+    with_nan = agree.copy()
+    with_nan[:, :4] = np.nan  # undefined prompts are left out, not counted as zero
+    assert seed_prompt_ci(with_nan, 200, 0)[0] > 0.2
+    with pytest.raises(ValueError):
+        seed_prompt_ci(prompts, 10, 0)
+
+
+def test_pool_seeds_merges_one_betas_seed_runs_and_leaves_single_runs_alone():
+    from musicgen_cfg.experiments.reproduce import pool_seeds
+
+    base = point("cfg", 1.0, "base", 0.2, 0.3)
+    seed0 = point("beta", 5.0, "beta_5", 0.2, 0.3, seed=0)
+    seed1 = point("beta", 5.0, "beta_5_s1", 0.4, 0.3, seed=1)
+    per_prompt = {p.run_name: {name: [stats["mean"]] * 4 for name, stats in p.metrics.items()}
+                  for p in (base, seed0, seed1)}
+    per_prompt[seed1.run_name]["diversity_reward"] = [0.4, 0.4, None, 0.4]
+    pooled = pool_seeds([base, seed0, seed1], per_prompt, 200, 0)
+    assert pooled[0] is base and len(pooled) == 2
+    beta = pooled[1]
+    assert beta.runs == ("beta_5_g1_t1", "beta_5_s1_g1_t1")
+    reward = beta.metrics["diversity_reward"]
+    assert reward["mean"] == pytest.approx((4 * 0.2 + 3 * 0.4) / 7)
+    assert reward["seed_means"] == [0.2, 0.4]
+    assert reward["ci_low"] < reward["mean"] < reward["ci_high"]
+    assert reward["ci_low"] >= 0.2 - 1e-12 and reward["ci_high"] <= 0.4 + 1e-12
+    claims = {c["claim"]: c for c in check_claims([point("beta", 0.0, "beta_0", 0.1, 0.3), beta], 3.0, {}, 0.1)}
+    assert claims[3]["status"] == "pass" and "(seeds 0.2000, 0.4000)" in claims[3]["detail"]
