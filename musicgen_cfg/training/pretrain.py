@@ -93,7 +93,7 @@ class PretrainConfig:
 
     def caption_dropout(self):
         """The per-attribute caption dropout of the training captions (captions.CaptionDropout)."""
-        from musicgen_cfg.captions import CaptionDropout
+        from musicgen_cfg.world.captions import CaptionDropout
 
         return CaptionDropout(style=self.caption_drop_style, instrument=self.caption_drop_instrument,
                               key=self.caption_drop_key, meter=self.caption_drop_meter,
