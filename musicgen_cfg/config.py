@@ -63,9 +63,13 @@ def _convert(cls, name: str, value):
                 raise ValueError(value)
             return kind(value)
         if typing.get_origin(kind) is tuple or kind is tuple:
-            items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
             item = (typing.get_args(kind) or (str,))[0]
-            return tuple(item(v.strip()) if item in (int, float) else v.strip() for v in items)
+            if isinstance(value, str):  # "a,b" from YAML or --key a,b
+                return tuple(item(v.strip()) if item in (int, float) else v.strip() for v in value.split(",") if v.strip())
+            if item in (int, float):  # numbers may come as "0.5,0.25" within a list too
+                return tuple(item(v) for part in value for v in str(part).split(",") if v.strip())
+            # strings in a list (YAML, or a repeated flag such as --prompt): as given, commas and spaces included
+            return tuple(value)
     except (TypeError, ValueError):
         raise UserError(f"config key {name!r}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
     return value
@@ -168,6 +172,6 @@ def from_args(cls, args: argparse.Namespace):
         value = getattr(args, f.name)
         kind, _ = _field_type(cls, f.name)
         if typing.get_origin(kind) is tuple and isinstance(value, list):
-            value = _convert(cls, f.name, ",".join(str(v) for v in value))
+            value = _convert(cls, f.name, value)
         values[f.name] = value
     return cls(**values)

@@ -80,3 +80,11 @@ def test_the_public_api_names_the_core():
     assert all(getattr(musicgen_cfg, name) is not None for name in musicgen_cfg.__all__)
     with pytest.raises(AttributeError):
         musicgen_cfg.corpus  # noqa: B018  (the world is not part of the core's API)
+
+
+def test_repeated_flags_keep_each_value_whole():
+    """A repeated --prompt is a list of prompts: commas and blanks inside one are the user's text."""
+    _, args = cli.parse(["generate", "--prompt", "a jig, fast", "--prompt", "", "--out", "outputs/x"])
+    assert args.prompt == ("a jig, fast", "")
+    _, build = cli.parse(["corpus", "build", "--collections", "oneills", "ryans"])
+    assert build.collections == ("oneills", "ryans")
