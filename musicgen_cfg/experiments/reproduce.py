@@ -694,7 +694,8 @@ def evaluate_in_parallel(config: ReproduceConfig, run_names: list[str], runs: Pa
 def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None) -> dict:
     """Run every sweep, evaluate, plot, check the claims; returns {"points", "hypervolume", "claims"}
     (with sweeps false: only trains the missing models and returns {"models": tag -> spec})."""
-    from musicgen_cfg.experiments.evaluate import EvaluateConfig, Evaluator
+    from musicgen_cfg.experiments.evaluate import Evaluator
+    from musicgen_cfg.experiments.evaluate_options import EvaluateConfig
     from musicgen_cfg.model import load_model
 
     out = Path(config.out)
