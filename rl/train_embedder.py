@@ -19,7 +19,7 @@ import math
 import random
 import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,61 +29,10 @@ from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.training.run import warmup_cosine
 from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample
+from rl.train_embedder_options import EmbedderTrainArgs, EmbedderTrainConfig
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 TEMPO_RANGE_BPM = (60.0, 180.0)  # --model default: tempos of the rendered training clips
-LOSSES = ("infonce", "triplet")
-
-
-@dataclass
-class EmbedderTrainConfig:
-    """Optimisation settings of `musicgen-cfg embedder train` (the network is ContrastiveEmbedderConfig)."""
-
-    steps: int = field(default=800, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=32, metadata={"help": "clips per step; each gives one positive pair"})
-    chunk_seconds: float = field(default=2.0, metadata={"help": "chunk length (s); clips need two of them"})
-    lr: float = field(
-        default=1e-3, metadata={"help": "peak AdamW learning rate (linear warmup, cosine decay)"}
-    )
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=50, metadata={"help": "linear warmup steps"})
-    loss: str = field(default="infonce", metadata={"help": "infonce or triplet (semi-hard negatives)"})
-    temperature: float = field(default=0.1, metadata={"help": "InfoNCE softmax temperature"})
-    margin: float = field(default=0.2, metadata={"help": "triplet margin in cosine distance"})
-    heldout: int = field(default=128, metadata={"help": "clips held out for retrieval accuracy"})
-    same_group_batches: float = field(
-        default=0.5,
-        metadata={
-            "help": "fraction of batches drawn from one group of clips (--model default: one instrument), "
-            "so that the notes must tell them apart"
-        },
-    )
-    clips: int = field(default=3000, metadata={"help": "--model default: training clips to render"})
-    clip_seconds: float = field(default=8.0, metadata={"help": "--model default: length of a rendered clip"})
-    eval_every: int = field(default=100, metadata={"help": "steps between held-out evaluations"})
-    seed: int = field(default=0, metadata={"help": "seed for the split, chunk sampling and initialisation"})
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise UserError("--batch-size must be >= 2: the other clips of the batch are the negatives")
-        for name in ("chunk_seconds", "lr", "temperature", "margin", "clip_seconds"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.same_group_batches <= 1:
-            raise UserError(f"--same-group-batches must be in [0, 1], got {self.same_group_batches}")
-        if self.warmup_steps < 0 or self.weight_decay < 0:
-            raise UserError("--warmup-steps and --weight-decay must be >= 0")
-        if self.heldout < 2 or self.clips < 2:
-            raise UserError(f"--heldout and --clips must be >= 2, got {self.heldout} and {self.clips}")
-        if self.clip_seconds < 2 * self.chunk_seconds:
-            raise UserError(
-                f"--clip-seconds {self.clip_seconds} must hold two chunks of {self.chunk_seconds} s"
-            )
-        if self.loss not in LOSSES:
-            raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -326,22 +275,6 @@ def split_clips(mels: list[torch.Tensor], heldout: int, seed: int) -> tuple[list
 
 
 # --------------------------------------------------------------------------------------------------- CLI
-
-
-@dataclass(kw_only=True)
-class EmbedderTrainArgs(EmbedderTrainConfig):
-    """Options of `musicgen-cfg embedder train`: the clips' source, the output and the optimisation."""
-
-    audio_dir: Path | None = field(default=None, metadata={"help": "train on the .wav/.flac files below this directory"})
-    model: str | None = field(default=None, metadata={"help": "train on audio rendered from the default world",
-                                                      "argparse": {"choices": ["default"]}})
-    out: Path = field(metadata={"help": "output directory (replaced atomically)"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if (self.audio_dir is None) == (self.model is None):
-            raise UserError("give the clips' source with --audio-dir DIR or --model default, one of the two")
 
 
 def rebuild_command(args: EmbedderTrainArgs, config: EmbedderTrainConfig) -> str:

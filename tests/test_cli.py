@@ -15,9 +15,6 @@ from musicgen_cfg import cli
 from musicgen_cfg.config import add_arguments, dash_case, from_args
 
 ROOT = Path(__file__).resolve().parents[1]
-# Commands whose options dataclass sits in a module that needs torch (a fast --help for them is
-# still to do: docs/architecture.md, "The CLI").
-HEAVY = {"evaluate", "embedder train", "judges train-scorer"}
 
 
 def imported_by_help(words: list[str]) -> set[str]:
@@ -30,7 +27,7 @@ def imported_by_help(words: list[str]) -> set[str]:
     return set(done.stderr.split())
 
 
-@pytest.mark.parametrize("words", [[], *[name.split() for name in cli.COMMANDS if name not in HEAVY]],
+@pytest.mark.parametrize("words", [[], *[name.split() for name in cli.COMMANDS]],
                          ids=lambda words: " ".join(words) or "top")
 def test_help_imports_no_torch(words):
     assert not {"torch", "transformers"} & imported_by_help(words)

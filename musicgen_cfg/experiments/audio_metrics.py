@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.experiments.evaluate_options import ENCODEC_EMBEDDING
 
-ENCODEC_EMBEDDING = "encodec-emb"
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 

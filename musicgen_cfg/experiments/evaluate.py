@@ -46,11 +46,9 @@ import numpy as np
 import torch
 
 from musicgen_cfg.checkpoint import file_sha256, read_json, state_sha256, write_json
-from musicgen_cfg.config import REQUIRED, field
 from musicgen_cfg.delay import num_steps
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.experiments.audio_metrics import (
-    ENCODEC_EMBEDDING,
     EncodecEmbedder,
     clip_features,
     embed_files,
@@ -58,47 +56,25 @@ from musicgen_cfg.experiments.audio_metrics import (
     reference_files,
 )
 from musicgen_cfg.experiments.audio_metrics import fad as frechet_audio_distance
+from musicgen_cfg.experiments.evaluate_options import (
+    ENCODEC_EMBEDDING,
+    JUDGES_SPEC,
+    EvaluateArgs,
+    EvaluateConfig,
+)
 from musicgen_cfg.experiments.generate import MANIFEST, load_manifest
 from rl.diversity import pairwise_diversity, vendi_from_similarity
 from rl.note_diversity import group_note_diversity
-from rl.reward import parse_gate_spec, reward_gate, silent_window_fraction
+from rl.reward import reward_gate, silent_window_fraction
 
 # Bump when a metric's definition changes: cached metrics.json files of older versions are recomputed.
 EVALUATION_VERSION = 2
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
-WORLDS = ("auto", "default", "real")
-JUDGES_SPEC = "judges"
 NO_EMBEDDER = "none"
 # The manifest fields evaluation reads (written by musicgen_cfg/experiments/generate.py) and their types.
 REQUIRED_FIELDS = {"file": str, "codes_file": str, "prompt": str, "prompt_index": int, "seed": int, "model": str,
                    "model_sha256": str, "sampling": dict, "sample_rate": int, "wall_time_s": (int, float)}
 CSV_COLUMNS = ("run", "metric", "mean", "ci_low", "ci_high", "num_prompts")
-
-
-@dataclass
-class EvaluateConfig:
-    reward_embedder: str | None = field(
-        None, "diversity-reward embedder used in training: default | DIR | clap:<dir-or-id> | none; None = default "
-              "(default world) or none (real MusicGen: a beta = 0 run has no reward embedder)")
-    heldout_embedder: str | None = field(
-        None, f"held-out diversity embedder: judges | {ENCODEC_EMBEDDING} | default | DIR | clap:<dir-or-id>; "
-              f"None = judges (default world) or {ENCODEC_EMBEDDING} (real MusicGen: its own codec, no download)")
-    clap: str | None = field(None, "CLAP model (dir or hub id): text-audio score and CLAP diversity of real runs")
-    judges_scorer: str | None = field(None, "default world: the judges' scorer directory; None = the shipped one")
-    world: str = field("auto", "auto (from the run's model config) | default (symbolic codec) | real")
-    bootstrap: int = field(1000, "bootstrap resamples over prompts for the 95% CIs")
-    seed: int = field(0, "bootstrap seed")
-    reward_gate: str = field("data", "degenerate-clip gate of the diversity measures (rl/reward.py): data | data:Q | none")
-    reference_dir: str | None = field(None, "real MusicGen: folder of reference audio (wav/flac/ogg) for FAD and KAD")
-
-    def __post_init__(self):
-        parse_gate_spec(self.reward_gate)
-        if self.world not in WORLDS:
-            raise UserError(f"--world must be one of {', '.join(WORLDS)}, got {self.world!r}")
-        if self.bootstrap < 1:
-            raise UserError(f"--bootstrap must be >= 1, got {self.bootstrap}")
-        if self.reward_embedder == JUDGES_SPEC:
-            raise UserError("the judges are the held-out embedder; the reward embedder is the one training used")
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -536,16 +512,6 @@ def expand_runs(paths: list[str]) -> list[Path]:
         nested = sorted(p.parent for p in path.glob(f"*/{MANIFEST}")) if path.is_dir() else []
         runs += nested if nested and not (path / MANIFEST).is_file() else [path]
     return runs
-
-
-@dataclass(kw_only=True)
-class EvaluateArgs(EvaluateConfig):
-    """Options of `musicgen-cfg evaluate`: the runs, the metrics' settings and the CSV."""
-
-    runs: tuple[str, ...] = field(REQUIRED, "directories written by `musicgen-cfg generate`, or folders of them "
-                                            "(a demo session)", flag="runs", metavar="RUN_DIR")
-    out: str | None = field(None, "also write one CSV with every run's metrics")
-    force: bool = field(False, "recompute even when metrics.json is up to date")
 
 
 def run(args: EvaluateArgs) -> int:

@@ -460,114 +460,148 @@ def _result(number: int, claim: str, passed: bool | None, detail: str) -> dict:
     return {"claim": number, "statement": claim, "status": status, "detail": detail}
 
 
+@dataclasses.dataclass(frozen=True)
+class ClaimInputs:
+    """What the claims are checked on: the points by family, the reference CFG scale, the hypervolumes."""
+
+    cfg: dict[float, Point]  # gamma -> point
+    betas: list[Point]  # by beta
+    beta_of: dict[float, Point]  # beta -> point
+    lerps: list[Point]  # by lambda
+    reference_gamma: float
+    hypervolumes: dict[str, float]
+    tolerance: float  # claim 4: largest step against the trend, as a fraction of the range
+
+    @property
+    def plain(self) -> Point | None:
+        return self.cfg.get(1.0)
+
+    @property
+    def guided(self) -> Point | None:
+        """The CFG point at the reference gamma (None when that is gamma = 1, which is no guidance)."""
+        return self.cfg.get(self.reference_gamma) if self.reference_gamma != 1.0 else None
+
+
+# Each claim: (passed, detail), with passed None when the points it needs are missing (detail: which).
+Verdict = tuple[bool | None, str]
+
+
+def _cfg_trade_off(c: ClaimInputs) -> Verdict:
+    plain, guided = c.plain, c.guided
+    if not (plain and guided):
+        return None, f"needs CFG points at gamma = 1 and gamma = {c.reference_gamma:g}"
+    passed = _value(guided, "quality") > _value(plain, "quality") and \
+        _value(guided, "diversity_reward") < _value(plain, "diversity_reward")
+    return passed, (f"quality gamma=1 {_ci(plain, 'quality')} -> gamma={c.reference_gamma:g} {_ci(guided, 'quality')}; "
+                    f"diversity {_ci(plain, 'diversity_reward')} -> {_ci(guided, 'diversity_reward')}. All gammas "
+                    "(quality, diversity): " + ", ".join(f"{g:g}: ({_value(p, 'quality'):.4f}, "
+                                                         f"{_value(p, 'diversity_reward'):.4f})" for g, p in c.cfg.items()))
+
+
+def _distilled_cost(c: ClaimInputs) -> Verdict:
+    quality_model, guided = c.beta_of.get(QUALITY_BETA), c.guided
+    if not (quality_model and guided):
+        return None, f"needs the beta = 0 model and CFG gamma = {c.reference_gamma:g}"
+    cost = _value(quality_model, "lm_passes_per_second") / _value(guided, "lm_passes_per_second")
+    wall = _value(quality_model, "seconds_per_second") / _value(guided, "seconds_per_second")
+    passed = _value(quality_model, "quality") >= guided.metrics["quality"]["ci_low"] and cost <= 0.5 + 1e-9
+    return passed, (f"quality beta=0 {_ci(quality_model, 'quality')} vs CFG gamma={c.reference_gamma:g} "
+                    f"{_ci(guided, 'quality')} (pass: at least the CFG CI's lower end); LM passes ratio {cost:.3f}, "
+                    f"measured wall-time ratio {wall:.3f}")
+
+
+def _diversity_rises_with_beta(c: ClaimInputs) -> Verdict:
+    if len(c.betas) < 2:
+        return None, "needs at least two beta models"
+    values = [_value(p, "diversity_reward") for p in c.betas]
+    return (all(b > a for a, b in zip(values, values[1:])),
+            "; ".join(f"beta={p.param:g}: {_ci(p, 'diversity_reward')}" for p in c.betas))
+
+
+def _smooth_in_lambda(c: ClaimInputs) -> Verdict:
+    if len(c.lerps) < 3:
+        return None, "needs at least three LERP points"
+    worst = {metric: _against_trend([_value(p, metric) for p in c.lerps], sign)
+             for metric, sign in (("quality", -1), ("diversity_reward", 1))}
+    detail = "; ".join(f"lambda={p.param:g}: quality {_value(p, 'quality'):.4f}, diversity "
+                       f"{_value(p, 'diversity_reward'):.4f}" for p in c.lerps)
+    detail += (f". Largest step against the trend (fraction of the range): quality {worst['quality']:.3f}, "
+               f"diversity {worst['diversity_reward']:.3f}; tolerance {c.tolerance:g}")
+    return all(w <= c.tolerance for w in worst.values()), detail
+
+
+def _lerp_dominates_cfg(c: ClaimInputs) -> Verdict:
+    if not ("lerp" in c.hypervolumes and "cfg" in c.hypervolumes):
+        return None, "needs LERP and CFG points"
+    lerp, cfg = c.hypervolumes["lerp"], c.hypervolumes["cfg"]
+    return lerp >= cfg, f"hypervolume LERP {lerp:.5f} vs CFG {cfg:.5f}"
+
+
+def _merges_match_intermediate_betas(c: ClaimInputs) -> Verdict:
+    intermediate = [p for p in c.betas if p.param not in (QUALITY_BETA, DIVERSITY_BETA)]
+    if not (c.lerps and intermediate):
+        return None, "needs LERP points and at least one intermediate-beta model"
+    front = [(_value(p, "quality"), _value(p, "diversity_reward")) for p in c.lerps]
+    verdicts = []
+    for p in intermediate:
+        q, d = _value(p, "quality"), _value(p, "diversity_reward")
+        on_front = front_quality_at(front, d)
+        if on_front is None:  # more diverse (or less) than any merge: some merge must beat it on both axes
+            ok = any(fq >= q and fd >= d for fq, fd in front)
+            verdicts.append((ok, f"beta={p.param:g} ({q:.4f}, {d:.4f}) outside the LERP diversity range, "
+                                 f"{'dominated' if ok else 'not dominated'} by a merge"))
+        else:
+            ok = q <= on_front
+            verdicts.append((ok, f"beta={p.param:g} quality {q:.4f} vs LERP front {on_front:.4f} at diversity {d:.4f}"))
+    return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)
+
+
+def _heldout_agrees(c: ClaimInputs) -> Verdict:
+    comparisons = []
+    if c.plain and c.guided:
+        comparisons.append((f"CFG gamma=1 over gamma={c.reference_gamma:g}", c.plain, c.guided))
+    if QUALITY_BETA in c.beta_of and DIVERSITY_BETA in c.beta_of:
+        comparisons.append((f"beta={DIVERSITY_BETA:g} over beta={QUALITY_BETA:g}", c.beta_of[DIVERSITY_BETA],
+                            c.beta_of[QUALITY_BETA]))
+    if len(c.lerps) >= 2:
+        comparisons.append((f"lambda={c.lerps[-1].param:g} over lambda={c.lerps[0].param:g}", c.lerps[-1], c.lerps[0]))
+    if not comparisons:
+        return None, "no diversity comparison available"
+    # In every comparison each held-out measure must rise: the held-out embedder and each note-level
+    # distance (pitch classes, intervals, rhythm) on its own, not just their mean.
+    compared = [p for _, hi, lo in comparisons for p in (hi, lo)]
+    heldout = [m for m in HELDOUT_MEASURES if all(m in p.metrics for p in compared)]
+    verdicts, texts = [], []
+    for name, hi, lo in comparisons:
+        gains = {m: _value(hi, m) - _value(lo, m) for m in ("diversity_reward", *heldout)}
+        verdicts += [gains[m] > 0 for m in heldout]
+        texts.append(f"{name}: reward {gains['diversity_reward']:+.4f}, "
+                     + ", ".join(f"{HELDOUT_MEASURES[m]} {gains[m]:+.4f}" for m in heldout))
+    detail = "; ".join(texts)
+    if len(heldout) > 1:
+        detail += ". Note-level: mean pairwise total variation of the histograms; pass = every measure rises"
+    return all(verdicts), detail
+
+
+CLAIMS = (
+    (1, "CFG raises quality and lowers diversity", _cfg_trade_off),
+    (2, "beta = 0 reaches CFG quality at half the cost", _distilled_cost),
+    (3, "diversity rises with beta", _diversity_rises_with_beta),
+    (4, "quality and diversity move smoothly (near-monotone) with lambda", _smooth_in_lambda),
+    (5, "the LERP front dominates the CFG front (hypervolume)", _lerp_dominates_cfg),
+    (6, "merged models are at least as good as intermediate-beta models", _merges_match_intermediate_betas),
+    (7, "the diversity changes hold under the held-out embedder (and, default world, the note-level measures)",
+     _heldout_agrees),
+)
+
+
 def check_claims(points: list[Point], reference_gamma: float, hypervolumes: dict[str, float],
                  tolerance: float) -> list[dict]:
-    """The seven claims, each pass / fail / skipped (with the reason) and the numbers behind it."""
-    cfg = {p.param: p for p in _family(points, "cfg")}
-    betas, lerps = _family(points, "beta"), _family(points, "lerp")
-    beta_of = {p.param: p for p in betas}
-    plain, guided = cfg.get(1.0), cfg.get(reference_gamma)
-    results = []
-
-    claim = "CFG raises quality and lowers diversity"
-    if plain and guided and reference_gamma != 1.0:
-        passed = _value(guided, "quality") > _value(plain, "quality") and \
-            _value(guided, "diversity_reward") < _value(plain, "diversity_reward")
-        detail = (f"quality gamma=1 {_ci(plain, 'quality')} -> gamma={reference_gamma:g} {_ci(guided, 'quality')}; "
-                  f"diversity {_ci(plain, 'diversity_reward')} -> {_ci(guided, 'diversity_reward')}. All gammas "
-                  "(quality, diversity): " + ", ".join(f"{g:g}: ({_value(p, 'quality'):.4f}, "
-                                                       f"{_value(p, 'diversity_reward'):.4f})" for g, p in cfg.items()))
-        results.append(_result(1, claim, passed, detail))
-    else:
-        results.append(_result(1, claim, None, f"needs CFG points at gamma = 1 and gamma = {reference_gamma:g}"))
-
-    claim = "beta = 0 reaches CFG quality at half the cost"
-    quality_model = beta_of.get(QUALITY_BETA)
-    if quality_model and guided and reference_gamma != 1.0:
-        cost = _value(quality_model, "lm_passes_per_second") / _value(guided, "lm_passes_per_second")
-        wall = _value(quality_model, "seconds_per_second") / _value(guided, "seconds_per_second")
-        passed = _value(quality_model, "quality") >= guided.metrics["quality"]["ci_low"] and cost <= 0.5 + 1e-9
-        detail = (f"quality beta=0 {_ci(quality_model, 'quality')} vs CFG gamma={reference_gamma:g} "
-                  f"{_ci(guided, 'quality')} (pass: at least the CFG CI's lower end); LM passes ratio {cost:.3f}, "
-                  f"measured wall-time ratio {wall:.3f}")
-        results.append(_result(2, claim, passed, detail))
-    else:
-        results.append(_result(2, claim, None, f"needs the beta = 0 model and CFG gamma = {reference_gamma:g}"))
-
-    claim = "diversity rises with beta"
-    if len(betas) >= 2:
-        values = [_value(p, "diversity_reward") for p in betas]
-        passed = all(b > a for a, b in zip(values, values[1:]))
-        detail = "; ".join(f"beta={p.param:g}: {_ci(p, 'diversity_reward')}" for p in betas)
-        results.append(_result(3, claim, passed, detail))
-    else:
-        results.append(_result(3, claim, None, "needs at least two beta models"))
-
-    claim = "quality and diversity move smoothly (near-monotone) with lambda"
-    if len(lerps) >= 3:
-        worst = {metric: _against_trend([_value(p, metric) for p in lerps], sign)
-                 for metric, sign in (("quality", -1), ("diversity_reward", 1))}
-        passed = all(w <= tolerance for w in worst.values())
-        detail = "; ".join(f"lambda={p.param:g}: quality {_value(p, 'quality'):.4f}, diversity "
-                           f"{_value(p, 'diversity_reward'):.4f}" for p in lerps)
-        detail += (f". Largest step against the trend (fraction of the range): quality {worst['quality']:.3f}, "
-                   f"diversity {worst['diversity_reward']:.3f}; tolerance {tolerance:g}")
-        results.append(_result(4, claim, passed, detail))
-    else:
-        results.append(_result(4, claim, None, "needs at least three LERP points"))
-
-    claim = "the LERP front dominates the CFG front (hypervolume)"
-    if "lerp" in hypervolumes and "cfg" in hypervolumes:
-        passed = hypervolumes["lerp"] >= hypervolumes["cfg"]
-        results.append(_result(5, claim, passed, f"hypervolume LERP {hypervolumes['lerp']:.5f} vs CFG {hypervolumes['cfg']:.5f}"))
-    else:
-        results.append(_result(5, claim, None, "needs LERP and CFG points"))
-
-    claim = "merged models are at least as good as intermediate-beta models"
-    intermediate = [p for p in betas if p.param not in (QUALITY_BETA, DIVERSITY_BETA)]
-    if lerps and intermediate:
-        front = [(_value(p, "quality"), _value(p, "diversity_reward")) for p in lerps]
-        verdicts = []
-        for p in intermediate:
-            q, d = _value(p, "quality"), _value(p, "diversity_reward")
-            on_front = front_quality_at(front, d)
-            if on_front is None:  # more diverse (or less) than any merge: some merge must beat it on both axes
-                ok = any(fq >= q and fd >= d for fq, fd in front)
-                verdicts.append((ok, f"beta={p.param:g} ({q:.4f}, {d:.4f}) outside the LERP diversity range, "
-                                     f"{'dominated' if ok else 'not dominated'} by a merge"))
-            else:
-                ok = q <= on_front
-                verdicts.append((ok, f"beta={p.param:g} quality {q:.4f} vs LERP front {on_front:.4f} at diversity {d:.4f}"))
-        results.append(_result(6, claim, all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)))
-    else:
-        results.append(_result(6, claim, None, "needs LERP points and at least one intermediate-beta model"))
-
-    claim = "the diversity changes hold under the held-out embedder (and, default world, the note-level measures)"
-    comparisons = []
-    if plain and guided and reference_gamma != 1.0:
-        comparisons.append((f"CFG gamma=1 over gamma={reference_gamma:g}", plain, guided))
-    if quality_model and DIVERSITY_BETA in beta_of:
-        comparisons.append((f"beta={DIVERSITY_BETA:g} over beta={QUALITY_BETA:g}", beta_of[DIVERSITY_BETA], quality_model))
-    if len(lerps) >= 2:
-        comparisons.append((f"lambda={lerps[-1].param:g} over lambda={lerps[0].param:g}", lerps[-1], lerps[0]))
-    if comparisons:
-        # In every comparison each held-out measure must rise: the held-out embedder and each note-level
-        # distance (pitch classes, intervals, rhythm) on its own, not just their mean.
-        compared = [p for _, hi, lo in comparisons for p in (hi, lo)]
-        heldout = [m for m in HELDOUT_MEASURES if all(m in p.metrics for p in compared)]
-        verdicts, texts = [], []
-        for name, hi, lo in comparisons:
-            gains = {m: _value(hi, m) - _value(lo, m) for m in ("diversity_reward", *heldout)}
-            verdicts += [gains[m] > 0 for m in heldout]
-            texts.append(f"{name}: reward {gains['diversity_reward']:+.4f}, "
-                         + ", ".join(f"{HELDOUT_MEASURES[m]} {gains[m]:+.4f}" for m in heldout))
-        detail = "; ".join(texts)
-        if len(heldout) > 1:
-            detail += ". Note-level: mean pairwise total variation of the histograms; pass = every measure rises"
-        results.append(_result(7, claim, all(verdicts), detail))
-    else:
-        results.append(_result(7, claim, None, "no diversity comparison available"))
-    return results
+    """The seven claims of CLAIMS, each pass / fail / skipped (with the reason) and the numbers behind it."""
+    betas = _family(points, "beta")
+    inputs = ClaimInputs({p.param: p for p in _family(points, "cfg")}, betas, {p.param: p for p in betas},
+                         _family(points, "lerp"), reference_gamma, hypervolumes, tolerance)
+    return [_result(number, claim, *verdict(inputs)) for number, claim, verdict in CLAIMS]
 
 
 def _against_trend(values: list[float], sign: int) -> float:
@@ -694,7 +728,8 @@ def evaluate_in_parallel(config: ReproduceConfig, run_names: list[str], runs: Pa
 def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None) -> dict:
     """Run every sweep, evaluate, plot, check the claims; returns {"points", "hypervolume", "claims"}
     (with sweeps false: only trains the missing models and returns {"models": tag -> spec})."""
-    from musicgen_cfg.experiments.evaluate import EvaluateConfig, Evaluator
+    from musicgen_cfg.experiments.evaluate import Evaluator
+    from musicgen_cfg.experiments.evaluate_options import EvaluateConfig
     from musicgen_cfg.model import load_model
 
     out = Path(config.out)

@@ -346,7 +346,8 @@ class DefaultWorldJudges:
     def __init__(self, dataset_path=None, scorer_dir=None):
         from musicgen_cfg.checkpoint import file_sha256
         from musicgen_cfg.world.corpus import DEFAULT_PATH, load_dataset
-        from musicgen_cfg.world.text_judge import DEFAULT_DIR, ContrastiveScorer
+        from musicgen_cfg.world.text_judge import ContrastiveScorer
+        from musicgen_cfg.world.text_judge_options import DEFAULT_DIR
 
         self.scorer_dir = Path(scorer_dir) if scorer_dir is not None else DEFAULT_DIR
         self.scorer = ContrastiveScorer.load(self.scorer_dir)

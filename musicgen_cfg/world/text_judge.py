@@ -47,8 +47,8 @@ from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.training.run import warmup_cosine
 from musicgen_cfg.world import symbolic
+from musicgen_cfg.world.text_judge_options import DEFAULT_DIR, ScorerTrainArgs, ScorerTrainConfig
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default" / "scorer"
 TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
 RETRIEVAL_GROUP = 32  # held-out retrieval: one caption against this many segments
 MAX_SIZE_BYTES = 5 * 1024 * 1024
@@ -71,32 +71,6 @@ class ScorerConfig:
                             f"{self.stride}")
         if not self.dilations or min(self.dilations) < 1:
             raise UserError(f"scorer dilations must be positive, got {self.dilations}")
-
-
-@dataclass
-class ScorerTrainConfig:
-    """Options of `musicgen-cfg judges train-scorer`."""
-
-    steps: int = field(1000, "optimizer steps")
-    batch_size: int = field(128, "(caption, segment) pairs per step; the other pairs are the negatives")
-    pairs: int = field(8000, "training captions (each encoded once by MiniLM, the costly part)")
-    transpose: int = field(6, "random transposition of a training piece, in semitones either way")
-    lr: float = field(2e-3, "peak AdamW learning rate (linear warmup, cosine decay)")
-    weight_decay: float = field(0.01, "AdamW weight decay")
-    warmup_steps: int = field(50, "linear warmup steps")
-    eval_every: int = field(200, "steps between held-out evaluations")
-    seed: int = field(0, "seed for the pairs, initialisation and batches")
-
-    def __post_init__(self):
-        for name in ("steps", "pairs", "eval_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 2 <= self.batch_size <= self.pairs:
-            raise UserError(f"--batch-size must be in 2..pairs ({self.pairs}), got {self.batch_size}")
-        if self.transpose < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise UserError("--transpose, --warmup-steps and --weight-decay must be >= 0")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
 
 
 class _Residual(nn.Module):
@@ -321,15 +295,6 @@ def train(model: ContrastiveScorer, pairs: Pairs, sentences: torch.Tensor, heldo
                 f"another {evaluations[step]['own_vs_other']:.3f} ({time.perf_counter() - started:.0f}s)")
     model.eval()
     return {"losses": losses, "heldout": evaluations, "train_seconds": round(time.perf_counter() - started, 1)}
-
-
-@dataclass(kw_only=True)
-class ScorerTrainArgs(ScorerTrainConfig):
-    """Options of `musicgen-cfg judges train-scorer`: the optimisation, the data and the output."""
-
-    out: Path = field(DEFAULT_DIR, "output directory (replaced atomically)")
-    dataset: Path | None = field(None, "dataset .npz (default: the shipped one)")
-    threads: int = field(1, "torch CPU threads")
 
 
 def rebuild_command(args: ScorerTrainArgs, config: ScorerTrainConfig) -> str:

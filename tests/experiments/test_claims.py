@@ -89,3 +89,66 @@ def test_pool_seeds_merges_one_betas_seed_runs_and_leaves_single_runs_alone():
     assert reward["ci_low"] >= 0.2 - 1e-12 and reward["ci_high"] <= 0.4 + 1e-12
     claims = {c["claim"]: c for c in check_claims([point("beta", 0.0, "beta_0", 0.1, 0.3), beta], 3.0, {}, 0.1)}
     assert claims[3]["status"] == "pass" and "(seeds 0.2000, 0.4000)" in claims[3]["detail"]
+
+
+# ----------------------------------------------------------------------------------- claims 1 to 6
+
+def scored(p, quality, **metrics):
+    """`p` with this quality (CI +- 0.01) and these other metric means."""
+    p.metrics["quality"] = {"mean": quality, "ci_low": quality - 0.01, "ci_high": quality + 0.01, "num_prompts": 4}
+    p.metrics.update({name: {"mean": v, "ci_low": v, "ci_high": v, "num_prompts": 4} for name, v in metrics.items()})
+    return p
+
+
+def claims(points, reference_gamma=3.0, hypervolumes=None):
+    return {c["claim"]: c for c in check_claims(points, reference_gamma, hypervolumes or {}, 0.1)}
+
+
+def test_claim_1_cfg_must_raise_quality_and_lower_diversity():
+    plain, guided = scored(point("cfg", 1.0, "base", 0.4, 0.3), 0.5), scored(point("cfg", 3.0, "base", 0.3, 0.3), 0.6)
+    held = claims([plain, guided])[1]
+    assert held["status"] == "pass" and held["statement"] == "CFG raises quality and lowers diversity"
+    assert "quality gamma=1 0.5000 [0.4900, 0.5100] -> gamma=3 0.6000" in held["detail"]
+    assert claims([plain, scored(point("cfg", 3.0, "base", 0.5, 0.3), 0.6)])[1]["status"] == "fail"
+    skipped = claims([plain, guided], reference_gamma=1.0)[1]
+    assert skipped == {"claim": 1, "statement": "CFG raises quality and lowers diversity", "status": "skipped",
+                       "detail": "needs CFG points at gamma = 1 and gamma = 1"}
+
+
+def test_claim_2_the_distilled_model_needs_cfg_quality_at_half_the_passes():
+    guided = scored(point("cfg", 3.0, "base", 0.3, 0.3), 0.6)
+    half = scored(point("beta", 0.0, "beta_0", 0.3, 0.3), 0.595, lm_passes_per_second=5.0, seconds_per_second=0.25)
+    held = claims([guided, half])[2]
+    assert held["status"] == "pass" and "LM passes ratio 0.500, measured wall-time ratio 0.250" in held["detail"]
+    assert claims([guided, scored(half, 0.595, lm_passes_per_second=6.0)])[2]["status"] == "fail"
+    assert claims([guided, scored(point("beta", 0.0, "beta_0", 0.3, 0.3), 0.5, lm_passes_per_second=5.0)])[2][
+        "status"] == "fail"  # below the CFG CI's lower end (0.59)
+    assert claims([half])[2]["status"] == "skipped"
+
+
+def test_claim_4_lerp_steps_against_the_trend_beyond_the_tolerance_fail():
+    smooth = [scored(point("lerp", lam, f"lerp_{lam:g}", 0.2 + lam / 10, 0.3), 0.7 - lam / 10) for lam in (0, 0.5, 1)]
+    held = claims(smooth)[4]
+    assert held["status"] == "pass" and "quality 0.000, diversity 0.000; tolerance 0.1" in held["detail"]
+    zigzag = [scored(point("lerp", lam, f"lerp_{lam:g}", d, 0.3), 0.5) for lam, d in ((0, 0.2), (0.5, 0.4), (1, 0.3))]
+    assert claims(zigzag)[4]["status"] == "fail" and "diversity 0.500" in claims(zigzag)[4]["detail"]
+    assert claims(smooth[:2])[4]["status"] == "skipped"
+
+
+def test_claim_5_compares_the_hypervolumes():
+    assert claims([], hypervolumes={"lerp": 0.2, "cfg": 0.1})[5] == {
+        "claim": 5, "statement": "the LERP front dominates the CFG front (hypervolume)", "status": "pass",
+        "detail": "hypervolume LERP 0.20000 vs CFG 0.10000"}
+    assert claims([], hypervolumes={"lerp": 0.1, "cfg": 0.2})[5]["status"] == "fail"
+    assert claims([], hypervolumes={"lerp": 0.1})[5]["status"] == "skipped"
+
+
+def test_claim_6_an_intermediate_beta_above_the_lerp_front_fails():
+    lerps = [scored(point("lerp", lam, f"lerp_{lam:g}", 0.2 + lam / 5, 0.3), 0.7 - lam / 5) for lam in (0, 1)]
+    under = scored(point("beta", 5.0, "beta_5", 0.3, 0.3), 0.55)  # the front has quality 0.6 at diversity 0.3
+    held = claims([*lerps, under])[6]
+    assert held["status"] == "pass" and "beta=5 quality 0.5500 vs LERP front 0.6000 at diversity 0.3000" in held["detail"]
+    assert claims([*lerps, scored(under, 0.65)])[6]["status"] == "fail"
+    outside = scored(point("beta", 5.0, "beta_5", 0.5, 0.3), 0.4)  # more diverse than any merge: none dominates it
+    assert "not dominated by a merge" in claims([*lerps, outside])[6]["detail"]
+    assert claims(lerps)[6]["status"] == "skipped"

@@ -18,7 +18,6 @@ import torch
 from musicgen_cfg.cli import main
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.experiments.evaluate import (
-    EvaluateConfig,
     Evaluator,
     bootstrap_ci,
     check_entry,
@@ -26,6 +25,7 @@ from musicgen_cfg.experiments.evaluate import (
     mean_pairwise_distance,
     vendi_score,
 )
+from musicgen_cfg.experiments.evaluate_options import EvaluateConfig
 from musicgen_cfg.experiments.reproduce import (
     ReproduceConfig,
     front_quality_at,

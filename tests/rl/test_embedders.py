@@ -23,7 +23,6 @@ from rl.embedders import (
     resample,
 )
 from rl.train_embedder import (
-    EmbedderTrainConfig,
     clips_to_log_mels,
     info_nce_loss,
     sample_positive_pairs,
@@ -31,6 +30,7 @@ from rl.train_embedder import (
     split_clips,
     train,
 )
+from rl.train_embedder_options import EmbedderTrainConfig
 
 SMALL = ContrastiveEmbedderConfig(chunk_seconds=0.5, channels=(8, 16, 32), embedding_dim=32)
 

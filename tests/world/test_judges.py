@@ -12,7 +12,8 @@ from musicgen_cfg.world import symbolic
 from musicgen_cfg.world.captions import key_name
 from musicgen_cfg.world.corpus import load_dataset
 from musicgen_cfg.world.judges import DefaultWorldJudges, frechet_distance, prompt_attributes
-from musicgen_cfg.world.text_judge import DEFAULT_DIR, MAX_SIZE_BYTES, ContrastiveScorer
+from musicgen_cfg.world.text_judge import MAX_SIZE_BYTES, ContrastiveScorer
+from musicgen_cfg.world.text_judge_options import DEFAULT_DIR
 
 NONE_FIELDS = dict.fromkeys(("style", "form", "tonic", "mode", "meter", "texture", "tempo_word", "tempo_bpm"))
 TRIADS = {"major": [(0, 4, 7), (5, 9, 12), (7, 11, 14), (0, 4, 7)],  # I IV V I
