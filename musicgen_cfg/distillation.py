@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from musicgen_cfg import lora
 from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.lora import LoraSettings
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
 from musicgen_cfg.training import (
@@ -82,6 +84,8 @@ class DistillConfig:
     device: str = field("auto", "auto | cpu | cuda")
     tensorboard: bool = field(True, "also write TensorBoard events")
     export: str | None = field(None, "write the final student here (checkpoint + manifest.json)")
+    lora: LoraSettings | None = field(None, "train LoRA adapters (peft) instead of all weights: a section of the "
+                                      "lora.* keys below (YAML mapping or --lora.KEY VALUE); none = full finetune")
 
     def __post_init__(self):
         if self.beta < 0:
@@ -112,6 +116,8 @@ class DistillConfig:
             raise UserError(f"prompts_per_step {self.prompts_per_step} is not divisible by grad_accum {self.grad_accum}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.lora is not None and self.lora.export_adapter and not self.export:
+            raise UserError("lora.export_adapter needs export too (the merged weights the adapter belongs with)")
 
 
 # ---------------------------------------------------------------------------------- the loss itself
@@ -196,11 +202,16 @@ class Distiller:
         self.config, self.accelerator = config, accelerator
         device = accelerator.device
         self.student = load_model(config.model, device=device)
-        self.teacher = load_model(config.model, device=device)
+        if config.lora is not None:  # the teacher is the frozen base under the adapters: one weight copy
+            torch.manual_seed(config.seed)  # adapter init and adapter dropout follow the run's seed
+            self.teacher = lora.add_adapters(self.student, config.lora)
+        else:
+            self.teacher = load_model(config.model, device=device)
         self.teacher.lm.eval().requires_grad_(False)
         self.gamma = config.guidance_scale if config.guidance_scale is not None else self.teacher.default_guidance_scale
         self.embedder = load_embedder(config.embedder) if config.generations >= 2 and config.embedder != "none" else None
-        self.optimizer = torch.optim.AdamW(self.student.lm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        trainable = [p for p in self.student.lm.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps, floor=1.0))
         self.forward, self.optimizer = accelerator.prepare(self.student.lm, self.optimizer)
@@ -257,6 +268,8 @@ class Distiller:
         times["time_teacher"] = times["time_student"] = 0.0
         micro = local // config.grad_accum if local >= config.grad_accum else local
         self.student.lm.eval()  # dropout off: score the policy we sample from
+        if config.lora is not None:  # adapter dropout (lora.dropout) is a regulariser of the scoring pass only
+            lora.set_dropout(self.student.lm, True)
         cond_all = self.student.condition(prompts)
         chunks = range(0, local, micro)
         for index, start in enumerate(chunks):
@@ -308,6 +321,32 @@ class Distiller:
         values = self.accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=self.accelerator.device), "mean")
         return dict(zip(keys, values.tolist()))
 
+    def save_checkpoint(self, run_dir: Path, step: int, provenance: dict) -> None:
+        """checkpoint-<step>/: the student (its adapter only with LoRA), optimizer, scheduler and RNG states."""
+        if not self.accelerator.is_main_process:
+            return
+        config = self.config
+        write_weights = None
+        if config.lora is not None:
+            def write_weights(directory):
+                lora.write_adapter(self.student.lm, directory, config.model)
+        save_checkpoint(run_dir, step, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
+                        {"provenance": provenance}, config.keep_last, provenance, write_weights=write_weights)
+
+    def load_checkpoint(self, path: Path, provenance: dict) -> dict:
+        """Restore what `save_checkpoint` wrote; a checkpoint of another base model is refused."""
+        load_weights = (lambda p: lora.load_adapter(self.student.lm, p)) if self.config.lora is not None else None
+        state = load_checkpoint(path, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
+                                load_weights=load_weights)
+        saved = state.get("provenance", {}).get("base_sha256")
+        if saved is not None and saved != provenance["base_sha256"]:
+            raise UserError(f"{path} was trained from another base model (sha256 {saved[:12]}), not {self.config.model}")
+        return state
+
+    def export_model(self):
+        """The student as a plain MusicGen: itself, or with LoRA the base with the adapters merged in."""
+        return lora.merged_model(self.student) if self.config.lora is not None else self.student
+
     @torch.no_grad()
     def heldout_metrics(self) -> dict[str, float]:
         """Teacher-hacking guard: on prompts never trained on, the student's KL to the teacher and diversity."""
@@ -342,16 +381,14 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, config, command)
-    start, state = 0, {}
+    provenance = {"beta": config.beta, "teacher_guidance_scale": distiller.gamma, "base_model": config.model,
+                  "base_sha256": distiller.teacher.weights_sha256()}
+    start = 0
     if resume and checkpoints(run_dir):
-        state = load_checkpoint(checkpoints(run_dir)[-1], distiller.student, distiller.optimizer, distiller.scheduler,
-                                distiller.generator, distiller.data_rng)
-        start = state["step"]
+        start = distiller.load_checkpoint(checkpoints(run_dir)[-1], provenance)["step"]
     log = MetricsLog(run_dir, tensorboard=config.tensorboard) if main_process else None
     if log is not None:
         log.truncate_after(start)
-    provenance = {"beta": config.beta, "teacher_guidance_scale": distiller.gamma, "base_model": config.model,
-                  "base_sha256": distiller.teacher.weights_sha256()}
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train beta={config.beta:g}",
                dynamic_ncols=True, disable=not main_process)
     for step in bar:
@@ -362,9 +399,8 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
         if log is not None and (done % config.log_every == 0 or done == config.steps):
             log.log(done, metrics)
         bar.set_postfix(kl=f"{metrics['kl']:.2f}", reward=f"{metrics.get('reward_mean', float('nan')):.3f}")
-        if main_process and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_checkpoint(run_dir, done, distiller.student, distiller.optimizer, distiller.scheduler,
-                            distiller.generator, distiller.data_rng, {}, config.keep_last, provenance)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            distiller.save_checkpoint(run_dir, done, provenance)
         accelerator.wait_for_everyone()
     if main_process and config.export:
         export(distiller, config, run_dir, command, provenance)
@@ -372,17 +408,21 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
 
 
 def export(distiller: Distiller, config: DistillConfig, run_dir: Path, command: str, provenance: dict):
+    """The final student as full weights (LoRA: merged) + manifest.json; with lora.export_adapter also the adapter."""
+    model = distiller.export_model()
+    manifest = {"rebuild_command": command, "config": asdict(config), **provenance,
+                "metrics_csv": str(run_dir / "metrics.csv")}
     with atomic_directory(config.export) as tmp:
-        distiller.student.write_files(tmp, provenance)
-        write_json({
-            "artifact": f"distilled student, beta={config.beta:g}",
-            "rebuild_command": command,
-            "config": asdict(config),
-            **provenance,
-            "weights_sha256": distiller.student.weights_sha256(refresh=True),
-            "model_safetensors_sha256": file_sha256(tmp / "model.safetensors"),
-            "metrics_csv": str(run_dir / "metrics.csv"),
-        }, tmp / "manifest.json")
+        model.write_files(tmp, provenance)
+        write_json({**manifest, "artifact": f"distilled student, beta={config.beta:g}",
+                    "weights_sha256": model.weights_sha256(refresh=True),
+                    "model_safetensors_sha256": file_sha256(tmp / "model.safetensors")}, tmp / "manifest.json")
+    if config.lora is not None and config.lora.export_adapter:
+        with atomic_directory(config.lora.export_adapter) as tmp:
+            lora.write_adapter(distiller.student.lm, tmp, config.model)
+            write_json({**manifest, "artifact": f"LoRA adapter of the distilled student, beta={config.beta:g}",
+                        "merged_export": str(config.export),
+                        "adapter_safetensors_sha256": file_sha256(tmp / lora.ADAPTER_WEIGHTS)}, tmp / "manifest.json")
 
 
 def register(subparsers):

@@ -36,9 +36,15 @@ def _field_type(cls, name: str):
     return (args[0] if is_union and len(args) == 1 else hint), is_union
 
 
-def _convert(cls, name: str, value):
+def _section(cls, name: str):
+    """The dataclass type of a nested config section (e.g. `lora`), or None for a plain value."""
+    kind, _ = _field_type(cls, name)
+    return kind if dataclasses.is_dataclass(kind) else None
+
+
+def _convert(cls, name: str, value, label: str | None = None):
     kind, optional = _field_type(cls, name)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+    if value is None or (optional and _is_none(value)):
         return None
     try:
         if kind is bool:
@@ -54,7 +60,7 @@ def _convert(cls, name: str, value):
         if typing.get_origin(kind) is tuple or kind is tuple:
             return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
     except (TypeError, ValueError):
-        raise UserError(f"config key {name!r}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
+        raise UserError(f"config key {label or name!r}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
     return value
 
 
@@ -72,11 +78,41 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
         if not isinstance(data, dict):
             raise UserError(f"config {path} must be a mapping of key: value")
     data.update(parse_overrides(overrides or []))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    return _build(cls, data)
+
+
+def _is_none(value) -> bool:
+    return value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    """cls(**data): a section field takes a mapping (YAML) updated by its dotted keys (`--lora.rank 8`)."""
+    flat, dotted = {}, {}
+    for key, value in data.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            dotted.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    unknown = sorted((set(flat) | set(dotted)) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise UserError(f"unknown config key {unknown[0]!r} (see --help-config for the keys)")
-    return cls(**{k: _convert(cls, k, v) for k, v in data.items()})
+        key = prefix + unknown[0]
+        raise UserError(f"unknown config key {key!r} (see --help-config for the keys)")
+    values = {}
+    for key in [f.name for f in dataclasses.fields(cls) if f.name in flat or f.name in dotted]:
+        section, label = _section(cls, key), prefix + key
+        if section is None:
+            if key in dotted:
+                raise UserError(f"config key {label!r} is a value, not a section: write --{label} VALUE")
+            values[key] = _convert(cls, key, flat[key], label)
+        elif key in flat and _is_none(flat[key]) and key not in dotted:
+            values[key] = None
+        elif key in flat and not isinstance(flat[key], dict) and not _is_none(flat[key]):
+            raise UserError(f"config key {label!r} is a section: give it a mapping of key: value or --{label}.KEY VALUE")
+        else:
+            mapping = flat.get(key) if isinstance(flat.get(key), dict) else {}
+            values[key] = _build(section, {**mapping, **dotted.get(key, {})}, prefix=f"{label}.")
+    return cls(**values)
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -97,12 +133,15 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
     return values
 
 
-def config_help(cls) -> str:
-    """One line per field: name, default, help (from field metadata)."""
+def config_help(cls, prefix: str = "") -> str:
+    """One line per field: name, default, help (from field metadata); a section's fields as section.name."""
     lines = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"  {f.name:<24} {default!r:<22} {f.metadata.get('help', '')}")
+        lines.append(f"  {prefix}{f.name:<{24 - len(prefix)}} {default!r:<22} {f.metadata.get('help', '')}")
+        section = _section(cls, f.name)
+        if section is not None:
+            lines.append(config_help(section, prefix=f"{prefix}{f.name}."))
     return "\n".join(lines)
 
 
@@ -158,13 +197,22 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, generator: torch.Generator,
-                    data_rng: random.Random, state: dict, keep_last: int, extra_config: dict | None = None) -> Path:
-    """Atomically write checkpoint-<step>/ and prune old ones (keeping `keep_last`)."""
+                    data_rng: random.Random, state: dict, keep_last: int, extra_config: dict | None = None,
+                    write_weights=None, optimizer_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Atomically write checkpoint-<step>/ and prune old ones (keeping `keep_last`).
+
+    `write_weights(directory)` replaces the model files (a LoRA run writes its adapter only) and
+    `optimizer_state` the optimizer's flat tensors (gathered from shards under FSDP).
+    """
     path = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
-    names = {id(p): n for n, p in model.lm.named_parameters()}
     with atomic_directory(path) as tmp:
-        model.write_files(tmp, extra_config)
-        tensors = optimizer_tensors(optimizer, names)
+        if write_weights is None:
+            model.write_files(tmp, extra_config)
+        else:
+            write_weights(tmp)
+        if optimizer_state is None:
+            optimizer_state = optimizer_tensors(optimizer, {id(p): n for n, p in model.lm.named_parameters()})
+        tensors = dict(optimizer_state)
         tensors["rng::torch"] = torch.get_rng_state()
         tensors["rng::generator"] = generator.get_state()
         save_tensors(tensors, tmp / "optimizer.safetensors")
@@ -175,15 +223,25 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, gener
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, data_rng: random.Random) -> dict:
-    """Restore weights, optimizer, scheduler and every RNG from checkpoint `path`; returns trainer_state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, data_rng: random.Random,
+                    load_weights=None, load_optimizer=None) -> dict:
+    """Restore weights, optimizer, scheduler and every RNG from checkpoint `path`; returns trainer_state.
+
+    `load_weights(path)` and `load_optimizer(flat tensors)` replace the plain-model defaults (LoRA, FSDP).
+    """
     from musicgen_cfg.model import WEIGHTS, _load_lm_state
 
-    _load_lm_state(model.lm, load_tensors(path / WEIGHTS, device=str(model.device)), path)
+    if load_weights is None:
+        _load_lm_state(model.lm, load_tensors(path / WEIGHTS, device=str(model.device)), path)
+    else:
+        load_weights(path)
     tensors = load_tensors(path / "optimizer.safetensors")
     torch.set_rng_state(tensors.pop("rng::torch"))
     generator.set_state(tensors.pop("rng::generator"))
-    restore_optimizer(optimizer, {id(p): n for n, p in model.lm.named_parameters()}, tensors)
+    if load_optimizer is None:
+        restore_optimizer(optimizer, {id(p): n for n, p in model.lm.named_parameters()}, tensors)
+    else:
+        load_optimizer(tensors)
     state = read_json(path / "trainer_state.json")
     scheduler.load_state_dict(state["scheduler"])
     for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):  # the scheduler state alone does not set it
