@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from musicgen_cfg import lora
-from musicgen_cfg.checkpoint import atomic_directory, file_sha256, write_json
+from musicgen_cfg import fsdp, lora
+from musicgen_cfg.checkpoint import atomic_directory, file_sha256, load_tensors, write_json
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.lora import LoraSettings
 from musicgen_cfg.sampler import SamplingConfig, sample
@@ -84,6 +84,8 @@ class DistillConfig:
     device: str = field("auto", "auto | cpu | cuda")
     tensorboard: bool = field(True, "also write TensorBoard events")
     export: str | None = field(None, "write the final student here (checkpoint + manifest.json)")
+    fsdp: bool = field(False, "shard the student's weights, grads and AdamW state over the processes (FSDP2 via "
+                              "accelerate; for musicgen-large full finetunes on >= 2 GPUs); see musicgen_cfg/fsdp.py")
     lora: LoraSettings | None = field(None, "train LoRA adapters (peft) instead of all weights: a section of the "
                                       "lora.* keys below (YAML mapping or --lora.KEY VALUE); none = full finetune")
 
@@ -116,6 +118,9 @@ class DistillConfig:
             raise UserError(f"prompts_per_step {self.prompts_per_step} is not divisible by grad_accum {self.grad_accum}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.fsdp and self.lora is not None:
+            raise UserError("fsdp with lora is not supported: the adapters and their optimizer state are small and the "
+                            "frozen base is shared with the teacher, so run LoRA under plain DDP (fsdp: false)")
         if self.lora is not None and self.lora.export_adapter and not self.export:
             raise UserError("lora.export_adapter needs export too (the merged weights the adapter belongs with)")
 
@@ -230,7 +235,7 @@ class Distiller:
         model.lm.eval()
         sampling = SamplingConfig(guidance_scale=self.gamma if from_teacher else 1.0, temperature=config.temperature,
                                   top_k=config.top_k)
-        with self.autocast():
+        with fsdp.full_parameters(model.lm), self.autocast():  # the sampler's step is not forward: FSDP needs a gather
             return sample(model.lm, self.student.condition(prompts), config.num_frames, sampling, seeds)
 
     @torch.no_grad()
@@ -322,29 +327,50 @@ class Distiller:
         return dict(zip(keys, values.tolist()))
 
     def save_checkpoint(self, run_dir: Path, step: int, provenance: dict) -> None:
-        """checkpoint-<step>/: the student (its adapter only with LoRA), optimizer, scheduler and RNG states."""
-        if not self.accelerator.is_main_process:
-            return
-        config = self.config
-        write_weights = None
-        if config.lora is not None:
+        """checkpoint-<step>/: the student (its adapter only with LoRA), optimizer, scheduler and RNG states.
+
+        Collective under FSDP (the shards are gathered); the main process writes."""
+        config, lm = self.config, self.student.lm
+        write_weights, optimizer_state = None, None
+        if fsdp.is_sharded(lm):
+            optimizer_state, full = fsdp.full_optimizer_state(lm, self.optimizer), fsdp.gathered_model(self.student)
+            if full is not None:
+                def write_weights(directory):
+                    full.write_files(directory, provenance)
+        elif config.lora is not None:
             def write_weights(directory):
-                lora.write_adapter(self.student.lm, directory, config.model)
-        save_checkpoint(run_dir, step, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
-                        {"provenance": provenance}, config.keep_last, provenance, write_weights=write_weights)
+                lora.write_adapter(lm, directory, config.model)
+        if self.accelerator.is_main_process:
+            save_checkpoint(run_dir, step, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
+                            {"provenance": provenance}, config.keep_last, provenance, write_weights=write_weights,
+                            optimizer_state=optimizer_state)
 
     def load_checkpoint(self, path: Path, provenance: dict) -> dict:
-        """Restore what `save_checkpoint` wrote; a checkpoint of another base model is refused."""
-        load_weights = (lambda p: lora.load_adapter(self.student.lm, p)) if self.config.lora is not None else None
+        """Restore what `save_checkpoint` wrote (collective under FSDP); a checkpoint of another base is refused."""
+        from musicgen_cfg.model import WEIGHTS
+
+        lm, load_weights, load_optimizer = self.student.lm, None, None
+        if fsdp.is_sharded(lm):
+            def load_weights(directory):
+                fsdp.load_full_weights(lm, load_tensors(directory / WEIGHTS), directory)
+
+            def load_optimizer(flat):
+                fsdp.load_full_optimizer(lm, self.optimizer, flat)
+        elif self.config.lora is not None:
+            def load_weights(directory):
+                lora.load_adapter(lm, directory)
         state = load_checkpoint(path, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
-                                load_weights=load_weights)
+                                load_weights=load_weights, load_optimizer=load_optimizer)
         saved = state.get("provenance", {}).get("base_sha256")
         if saved is not None and saved != provenance["base_sha256"]:
             raise UserError(f"{path} was trained from another base model (sha256 {saved[:12]}), not {self.config.model}")
         return state
 
     def export_model(self):
-        """The student as a plain MusicGen: itself, or with LoRA the base with the adapters merged in."""
+        """The student as a plain MusicGen: itself, with LoRA the base with the adapters merged in, under
+        FSDP the gathered weights (collective; None off the main process)."""
+        if fsdp.is_sharded(self.student.lm):
+            return fsdp.gathered_model(self.student)
         return lora.merged_model(self.student) if self.config.lora is not None else self.student
 
     @torch.no_grad()
@@ -353,7 +379,8 @@ class Distiller:
         G = max(self.config.generations, 2)
         prompts = [p for p in self.prompts.heldout for _ in range(G)]
         codes = self.rollout(prompts, list(range(len(prompts))), from_teacher=False)
-        with self.autocast():
+        # full_parameters: FSDP keeps the root unit gathered after a forward until a backward, which never comes here
+        with fsdp.full_parameters(self.student.lm), self.autocast():
             teacher = score(self.teacher.lm, codes, self.student.condition(prompts), guidance_scale=self.gamma)
             student = score(self.student.lm, codes, self.student.condition(prompts))
         kl, _ = distillation_loss(student.logits, teacher.cfg_logits, student.mask)
@@ -372,7 +399,10 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
     
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if config.bf16 else "no")
+    fsdp_plugin = fsdp.plugin() if config.fsdp else None
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if config.bf16 else "no", fsdp_plugin=fsdp_plugin)
+    if config.fsdp:
+        fsdp.enable(accelerator, fsdp_plugin)
     run_dir = Path(config.out)
     if checkpoints(run_dir) and not resume:
         raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue or choose another --out")
@@ -402,14 +432,16 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
         if done % config.checkpoint_every == 0 or done == config.steps:
             distiller.save_checkpoint(run_dir, done, provenance)
         accelerator.wait_for_everyone()
-    if main_process and config.export:
-        export(distiller, config, run_dir, command, provenance)
+    if config.export:
+        model = distiller.export_model()  # collective under FSDP
+        if main_process:
+            export(distiller, model, config, run_dir, command, provenance)
     return run_dir
 
 
-def export(distiller: Distiller, config: DistillConfig, run_dir: Path, command: str, provenance: dict):
-    """The final student as full weights (LoRA: merged) + manifest.json; with lora.export_adapter also the adapter."""
-    model = distiller.export_model()
+def export(distiller: Distiller, model, config: DistillConfig, run_dir: Path, command: str, provenance: dict):
+    """`model` (Distiller.export_model: full weights, LoRA merged) + manifest.json; with
+    lora.export_adapter also the adapter."""
     manifest = {"rebuild_command": command, "config": asdict(config), **provenance,
                 "metrics_csv": str(run_dir / "metrics.csv")}
     with atomic_directory(config.export) as tmp:
