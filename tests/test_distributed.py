@@ -52,6 +52,18 @@ def test_two_process_ddp_matches_single_process(setup, tmp_path):
     assert_same_weights(single, load_file(str(tmp_path / "ddp" / "checkpoint-000003" / "model.safetensors")))
 
 
+def test_two_process_ddp_lora_matches_single_process(setup, tmp_path):
+    """LoRA under DDP: the frozen base (shared with the teacher) is replicated, the adapters sync."""
+    args = [*setup[0], "--lora.rank", "4", "--lr", "1e-2"]
+    single = subprocess.run([sys.executable, "-m", "musicgen_cfg.cli", *args, "--out", str(tmp_path / "single")],
+                            env=ENV, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    two_processes(*args, "--out", str(tmp_path / "ddp"))
+    a, b = (load_file(str(tmp_path / run / "checkpoint-000003" / "adapter_model.safetensors")) for run in ("single", "ddp"))
+    assert any(k.endswith("lora_B.weight") and a[k].abs().max() > 0 for k in a)  # the adapters trained
+    assert_same_weights(a, b)
+
+
 def test_two_process_fsdp_matches_single_process_through_a_resume_and_export(setup, tmp_path):
     """FSDP2 on gloo: rollouts on the gathered weights (the same codes as one process, or the weights
     would differ), a full-state checkpoint (weights + AdamW moments) that resumes, a full export."""
