@@ -440,21 +440,23 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
 
 
 def export(distiller: Distiller, model, config: DistillConfig, run_dir: Path, command: str, provenance: dict):
-    """`model` (Distiller.export_model: full weights, LoRA merged) + manifest.json; with
+    """`model` (Distiller.export_model: the full weights, LoRA merged) + manifest.json; with
     lora.export_adapter also the adapter."""
-    manifest = {"rebuild_command": command, "config": asdict(config), **provenance,
-                "metrics_csv": str(run_dir / "metrics.csv")}
     with atomic_directory(config.export) as tmp:
         model.write_files(tmp, provenance)
-        write_json({**manifest, "artifact": f"distilled student, beta={config.beta:g}",
-                    "weights_sha256": model.weights_sha256(refresh=True),
-                    "model_safetensors_sha256": file_sha256(tmp / "model.safetensors")}, tmp / "manifest.json")
+        write_json({
+            "artifact": f"distilled student, beta={config.beta:g}",
+            "rebuild_command": command,
+            "config": asdict(config),
+            **provenance,
+            "weights_sha256": model.weights_sha256(refresh=True),
+            "model_safetensors_sha256": file_sha256(tmp / "model.safetensors"),
+            "metrics_csv": str(run_dir / "metrics.csv"),
+        }, tmp / "manifest.json")
     if config.lora is not None and config.lora.export_adapter:
-        with atomic_directory(config.lora.export_adapter) as tmp:
-            lora.write_adapter(distiller.student.lm, tmp, config.model)
-            write_json({**manifest, "artifact": f"LoRA adapter of the distilled student, beta={config.beta:g}",
-                        "merged_export": str(config.export),
-                        "adapter_safetensors_sha256": file_sha256(tmp / lora.ADAPTER_WEIGHTS)}, tmp / "manifest.json")
+        lora.export_adapter(distiller.student.lm, config.lora.export_adapter, config.model, {
+            "artifact": f"LoRA adapter of the distilled student, beta={config.beta:g} (merged: {config.export})",
+            "rebuild_command": command, "config": asdict(config), **provenance})
 
 
 def register(subparsers):

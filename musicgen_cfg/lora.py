@@ -30,7 +30,14 @@ from pathlib import Path
 
 import torch
 
-from musicgen_cfg.checkpoint import load_tensors, read_json, save_tensors
+from musicgen_cfg.checkpoint import (
+    atomic_directory,
+    file_sha256,
+    load_tensors,
+    read_json,
+    save_tensors,
+    write_json,
+)
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.training import field
 
@@ -134,6 +141,13 @@ def write_adapter(lm: torch.nn.Module, directory: Path, base_model: str) -> None
     config = lm.peft_config[ADAPTER]
     config.base_model_name_or_path = base_model
     config.save_pretrained(str(directory))
+
+
+def export_adapter(lm: torch.nn.Module, directory: str | Path, base_model: str, manifest: dict) -> None:
+    """Atomically write the adapter directory (peft format) with a manifest.json of its provenance."""
+    with atomic_directory(directory) as tmp:
+        write_adapter(lm, tmp, base_model)
+        write_json({**manifest, "adapter_safetensors_sha256": file_sha256(tmp / ADAPTER_WEIGHTS)}, tmp / "manifest.json")
 
 
 def load_adapter(lm: torch.nn.Module, directory: Path) -> None:

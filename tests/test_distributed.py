@@ -1,5 +1,6 @@
 """Two CPU processes (gloo, via torchrun) end with the weights of one process on the same global batch:
-under DDP, and under FSDP2 (musicgen_cfg/fsdp.py) with a full-state checkpoint, resume and export."""
+under DDP (full and LoRA), and under FSDP2 (musicgen_cfg/fsdp.py) with a full-state checkpoint, resume
+and export; all with 2 micro-batches per step (the no-sync paths)."""
 
 import os
 import subprocess
@@ -23,7 +24,7 @@ def setup(tiny_dir, tmp_path_factory):
     (root / "prompts.txt").write_text("sad piano\na joyful jig\ncalm organ hymn\nfast rock drums\ndark jazz bass\n")
     args = ["train", "--model", str(tiny_dir), "--prompts", str(root / "prompts.txt"), "--embedder",
             str(root / "embedder"), "--num_frames", "12", "--prompts_per_step", "4", "--generations", "3",
-            "--beta", "15", "--guidance_scale", "3", "--lr", "1e-3", "--steps", "3", "--checkpoint_every", "3",
+            "--beta", "15", "--guidance_scale", "3", "--lr", "1e-3", "--grad_accum", "2", "--steps", "3", "--checkpoint_every", "3",
             "--eval_every", "3", "--heldout_prompts", "1", "--tensorboard", "false", "--threads", "1"]
     single = subprocess.run([sys.executable, "-m", "musicgen_cfg.cli", *args, "--out", str(root / "single")],
                             env=ENV, capture_output=True, text=True)

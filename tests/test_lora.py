@@ -179,6 +179,8 @@ def test_export_is_merged_full_weights_that_transformers_and_peft_load(runs, tin
     manifest = json.loads((runs / "export_a" / "manifest.json").read_text())
     assert manifest["config"]["lora"]["rank"] == 4 and manifest["base_sha256"]
     assert json.loads((runs / "adapter_a" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_dir)
+    adapter_manifest = json.loads((runs / "adapter_a" / "manifest.json").read_text())
+    assert adapter_manifest["base_sha256"] == manifest["base_sha256"] and adapter_manifest["adapter_safetensors_sha256"]
 
 
 def test_merging_two_lora_exports_is_the_lerp_of_their_deltas_live_and_offline(runs, tiny_dir, tmp_path):
