@@ -339,7 +339,7 @@ class Distiller:
                     full.write_files(directory, provenance)
         elif config.lora is not None:
             def write_weights(directory):
-                lora.write_adapter(lm, directory, config.model)
+                lora.write_adapter(lm, directory)
         if self.accelerator.is_main_process:
             save_checkpoint(run_dir, step, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
                             {"provenance": provenance}, config.keep_last, provenance, write_weights=write_weights,
@@ -454,7 +454,7 @@ def export(distiller: Distiller, model, config: DistillConfig, run_dir: Path, co
             "metrics_csv": str(run_dir / "metrics.csv"),
         }, tmp / "manifest.json")
     if config.lora is not None and config.lora.export_adapter:
-        lora.export_adapter(distiller.student.lm, config.lora.export_adapter, config.model, {
+        lora.export_adapter(distiller.student.lm, config.lora.export_adapter, {
             "artifact": f"LoRA adapter of the distilled student, beta={config.beta:g} (merged: {config.export})",
             "rebuild_command": command, "config": asdict(config), **provenance})
 

@@ -71,12 +71,11 @@ class LoraSettings:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*", name):
                 raise UserError(f"lora.target_modules: {name!r} is not a module name")
 
-    def peft_config(self, base_model: str = ""):
+    def peft_config(self, base_model: str):
         from peft import LoraConfig
 
         return LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=list(self.target_modules), bias="none",
-                          base_model_name_or_path=base_model or None)
+                          target_modules=list(self.target_modules), bias="none", base_model_name_or_path=base_model)
 
 
 def add_adapters(model, settings: LoraSettings):
@@ -88,7 +87,7 @@ def add_adapters(model, settings: LoraSettings):
     from peft.tuners.lora import LoraModel
 
     try:
-        LoraModel(model.lm, settings.peft_config(), ADAPTER)
+        LoraModel(model.lm, settings.peft_config(base_model=model.source), ADAPTER)
     except ValueError as err:  # peft: a target matches no module, or a non-Linear one
         raise UserError(f"lora.target_modules {list(settings.target_modules)}: {str(err).splitlines()[0]}") from None
     return dataclasses.replace(model, lm=_without_adapters(model.lm).eval(), _sha=None)
@@ -135,18 +134,16 @@ def adapter_state(lm: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {PEFT_PREFIX + k: v for k, v in get_peft_model_state_dict(lm, adapter_name=ADAPTER).items()}
 
 
-def write_adapter(lm: torch.nn.Module, directory: Path, base_model: str) -> None:
-    """adapter_model.safetensors + adapter_config.json into an existing (temporary) directory."""
+def write_adapter(lm: torch.nn.Module, directory: Path) -> None:
+    """adapter_model.safetensors + adapter_config.json (naming the base model) into an existing (temporary) directory."""
     save_tensors(adapter_state(lm), directory / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    config = lm.peft_config[ADAPTER]
-    config.base_model_name_or_path = base_model
-    config.save_pretrained(str(directory))
+    lm.peft_config[ADAPTER].save_pretrained(str(directory))
 
 
-def export_adapter(lm: torch.nn.Module, directory: str | Path, base_model: str, manifest: dict) -> None:
+def export_adapter(lm: torch.nn.Module, directory: str | Path, manifest: dict) -> None:
     """Atomically write the adapter directory (peft format) with a manifest.json of its provenance."""
     with atomic_directory(directory) as tmp:
-        write_adapter(lm, tmp, base_model)
+        write_adapter(lm, tmp)
         write_json({**manifest, "adapter_safetensors_sha256": file_sha256(tmp / ADAPTER_WEIGHTS)}, tmp / "manifest.json")
 
 
