@@ -39,7 +39,7 @@ def small_checkpoint(workdir: Path) -> tuple[str, str, str]:
 def run(config: DistillConfig, steps: int) -> dict:
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision="bf16" if config.bf16 else "no")
+    accelerator = Accelerator(cpu=config.device == "cpu")  # bf16: the Distiller's own autocast (config.bf16)
     distiller = Distiller(config, accelerator)
     distiller.train_step(0)  # warm-up (allocations, CUDA graph capture of the rollout)
     if torch.cuda.is_available() and config.device == "cuda":
@@ -71,7 +71,7 @@ def main():
     if args.preset == "small":
         model, embedder, prompts = small_checkpoint(workdir)
         base = dict(model=model, embedder=embedder, prompts=prompts, guidance_scale=3.0, num_frames=args.frames or 500,
-                    prompts_per_step=args.prompts_per_step or 8, top_k=250)
+                    prompts_per_step=args.prompts_per_step or 8)
     else:
         base = dict(model="default", embedder="default", prompts="default", num_frames=args.frames or 128,
                     prompts_per_step=args.prompts_per_step or 4)

@@ -5,7 +5,7 @@
     musicgen-cfg train --config configs/quality.yaml --steps 50 --lr 3e-5     # YAML + overrides
     accelerate launch --num_processes 2 -m musicgen_cfg.cli train --config ...  # DDP, same global batch
 
-One step, P prompts x G generations (follow it top to bottom in `train_step`):
+One step, P prompts x G generations (follow it top to bottom in `Distiller.accumulate_gradients`):
   1. rollout  codes ~ student without CFG, no grad            [P*G, K, T]   sampler.sample
   2. reward   r = mean sibling 1 - cos of the embedded audio;  A = advantages(r)   rl/diversity.py
   3. teacher  pi_gamma = softmax(uncond + gamma (cond - uncond)) of the FROZEN base, one batched pass
@@ -15,12 +15,18 @@ One step, P prompts x G generations (follow it top to bottom in `train_step`):
 The student is scored with dropout off: the KL is between the policy we sample and the teacher.
 Rollout seeds depend on (seed, step, global row) only, so a run is reproducible, resumable to the
 bit, and the same under DDP with any number of processes for the same global batch.
+
+Real MusicGen (configs/musicgen_*.yaml): bf16 autocast with the CFG combination, log-softmax and KL in
+fp32; a bf16 teacher (teacher_dtype) sharing the student's text encoder and codec; gradient
+checkpointing; rollouts in chunks of rollout_batch_size rows; grad_accum equal micro-batches of each
+process's rows whose losses are weighted by the global sequence count. Memory: bench/train_memory.py.
 """
 
+import copy
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -60,20 +66,25 @@ class DistillConfig:
     prompts_per_step: int = field(8, "P: prompts per optimizer step (global, across processes)")
     generations: int = field(4, "G: generations per prompt (>= 2 for the diversity reward, >= 3 for 'loo')")
     num_frames: int = field(128, "frames per generation (default model: 128 = 8 bars; MusicGen: 50 per second)")
-    temperature: float = field(1.0, "rollout sampling temperature")
-    top_k: int | None = field(None, "rollout top-k (None = full distribution, as the KL assumes)")
+    temperature: float = field(1.0, "rollout sampling temperature (!= 1 only with beta = 0: REINFORCE scores the tau = 1 policy)")
+    top_k: int | None = field(None, "rollout top-k; None = the full distribution (required with beta > 0: REINFORCE scores the untruncated policy)")
     embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id> | none (only with beta = 0: no reward logging)")
     baseline: str = field("loo", "REINFORCE baseline: loo | batch_mean | none")
     normalize_advantages: bool = field(False, "divide advantages by their batch std")
-    data: str = field("on_policy", "rollouts from: on_policy (student) | teacher (CFG teacher) | mixed")
+    data: str = field("on_policy", "rollouts from: on_policy (student) | teacher (CFG teacher) | mixed; teacher/mixed only with beta = 0")
     teacher_fraction: float = field(0.5, "with data=mixed: probability that a step uses teacher rollouts")
     steps: int = field(300, "optimizer steps")
     lr: float = field(1e-4, "peak learning rate (AdamW)")
     warmup: int = field(20, "linear warm-up steps")
+    lr_floor: float = field(0.1, "cosine decay after warm-up to lr_floor x lr at the last step; 1.0 = constant LR after warm-up")
     weight_decay: float = field(0.0, "AdamW weight decay")
     grad_clip: float = field(1.0, "max global grad norm")
-    grad_accum: int = field(1, "micro-batches per step (splits the P prompts)")
-    bf16: bool = field(False, "bf16 autocast for the forward passes (GPU)")
+    grad_accum: int = field(1, "micro-batches per step and process: its P*G/processes rows in equal parts (same gradient)")
+    bf16: bool = field(False, "bf16 autocast for rollouts and forward passes; CFG combination, log-softmax and KL stay fp32")
+    teacher_dtype: str = field("float32", "dtype of the frozen teacher's weights: float32 | bfloat16 (half its memory); "
+                                          "with lora: of the frozen base under the adapters, which is the teacher")
+    gradient_checkpointing: bool = field(False, "recompute decoder layers in the student's backward (activation memory / layers)")
+    rollout_batch_size: int | None = field(None, "rows sampled (and held-out rows scored) per batch; None = all local rows at once")
     seed: int = field(0, "seed of prompts and rollouts")
     log_every: int = field(1, "steps between metric rows")
     eval_every: int = field(50, "steps between held-out metrics (KL to teacher and diversity on unseen prompts)")
@@ -114,8 +125,22 @@ class DistillConfig:
                      "eval_every", "checkpoint_every", "keep_last", "threads", "heldout_prompts"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.prompts_per_step % self.grad_accum:
-            raise UserError(f"prompts_per_step {self.prompts_per_step} is not divisible by grad_accum {self.grad_accum}")
+        if self.rollout_batch_size is not None and self.rollout_batch_size < 1:
+            raise UserError(f"rollout_batch_size must be >= 1 (or none), got {self.rollout_batch_size}")
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise UserError(f"unknown teacher_dtype {self.teacher_dtype!r}; choose {', '.join(TEACHER_DTYPES)}")
+        if not 0 <= self.lr_floor <= 1:
+            raise UserError(f"lr_floor must be in [0, 1] (a fraction of lr), got {self.lr_floor}")
+        if not self.temperature > 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"top_k must be >= 1 (or none), got {self.top_k}")
+        off_policy = [name for name, on in (("top_k", self.top_k is not None), ("temperature", self.temperature != 1.0),
+                                            (f"data={self.data}", self.data != "on_policy")) if on]
+        if self.beta > 0 and off_policy:
+            raise UserError(f"beta > 0 needs rollouts from the untruncated student at temperature 1 (REINFORCE scores "
+                            f"that policy); remove {', '.join(off_policy)} or set beta 0")
+        split_rows(self, processes=1)
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
         if self.fsdp and self.lora is not None:
@@ -123,6 +148,23 @@ class DistillConfig:
                             "frozen base is shared with the teacher, so run LoRA under plain DDP (fsdp: false)")
         if self.lora is not None and self.lora.export_adapter and not self.export:
             raise UserError("lora.export_adapter needs export too (the merged weights the adapter belongs with)")
+
+
+TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def split_rows(config: DistillConfig, processes: int) -> tuple[int, int]:
+    """(prompts per process, rows per micro-batch): P prompts split evenly over the processes (a prompt's
+    G siblings stay together for the reward), each process's rows evenly into grad_accum micro-batches.
+    An uneven split is refused: equal parts are what makes every sequence weigh the same."""
+    P, G, k = config.prompts_per_step, config.generations, config.grad_accum
+    if P % processes:
+        raise UserError(f"prompts_per_step {P} is not divisible by {processes} processes")
+    local_rows = P // processes * G
+    if local_rows % k:
+        raise UserError(f"grad_accum {k} does not divide the {local_rows} rows (prompts_per_step x generations / "
+                        f"{processes} processes) of each process")
+    return P // processes, local_rows // k
 
 
 # ---------------------------------------------------------------------------------- the loss itself
@@ -197,6 +239,15 @@ def rollout_seeds(seed: int, step: int, rows: range) -> list[int]:
 
 # ----------------------------------------------------------------------------------------- trainer
 
+def frozen_teacher(student, dtype: torch.dtype):
+    """The frozen CFG teacher: a copy of the student's (initial) LM in `dtype`, no grad, eval mode.
+
+    It shares the student's text encoder and codec (frozen in both roles): one copy of those towers.
+    """
+    lm = copy.deepcopy(student.lm).to(dtype).eval().requires_grad_(False)
+    return replace(student, lm=lm, _sha=None)
+
+
 class Distiller:
     """Holds the student (trainable), the frozen teacher, the reward embedder and the optimizer."""
 
@@ -205,38 +256,50 @@ class Distiller:
         from rl.embedders import load_embedder
 
         self.config, self.accelerator = config, accelerator
-        device = accelerator.device
-        self.student = load_model(config.model, device=device)
+        self.local_prompts, self.micro_rows = split_rows(config, accelerator.num_processes)
+        self.student = load_model(config.model, device=accelerator.device)
+        self.base_sha256 = self.student.weights_sha256()  # the teacher's identity, before any step
         if config.lora is not None:  # the teacher is the frozen base under the adapters: one weight copy
             torch.manual_seed(config.seed)  # adapter init and adapter dropout follow the run's seed
-            self.teacher = lora.add_adapters(self.student, config.lora)
+            self.teacher = lora.add_adapters(self.student, config.lora, TEACHER_DTYPES[config.teacher_dtype])
         else:
-            self.teacher = load_model(config.model, device=device)
-        self.teacher.lm.eval().requires_grad_(False)
+            self.teacher = frozen_teacher(self.student, TEACHER_DTYPES[config.teacher_dtype])
+        self.student.lm.gradient_checkpointing = config.gradient_checkpointing
         self.gamma = config.guidance_scale if config.guidance_scale is not None else self.teacher.default_guidance_scale
         self.embedder = load_embedder(config.embedder) if config.generations >= 2 and config.embedder != "none" else None
         trainable = [p for p in self.student.lm.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps, floor=1.0))
+            self.optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps, floor=config.lr_floor))
         self.forward, self.optimizer = accelerator.prepare(self.student.lm, self.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # mixed-data coin flips
         self.data_rng = random.Random(config.seed)
         self.prompts = PromptSource(config.prompts, config.heldout_prompts, config.seed)
 
     def autocast(self):
-        return self.accelerator.autocast() if self.config.bf16 else nullcontext()
+        """bf16 autocast (config.bf16) on the model's device; the losses are computed outside it, in fp32."""
+        return torch.autocast(self.student.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
+
+    def chunks(self, rows: int) -> list[slice]:
+        """Row slices of at most rollout_batch_size rows covering range(rows)."""
+        size = self.config.rollout_batch_size or max(rows, 1)
+        return [slice(start, start + size) for start in range(0, rows, size)]
 
     @torch.no_grad()
     def rollout(self, prompts: list[str], seeds: list[int], from_teacher: bool) -> torch.Tensor:
-        """codes [len(prompts), K, T]: student samples without CFG, or CFG-teacher samples."""
+        """codes [len(prompts), K, T]: student samples without CFG, or CFG-teacher samples.
+
+        Sampled rollout_batch_size rows at a time (KV cache memory); a row's codes depend only on its
+        seed, so the chunking does not change them.
+        """
         config = self.config
         model = self.teacher if from_teacher else self.student
         model.lm.eval()
         sampling = SamplingConfig(guidance_scale=self.gamma if from_teacher else 1.0, temperature=config.temperature,
                                   top_k=config.top_k)
         with fsdp.full_parameters(model.lm), self.autocast():  # the sampler's step is not forward: FSDP needs a gather
-            return sample(model.lm, self.student.condition(prompts), config.num_frames, sampling, seeds)
+            return torch.cat([sample(model.lm, self.student.condition(prompts[rows]), config.num_frames, sampling,
+                                     seeds[rows]) for rows in self.chunks(len(prompts))])
 
     @torch.no_grad()
     def diversity_rewards(self, codes: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -245,47 +308,49 @@ class Distiller:
         embeddings = self.embedder.embed(audio, self.student.codec.sample_rate)
         return pairwise_diversity(embeddings.view(-1, self.config.generations, embeddings.shape[-1]))
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def accumulate_gradients(self, step: int) -> dict[str, float]:
+        """Rollout, reward, teacher and student passes of one step; leaves the gradient in .grad.
+
+        Each micro-batch's loss is its sum over sequences divided by the process's row count (the
+        global count / processes, since DDP averages the processes' gradients): the gradient is that of
+        the mean over all P*G sequences, however the rows are split. Returns this process's metrics.
+        """
         config, accelerator = self.config, self.accelerator
-        G, world, rank = config.generations, accelerator.num_processes, accelerator.process_index
-        if config.prompts_per_step % world:
-            raise UserError(f"prompts_per_step {config.prompts_per_step} is not divisible by {world} processes")
-        local = config.prompts_per_step // world
+        G, local = config.generations, self.local_prompts
         prompts_all = self.prompts.draw(config.prompts_per_step, self.data_rng)  # same on every process
         use_teacher = config.data == "teacher" or (
             config.data == "mixed" and torch.rand((), generator=self.generator).item() < config.teacher_fraction)
-        first_prompt = rank * local
+        first_prompt = accelerator.process_index * local
         prompts = [p for p in prompts_all[first_prompt : first_prompt + local] for _ in range(G)]
-        rows = range(first_prompt * G, (first_prompt + local) * G)
+        rows = len(prompts)
         times = {}
 
         began = time.perf_counter()
-        codes = self.rollout(prompts, rollout_seeds(config.seed, step, rows), use_teacher)
+        codes = self.rollout(prompts, rollout_seeds(config.seed, step, range(first_prompt * G, first_prompt * G + rows)),
+                             use_teacher)
         times["time_rollout"] = time.perf_counter() - began
 
         began = time.perf_counter()
         rewards = self.diversity_rewards(codes, prompts) if self.embedder is not None else None
-        adv = advantages(rewards, config.baseline, config.normalize_advantages) if config.beta > 0 else None
+        adv = advantages(rewards, config.baseline, config.normalize_advantages).flatten() if config.beta > 0 else None
         times["time_reward"] = time.perf_counter() - began
 
         totals = {"kl": 0.0, "pg": 0.0, "entropy": 0.0, "kl_to_base": 0.0}
         kl_codebooks = torch.zeros(self.student.lm.num_codebooks)
         times["time_teacher"] = times["time_student"] = 0.0
-        micro = local // config.grad_accum if local >= config.grad_accum else local
         self.student.lm.eval()  # dropout off: score the policy we sample from
         if config.lora is not None:  # adapter dropout (lora.dropout) is a regulariser of the scoring pass only
             lora.set_dropout(self.student.lm, True)
         cond_all = self.student.condition(prompts)
-        chunks = range(0, local, micro)
-        for index, start in enumerate(chunks):
-            sl = slice(start * G, (start + micro) * G)
-            chunk_codes, chunk_cond = codes[sl], cond_all.select(sl)
+        micro_batches = [slice(start, start + self.micro_rows) for start in range(0, rows, self.micro_rows)]
+        for index, sl in enumerate(micro_batches):
+            chunk_codes, chunk_cond, weight = codes[sl], cond_all.select(sl), self.micro_rows / rows
             began = time.perf_counter()
             with torch.no_grad(), self.autocast():
                 teacher = score(self.teacher.lm, chunk_codes, chunk_cond, guidance_scale=self.gamma)
             times["time_teacher"] += time.perf_counter() - began
             began = time.perf_counter()
-            sync = accelerator.no_sync(self.forward) if index < len(chunks) - 1 else nullcontext()
+            sync = accelerator.no_sync(self.forward) if index < len(micro_batches) - 1 else nullcontext()
             with sync:
                 with self.autocast():
                     student = score(self.student.lm, chunk_codes, chunk_cond, forward=self.forward)
@@ -293,29 +358,35 @@ class Distiller:
                                              config.jsd_weight)
                 loss = kl
                 if adv is not None:
-                    logp = sequence_logprob(student.logits, chunk_codes, student.mask).view(-1, G)
-                    pg = reinforce_surrogate(logp, adv[start : start + micro])
+                    logp = sequence_logprob(student.logits, chunk_codes, student.mask)
+                    pg = reinforce_surrogate(logp[None], adv[None, sl])  # the mean over this micro-batch
                     loss = loss - config.beta * pg
-                    totals["pg"] += pg.item() / len(chunks)
-                accelerator.backward(loss / len(chunks))
+                    totals["pg"] += pg.item() * weight
+                accelerator.backward(loss * weight)
             times["time_student"] += time.perf_counter() - began
             with torch.no_grad():
-                totals["kl"] += kl.item() / len(chunks)
-                kl_codebooks += kl_k.detach().cpu() / len(chunks)
-                totals["entropy"] += mean_entropy(student.logits, student.mask).item() / len(chunks)
-                totals["kl_to_base"] += distillation_loss(student.logits, teacher.logits, student.mask)[0].item() / len(chunks)
+                totals["kl"] += kl.item() * weight
+                kl_codebooks += kl_k.detach().cpu() * weight
+                totals["entropy"] += mean_entropy(student.logits, student.mask).item() * weight
+                totals["kl_to_base"] += distillation_loss(student.logits, teacher.logits, student.mask)[0].item() * weight
+        metrics = {**totals, **{f"kl_codebook{k}": v.item() for k, v in enumerate(kl_codebooks)},
+                   "teacher_data": float(use_teacher), **times}
+        if rewards is not None:
+            metrics.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item())
+        return metrics
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step on P x G rollouts; metrics averaged over processes."""
+        metrics = self.accumulate_gradients(step)
         began = time.perf_counter()
-        grad_norm = accelerator.clip_grad_norm_(self.student.lm.parameters(), config.grad_clip)
+        grad_norm = self.accelerator.clip_grad_norm_(self.student.lm.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        times["time_student"] += time.perf_counter() - began
-        step_time = sum(times.values())
-        metrics = {**totals, **{f"kl_codebook{k}": v.item() for k, v in enumerate(kl_codebooks)},
-                   "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0], "teacher_data": float(use_teacher),
-                   "samples_per_s": len(prompts) * world / step_time, **times}
-        if rewards is not None:
-            metrics.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item())
+        metrics["time_student"] += time.perf_counter() - began
+        step_time = sum(metrics[k] for k in ("time_rollout", "time_reward", "time_teacher", "time_student"))
+        metrics.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
+                       samples_per_s=self.config.prompts_per_step * self.config.generations / step_time)
         return self.reduce(metrics)
 
     def reduce(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -369,26 +440,51 @@ class Distiller:
     def export_model(self):
         """The student as a plain MusicGen: itself, with LoRA the base with the adapters merged in, under
         FSDP the gathered weights (collective; None off the main process)."""
+        from musicgen_cfg.model import load_model
+
+        config = self.config
         if fsdp.is_sharded(self.student.lm):
             return fsdp.gathered_model(self.student)
-        return lora.merged_model(self.student) if self.config.lora is not None else self.student
+        if config.lora is None:
+            return self.student
+        # a bf16 base is merged into the float32 weights as loaded, not into its own rounded copy
+        base = load_model(config.model) if config.teacher_dtype != "float32" else None
+        return lora.merged_model(self.student, base)
 
     @torch.no_grad()
     def heldout_metrics(self) -> dict[str, float]:
-        """Teacher-hacking guard: on prompts never trained on, the student's KL to the teacher and diversity."""
-        G = max(self.config.generations, 2)
-        prompts = [p for p in self.prompts.heldout for _ in range(G)]
-        codes = self.rollout(prompts, list(range(len(prompts))), from_teacher=False)
-        # full_parameters: FSDP keeps the root unit gathered after a forward until a backward, which never comes here
-        with fsdp.full_parameters(self.student.lm), self.autocast():
-            teacher = score(self.teacher.lm, codes, self.student.condition(prompts), guidance_scale=self.gamma)
-            student = score(self.student.lm, codes, self.student.condition(prompts))
-        kl, _ = distillation_loss(student.logits, teacher.cfg_logits, student.mask)
-        metrics = {"heldout_kl": kl.item()}
+        """Teacher-hacking guard: on prompts never trained on, the student's KL to the teacher and diversity.
+
+        The held-out prompts are sharded over the processes (contiguous blocks, the last ones may be
+        short or empty) and scored rollout_batch_size rows at a time; sums are reduced, so the result
+        does not depend on the process layout. Every process must call it (a collective).
+        """
+        G = max(self.config.generations, 2)  # the embedder exists only when generations >= 2: then G matches it
+        heldout, world = self.prompts.heldout, self.accelerator.num_processes
+        share = -(-len(heldout) // world)
+        first = min(self.accelerator.process_index * share, len(heldout))
+        prompts = [p for p in heldout[first : first + share] for _ in range(G)]
+        kl_sum = diversity_sum = 0.0
+        # Under FSDP every process gathers the weights once here, whatever its share (possibly none):
+        # the sampling and forward passes inside then need no collective, and exiting reshards.
+        with fsdp.full_parameters(self.student.lm):
+            if prompts:
+                codes = self.rollout(prompts, list(range(first * G, first * G + len(prompts))), from_teacher=False)
+                for rows in self.chunks(len(prompts)):
+                    cond = self.student.condition(prompts[rows])
+                    with self.autocast():
+                        teacher = score(self.teacher.lm, codes[rows], cond, guidance_scale=self.gamma)
+                        student = score(self.student.lm, codes[rows], cond)
+                    kl_sum += distillation_loss(student.logits, teacher.cfg_logits, student.mask)[0].item() * len(codes[rows])
+                if self.embedder is not None:
+                    diversity_sum = self.diversity_rewards(codes, prompts).mean(dim=1).sum().item()
+        totals = torch.tensor([kl_sum, len(prompts), diversity_sum], dtype=torch.float64)
+        if world > 1:
+            totals = self.accelerator.reduce(totals.to(self.accelerator.device), "sum").cpu()
+        kl_sum, sequences, diversity_sum = totals.tolist()
+        metrics = {"heldout_kl": kl_sum / sequences}
         if self.embedder is not None:
-            audio = self.student.codec.decode(codes.cpu(), prompts)
-            emb = self.embedder.embed(audio, self.student.codec.sample_rate)
-            metrics["heldout_diversity"] = pairwise_diversity(emb.view(-1, G, emb.shape[-1])).mean().item()
+            metrics["heldout_diversity"] = diversity_sum / (sequences / G)
         return metrics
 
 
@@ -396,11 +492,12 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
     from accelerate import Accelerator
 
     from musicgen_cfg.model import pick_device
-    
+
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     fsdp_plugin = fsdp.plugin() if config.fsdp else None
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if config.bf16 else "no", fsdp_plugin=fsdp_plugin)
+    # bf16 is our own autocast (Distiller.autocast), not accelerate's
+    accelerator = Accelerator(cpu=device == "cpu", fsdp_plugin=fsdp_plugin)
     if config.fsdp:
         fsdp.enable(accelerator, fsdp_plugin)
     run_dir = Path(config.out)
@@ -412,7 +509,7 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, config, command)
     provenance = {"beta": config.beta, "teacher_guidance_scale": distiller.gamma, "base_model": config.model,
-                  "base_sha256": distiller.teacher.weights_sha256()}
+                  "base_sha256": distiller.base_sha256}
     start = 0
     if resume and checkpoints(run_dir):
         start = distiller.load_checkpoint(checkpoints(run_dir)[-1], provenance)["step"]

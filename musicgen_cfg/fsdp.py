@@ -45,8 +45,6 @@ def enable(accelerator, fsdp_plugin) -> None:
                         "(accelerate launch --num_processes N ...) or set fsdp: false")
     if accelerator.distributed_type == DistributedType.MULTI_CPU:  # what accelerate does on GPUs, done here
         accelerator.state.distributed_type = DistributedType.FSDP
-        if accelerator.mixed_precision != "no":
-            fsdp_plugin.set_mixed_precision(accelerator.mixed_precision)
         accelerator.state.fsdp_plugin = fsdp_plugin
     if not accelerator.is_fsdp2:
         raise UserError(f"fsdp: true, but accelerate runs this launch as {accelerator.distributed_type.value}; "
@@ -63,8 +61,11 @@ def is_sharded(module: torch.nn.Module) -> bool:
 def full_parameters(module: torch.nn.Module):
     """Collective: inside, an FSDP2 module holds its full, plain weights (all-gathered); resharded after.
 
-    A no-op for a module that is not sharded, so callers need not branch."""
-    if not is_sharded(module):
+    Forward passes inside need no further collective. A no-op for a module that is not sharded (so
+    callers need not branch) and inside an enclosing `full_parameters` (the outer one reshards)."""
+    from torch.distributed.tensor import DTensor
+
+    if not is_sharded(module) or not isinstance(next(module.parameters()), DTensor):
         yield
         return
     module.unshard()

@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers import MusicgenDecoderConfig
 from transformers.activations import ACT2FN
@@ -143,6 +144,8 @@ class MusicgenLM(nn.Module):
         needs_proj = text_hidden_size != config.hidden_size and config.cross_attention_hidden_size is None
         self.enc_to_dec_proj = nn.Linear(text_hidden_size, config.hidden_size) if needs_proj else None
         self.text_hidden_size = text_hidden_size
+        # Recompute each layer in backward instead of storing its activations (forward with grad only).
+        self.gradient_checkpointing = False
 
     @property
     def stack(self) -> DecoderStack:
@@ -178,7 +181,11 @@ class MusicgenLM(nn.Module):
         return torch.stack([head(hidden) for head in self.decoder["lm_heads"]], dim=1)
 
     def forward(self, tokens: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """Teacher-forced pass. tokens [B, K, L] (BOS-prefixed delayed codes) -> logits [B, K, L, V]."""
+        """Teacher-forced pass. tokens [B, K, L] (BOS-prefixed delayed codes) -> logits [B, K, L, V].
+
+        With `gradient_checkpointing` and grad enabled, only each layer's input [B, L, D] is kept for
+        backward and the layer is run again there: activation memory / ~layers, one more forward.
+        """
         stack = self.stack
         length = tokens.shape[-1]
         if length > stack.positions.shape[0]:
@@ -186,8 +193,12 @@ class MusicgenLM(nn.Module):
         states, cross_mask = self.project_condition(cond)
         x = stack.embed(tokens) + stack.positions[:length].to(self.dtype)
         x = F.dropout(x, self.config.dropout, self.training)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer, (ck, cv) in zip(stack.layers, self.cross_keys_values(states)):
-            x = layer(x, ck, cv, cross_mask)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(layer, x, ck, cv, cross_mask, use_reentrant=False)
+            else:
+                x = layer(x, ck, cv, cross_mask)
         return self.logits(x)
 
     def step(self, tokens: torch.Tensor, position: torch.Tensor, cache: "KVCache", length: int | None = None) -> torch.Tensor:

@@ -78,31 +78,38 @@ class LoraSettings:
                           target_modules=list(self.target_modules), bias="none", base_model_name_or_path=base_model)
 
 
-def add_adapters(model, settings: LoraSettings):
+def add_adapters(model, settings: LoraSettings, base_dtype: torch.dtype = torch.float32):
     """Inject adapters into `model.lm` in place (everything else is frozen) and return the teacher.
 
     The teacher is a MusicGen (same text encoder and codec) whose lm is a plain MusicgenLM over the
-    very tensors the adapters sit on: the base model, adapters absent.
+    very tensors the adapters sit on: the base model, adapters absent. `base_dtype` is the dtype
+    that frozen base is held in (bfloat16 halves it for student and teacher alike); the adapters,
+    which train, are float32 whatever it is.
     """
     from peft.tuners.lora import LoraModel
 
+    model.lm.to(base_dtype)
     try:
         LoraModel(model.lm, settings.peft_config(base_model=model.source), ADAPTER)
     except ValueError as err:  # peft: a target matches no module, or a non-Linear one
         raise UserError(f"lora.target_modules {list(settings.target_modules)}: {str(err).splitlines()[0]}") from None
+    for _, layer in _lora_layers(model.lm):  # peft gives the adapters the base layer's dtype
+        layer.lora_A.float()
+        layer.lora_B.float()
     return dataclasses.replace(model, lm=_without_adapters(model.lm).eval(), _sha=None)
 
 
-def merged_model(model):
-    """A plain MusicGen holding W + (alpha / r) B A in every adapted layer (new tensors there, the
-    rest shared with `model`): what `export` writes and transformers loads."""
-    lm = _without_adapters(model.lm)
+def merged_model(model, base=None):
+    """A plain MusicGen holding W + (alpha / r) B A in every adapted layer: what `export` writes and
+    transformers loads. The W and the unadapted tensors are `base`'s (the base model as loaded, when
+    the frozen base under the adapters is held in a lower precision), else shared with `model`."""
+    lm = base.lm if base is not None else _without_adapters(model.lm)
     with torch.no_grad():
         for name, module in _lora_layers(model.lm):
-            weight = module.base_layer.weight
-            merged = weight + module.get_delta_weight(ADAPTER).to(weight.dtype)
+            weight = lm.get_submodule(name).weight
+            merged = weight + module.get_delta_weight(ADAPTER).to(weight.device, weight.dtype)
             lm.get_submodule(name).weight = torch.nn.Parameter(merged, requires_grad=False)
-    return dataclasses.replace(model, lm=lm, _sha=None)
+    return dataclasses.replace(base if base is not None else model, lm=lm, _sha=None)
 
 
 def _without_adapters(lm: torch.nn.Module) -> torch.nn.Module:

@@ -46,7 +46,7 @@ from musicgen_cfg.checkpoint import (
     write_json,
 )
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training import field
+from musicgen_cfg.training import field, warmup_cosine
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "assets" / "default" / "scorer"
 WEIGHTS = "model.safetensors"
@@ -302,12 +302,8 @@ def train(model: ContrastiveScorer, pairs: Pairs, sentences: torch.Tensor, heldo
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    def lr_factor(step):  # linear warmup, then cosine decay to zero
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then cosine decay to zero
+        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps, floor=0.0))
     losses, evaluations, started = [], {}, time.perf_counter()
     model.train()
     for step in range(1, config.steps + 1):

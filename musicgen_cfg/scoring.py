@@ -17,7 +17,7 @@ from musicgen_cfg.lm import MusicgenLM
 
 @dataclass
 class Scores:
-    logits: torch.Tensor  # [B, K, T, V] conditional logits
+    logits: torch.Tensor  # [B, K, T, V] conditional logits (fp32)
     mask: torch.Tensor  # [B, K, T] bool, True where the frame is part of the sequence
     cfg_logits: torch.Tensor | None = None  # [B, K, T, V] uncond + gamma (cond - uncond)
 
@@ -43,14 +43,15 @@ def score(
 
     With guidance_scale the conditional and null rows run as ONE batch [2B]; `logits` are then the
     conditional half and `cfg_logits` the guided combination. `forward` is the callable that runs
-    the LM when it is wrapped (e.g. DistributedDataParallel); by default `lm` itself.
+    the LM when it is wrapped (e.g. DistributedDataParallel); by default `lm` itself. Logits are
+    returned in fp32 whatever the autocast dtype of the pass.
     """
     forward = forward or lm
     inputs = teacher_forcing_inputs(codes, lm.pad_id)
     if guidance_scale is None:
-        logits, cfg_logits = forward(inputs, cond), None
-    else:
-        logits, cfg_logits = split_and_combine(forward(torch.cat([inputs, inputs]), with_null(cond)), guidance_scale)
+        logits, cfg_logits = forward(inputs, cond).float(), None
+    else:  # the CFG combination in fp32: no bf16 rounding of the guided logits the KL reads
+        logits, cfg_logits = split_and_combine(forward(torch.cat([inputs, inputs]), with_null(cond)).float(), guidance_scale)
         cfg_logits = revert_delay_pattern(cfg_logits)
     return Scores(revert_delay_pattern(logits), frame_mask(lengths, tuple(codes.shape), codes.device), cfg_logits)
 

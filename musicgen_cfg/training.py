@@ -313,7 +313,13 @@ def write_run_info(run_dir: Path, config, command: str):
 
 
 def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
-    """LR multiplier: linear warm-up, then cosine decay to `floor` at `total` steps."""
+    """LR multiplier at `step`: linear warm-up to 1 over `warmup` steps, then cosine decay to `floor` at
+    `total` steps (and `floor` after). floor = 1 is a constant LR after warm-up, floor = 0 decays to zero.
+
+    The one schedule of the project (pretrain, distillation, scorer and embedder training).
+    """
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be in [0, 1], got {floor}")
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.training import warmup_cosine
 from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -185,13 +186,8 @@ def train(
     group_names = sorted(name for name, indices in members.items() if len(indices) >= 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    def lr_factor(step):  # linear warmup, then cosine decay to zero
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then cosine decay to zero
+        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps, floor=0.0))
     losses, accuracies, started = [], {name: {} for name in heldout}, time.perf_counter()
 
     def evaluate(step):

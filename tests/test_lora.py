@@ -100,10 +100,11 @@ def test_unknown_target_module_is_one_user_error(tiny_model):
 
 @pytest.fixture(scope="module")
 def lora_args(tiny_dir, tmp_path_factory):
+    """Train args; lr_floor 1 keeps the LR independent of --steps, so 2 steps + a resume to 4 is the 4-step run."""
     prompts = tmp_path_factory.mktemp("lora") / "prompts.txt"
     prompts.write_text("sad piano\na joyful jig\ncalm organ hymn\nfast rock drums\ndark jazz bass\n")
     return ["--model", str(tiny_dir), "--prompts", str(prompts), "--embedder", "none", "--num_frames", "10",
-            "--prompts_per_step", "2", "--generations", "2", "--guidance_scale", "3", "--lr", "3e-2", "--warmup", "1",
+            "--prompts_per_step", "2", "--generations", "2", "--guidance_scale", "3", "--lr", "3e-2", "--lr_floor", "1",
             "--checkpoint_every", "2", "--eval_every", "2", "--heldout_prompts", "1", "--tensorboard", "false",
             "--threads", "1", "--lora.rank", "4", "--lora.alpha", "8", "--lora.dropout", "0.1"]
 
@@ -205,3 +206,33 @@ def test_merging_two_lora_exports_is_the_lerp_of_their_deltas_live_and_offline(r
         torch.testing.assert_close(served[name], m[name], atol=1e-6, rtol=1e-6)
     codes = engine.model.generate(["sad piano"], [0], 0.2, SamplingConfig())[0].codes
     assert codes.shape[0] == engine.model.lm.num_codebooks
+
+
+def test_bf16_base_is_one_shared_copy_and_the_export_merges_into_the_float32_weights(tiny_dir, lora_args, tmp_path):
+    from accelerate import Accelerator
+
+    from musicgen_cfg.distillation import Distiller
+
+    config = load_config(DistillConfig, None, [*lora_args, "--teacher_dtype", "bfloat16", "--bf16", "true",
+                                               "--steps", "1", "--out", str(tmp_path / "run")])
+    d = Distiller(config, Accelerator(cpu=True))
+    adapters = {n: p for n, p in d.student.lm.named_parameters() if p.requires_grad}
+    assert adapters and all(".lora_" in n and p.dtype == torch.float32 for n, p in adapters.items())
+    student_tensors = {id(p) for p in d.student.lm.parameters()}
+    assert all(p.dtype == torch.bfloat16 and id(p) in student_tensors for p in d.teacher.lm.parameters())
+    metrics = d.train_step(0)
+    assert metrics["grad_norm"] > 0
+    randomize_adapters(d.student.lm)  # one step moves B only a little: make the delta plain to see
+    merged = d.export_model().lm.state_dict()
+    base = load_model(str(tiny_dir)).lm.state_dict()  # float32, as loaded
+    adapted = {name.removesuffix(".weight") for name in merged} & {n for n, _ in lora._lora_layers(d.student.lm)}
+    assert adapted
+    for name, weight in base.items():
+        assert merged[name].dtype == torch.float32
+        module = name.removesuffix(".weight")
+        if module in adapted:
+            layer = d.student.lm.get_submodule(module)
+            expected = weight + 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight  # alpha/r = 8/4
+            torch.testing.assert_close(merged[name], expected, atol=1e-6, rtol=1e-6)
+        else:
+            assert torch.equal(merged[name], weight), name
