@@ -1,6 +1,6 @@
 """FSDP2 through accelerate, for full finetunes whose AdamW state does not fit one GPU (musicgen-large).
 
-    accelerate launch --num_processes 8 -m musicgen_cfg.cli train --config configs/musicgen_small_quality.yaml \
+    accelerate launch --num_processes 8 -m musicgen_cfg.cli train --config configs/musicgen_medium_quality.yaml \
         --model facebook/musicgen-large --fsdp true
 
 With `fsdp: true` the student's weights, gradients and AdamW moments are sharded over the W

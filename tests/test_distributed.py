@@ -5,6 +5,7 @@ single process, and the same held-out metrics with the held-out prompts sharded 
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -77,7 +78,8 @@ def test_two_process_ddp_lora_matches_single_process(setup, tmp_path):
 
 def test_two_process_fsdp_matches_single_process_through_a_resume_and_export(setup, tmp_path):
     """FSDP2 on gloo: rollouts on the gathered weights (the same codes as one process, or the weights
-    would differ), a full-state checkpoint (weights + AdamW moments) that resumes, a full export."""
+    would differ), a full-state checkpoint (weights + AdamW moments) that resumes under FSDP and in
+    one process, a full export."""
     args, single = setup
     run = tmp_path / "fsdp"
     two_processes(*args, "--fsdp", "true", "--grad_accum", "3", "--steps", "2", "--out", str(run))
@@ -86,6 +88,9 @@ def test_two_process_fsdp_matches_single_process_through_a_resume_and_export(set
     names = load_file(str(checkpoint / "model.safetensors")).keys()
     lm_names = {k for k in names if k.startswith(("decoder.", "enc_to_dec_proj."))}
     assert {k.split("::")[0] for k in optimizer if k.endswith("::exp_avg")} == lm_names  # full, not one shard
+    shutil.copytree(run, tmp_path / "resumed_alone")  # the same files as a one-process run: it resumes there too
+    one_process(*args, "--out", str(tmp_path / "resumed_alone"), "--resume")
+    assert_same_run(single, tmp_path / "resumed_alone")
     two_processes(*args, "--fsdp", "true", "--grad_accum", "3", "--out", str(run), "--resume",
                   "--export", str(tmp_path / "export"))
     assert_same_run(single, run)
