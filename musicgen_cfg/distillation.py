@@ -498,8 +498,7 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
     fsdp_plugin = fsdp.plugin() if config.fsdp else None
     # bf16 is our own autocast (Distiller.autocast), not accelerate's
     accelerator = Accelerator(cpu=device == "cpu", fsdp_plugin=fsdp_plugin)
-    if config.fsdp:
-        fsdp.enable(accelerator, fsdp_plugin)
+    fsdp.configure(accelerator, fsdp_plugin)
     run_dir = Path(config.out)
     if checkpoints(run_dir) and not resume:
         raise UserError(f"{run_dir} already holds checkpoints: pass --resume to continue or choose another --out")

@@ -15,10 +15,11 @@ for its duration, which still fits musicgen-large (N = 3.3B: 13 GB fp32) on an 8
 - Checkpoints and the export hold the FULL state dict (weights and optimizer moments gathered),
   in the same files as a single-process run, so a run resumes under any process layout.
 - Refused with one line: `fsdp` with `lora` (the adapters and their optimizer state are small
-  and the frozen base is shared with the teacher: plain DDP is the right tool) and `fsdp` on one process.
+  and the frozen base is shared with the teacher: plain DDP is the right tool), `fsdp` on one
+  process, and a launch that turns on accelerate's own FSDP (`accelerate launch --use_fsdp`).
 
 accelerate selects FSDP only for accelerator devices; its FSDP2 path works on CPU processes
-(gloo) as well, and `enable` selects it there too, which is how tests/test_distributed.py runs it.
+(gloo) as well, and `configure` selects it there too, which is how tests/test_distributed.py runs it.
 """
 
 from contextlib import contextmanager
@@ -36,10 +37,17 @@ def plugin():
                                           state_dict_type="FULL_STATE_DICT", reshard_after_forward=True)
 
 
-def enable(accelerator, fsdp_plugin) -> None:
-    """Make sure `accelerator` prepares models with FSDP2 (also on CPU processes); else one UserError."""
+def configure(accelerator, fsdp_plugin) -> None:
+    """With `fsdp_plugin` (fsdp: true), make `accelerator` prepare models with FSDP2, also on CPU
+    processes. Without it, refuse a launch that turned accelerate's own FSDP on (its wrapping and
+    FSDP1 would break sampling and saving). Either mismatch is one UserError."""
     from accelerate.utils import DistributedType
 
+    if fsdp_plugin is None:
+        if accelerator.distributed_type == DistributedType.FSDP:
+            raise UserError("this launch turns on accelerate's own FSDP (accelerate launch --use_fsdp or an "
+                            "accelerate config with FSDP): launch without it and set fsdp: true instead")
+        return
     if accelerator.num_processes < 2:
         raise UserError("fsdp: true shards over processes and this run has one: launch 2 or more "
                         "(accelerate launch --num_processes N ...) or set fsdp: false")

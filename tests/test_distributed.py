@@ -108,3 +108,16 @@ def test_fsdp_refusals_are_one_line(tmp_path, capsys):
     assert main(["train", "--fsdp", "true", "--device", "cpu", "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "this run has one" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_launch_with_accelerates_own_fsdp_is_refused():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from musicgen_cfg.errors import UserError
+    from musicgen_cfg.fsdp import configure
+
+    with pytest.raises(UserError, match="set fsdp: true instead"):
+        configure(SimpleNamespace(distributed_type=DistributedType.FSDP), None)
+    configure(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU), None)  # DDP without fsdp: fine
