@@ -197,7 +197,7 @@ def distiller_for(shape: Shape, config_name: str, workdir: Path, device: str, ov
     reward = ["--embedder", embedder] if load_config(DistillConfig, path).embedder.startswith("clap:") else []
     config = load_config(DistillConfig, path, ["--model", model, "--prompts", prompts, "--device", device, *reward,
                                                "--out", str(workdir / "run"), "--tensorboard", "false", *overrides])
-    return Distiller(config, Accelerator(cpu=device == "cpu"))
+    return Distiller(config, Accelerator(cpu=device == "cpu", mixed_precision="no"))
 
 
 def profile_step(distiller: Distiller, step: int) -> dict[str, float]:

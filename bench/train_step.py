@@ -39,7 +39,7 @@ def small_checkpoint(workdir: Path) -> tuple[str, str, str]:
 def run(config: DistillConfig, steps: int) -> dict:
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=config.device == "cpu")  # bf16: the Distiller's own autocast (config.bf16)
+    accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision="no")  # bf16: the Distiller's autocast
     distiller = Distiller(config, accelerator)
     distiller.train_step(0)  # warm-up (allocations, CUDA graph capture of the rollout)
     if torch.cuda.is_available() and config.device == "cuda":

@@ -243,8 +243,11 @@ def frozen_teacher(student, dtype: torch.dtype):
     """The frozen CFG teacher: a copy of the student's (initial) LM in `dtype`, no grad, eval mode.
 
     It shares the student's text encoder and codec (frozen in both roles): one copy of those towers.
+    Each weight is cast on its own, so no transient full-precision copy of the LM is made on the device.
     """
-    lm = copy.deepcopy(student.lm).to(dtype).eval().requires_grad_(False)
+    cast = {id(p): torch.nn.Parameter(p.detach().to(dtype, copy=True), requires_grad=False)
+            for p in student.lm.parameters()}
+    lm = copy.deepcopy(student.lm, memo=cast).eval()
     return replace(student, lm=lm, _sha=None)
 
 
@@ -496,8 +499,9 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     fsdp_plugin = fsdp.plugin() if config.fsdp else None
-    # bf16 is our own autocast (Distiller.autocast), not accelerate's
-    accelerator = Accelerator(cpu=device == "cpu", fsdp_plugin=fsdp_plugin)
+    # bf16 is the trainer's own autocast (Distiller.autocast, config.bf16); accelerate's stays off so that
+    # an `accelerate config` cannot change the precision behind the config's back.
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no", fsdp_plugin=fsdp_plugin)
     fsdp.configure(accelerator, fsdp_plugin)
     run_dir = Path(config.out)
     if checkpoints(run_dir) and not resume:

@@ -108,6 +108,8 @@ def test_tiny_training_run_checkpoints_and_resumes_exactly(train_setup, tmp_path
     (["--beta", "15", "--generations", "1"], "generations >= 2"),
     (["--model", "/nonexistent/model"], "not found"),
     (["--steps", "ten"], "cannot read 'ten'"),
+    (["--beta", "15", "--top_k", "250"], "beta > 0 needs rollouts from the untruncated student"),
+    (["--grad_accum", "3"], "grad_accum 3 does not divide the 32 rows"),
 ])
 def test_bad_configs_fail_with_one_line(tmp_path, capsys, override, message):
     code = main(["train", "--out", str(tmp_path / "run"), "--prompts", "default", *override])
