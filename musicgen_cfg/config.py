@@ -47,9 +47,20 @@ def _field_type(cls, name: str):
     return (args[0] if is_union and len(args) == 1 else hint), is_union
 
 
-def _convert(cls, name: str, value):
+def _section(cls, name: str):
+    """The dataclass type of a nested config section (e.g. `lora`), or None for a plain value."""
+    kind, _ = _field_type(cls, name)
+    return kind if dataclasses.is_dataclass(kind) else None
+
+
+def _is_none(value) -> bool:
+    return value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+
+
+def _convert(cls, name: str, value, label: str | None = None):
+    """`value` (YAML or command-line text) as field `name`'s type; `label` names it in errors (`lora.rank`)."""
     kind, optional = _field_type(cls, name)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+    if value is None or (optional and _is_none(value)):
         return None
     try:
         if kind is bool:
@@ -71,12 +82,15 @@ def _convert(cls, name: str, value):
             # strings in a list (YAML, or a repeated flag such as --prompt): as given, commas and spaces included
             return tuple(value)
     except (TypeError, ValueError):
-        raise UserError(f"config key {name!r}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
+        raise UserError(f"config key {label or name!r}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
     return value
 
 
 def load_config(cls, path: str | Path | None, overrides: list[str] | None = None):
-    """cls(**YAML) with `--key value` / `--key=value` overrides; unknown keys fail with one line."""
+    """cls(**YAML) with `--key value` / `--key=value` overrides; unknown keys fail with one line.
+
+    A field whose type is a dataclass is a section (`lora`): a YAML mapping, updated by its dotted
+    keys (`--lora.rank 8`); `--lora none` turns an optional section off."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -89,11 +103,37 @@ def load_config(cls, path: str | Path | None, overrides: list[str] | None = None
         if not isinstance(data, dict):
             raise UserError(f"config {path} must be a mapping of key: value")
     data.update(parse_overrides(overrides or []))
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    return _build(cls, data)
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    """cls(**data): a section field takes a mapping (YAML) updated by its dotted keys (`lora.rank`)."""
+    flat, dotted = {}, {}
+    for key, value in data.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            dotted.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    unknown = sorted((set(flat) | set(dotted)) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise UserError(f"unknown config key {unknown[0]!r} (see --help-config for the keys)")
-    return cls(**{k: _convert(cls, k, v) for k, v in data.items()})
+        raise UserError(f"unknown config key {prefix + unknown[0]!r} (see --help-config for the keys)")
+    values = {}
+    for key in [f.name for f in dataclasses.fields(cls) if f.name in flat or f.name in dotted]:
+        section, label = _section(cls, key), prefix + key
+        if section is None:
+            if key in dotted:
+                raise UserError(f"config key {label!r} is a value, not a section: write --{dashed(label)} VALUE")
+            values[key] = _convert(cls, key, flat[key], label)
+        elif key in flat and _is_none(flat[key]) and key not in dotted:
+            values[key] = None
+        elif key in flat and not isinstance(flat[key], dict) and not _is_none(flat[key]):
+            raise UserError(f"config key {label!r} is a section: give it a mapping of key: value "
+                            f"or --{dashed(label)}.KEY VALUE")
+        else:
+            mapping = flat.get(key) if isinstance(flat.get(key), dict) else {}
+            values[key] = _build(section, {**mapping, **dotted.get(key, {})}, prefix=f"{label}.")
+    return cls(**values)
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
@@ -114,12 +154,16 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
     return values
 
 
-def config_help(cls) -> str:
-    """One line per field: YAML key (on the command line: --key-name value), default, help."""
+def config_help(cls, prefix: str = "") -> str:
+    """One line per field: YAML key (on the command line: --key-name value), default, help; a section's
+    fields follow it as section.key (--section.key-name value)."""
     lines = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"  {f.name:<24} {default!r:<22} {f.metadata.get('help', '')}")
+        lines.append(f"  {prefix}{f.name:<{24 - len(prefix)}} {default!r:<22} {f.metadata.get('help', '')}")
+        section = _section(cls, f.name)
+        if section is not None:
+            lines.append(config_help(section, prefix=f"{prefix}{f.name}."))
     return "\n".join(lines)
 
 
@@ -131,9 +175,6 @@ def field(default, help: str, **argparse_options):
     if default is REQUIRED:
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
-
-
-# --------------------------------------------------------------------------------------- checkpoints
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:

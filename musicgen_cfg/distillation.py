@@ -23,6 +23,7 @@ Real MusicGen (configs/musicgen_*.yaml): bf16 autocast with the CFG combination,
 fp32; a bf16 teacher (teacher_dtype) sharing the student's text encoder and codec; gradient
 checkpointing; rollouts in chunks of rollout_batch_size rows; grad_accum equal micro-batches of each
 process's rows whose losses are weighted by the global sequence count. Memory: bench/train_memory.py.
+LoRA students (a `lora` section: training/lora.py) and FSDP2 full finetunes (`fsdp: true`: training/fsdp.py).
 """
 
 import copy
@@ -35,12 +36,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from musicgen_cfg.checkpoint import final_export_dir
+from musicgen_cfg.checkpoint import final_export_dir, load_state
 from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.prompts import FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
+from musicgen_cfg.training import fsdp, lora
+from musicgen_cfg.training.lora import LoraSettings
 from musicgen_cfg.training.run import (
     MetricsLog,
     load_checkpoint,
@@ -87,7 +90,8 @@ class DistillConfig:
     grad_clip: float = field(1.0, "max global grad norm")
     grad_accum: int = field(1, "micro-batches per step and process: its P*G/processes rows in equal parts (same gradient)")
     bf16: bool = field(False, "bf16 autocast for rollouts and forward passes; CFG combination, log-softmax and KL stay fp32")
-    teacher_dtype: str = field("float32", "dtype of the frozen teacher's weights: float32 | bfloat16 (half its memory)")
+    teacher_dtype: str = field("float32", "dtype of the frozen teacher's weights: float32 | bfloat16 (half its memory); "
+                                          "with lora: of the frozen base under the adapters, which is the teacher")
     gradient_checkpointing: bool = field(False, "recompute decoder layers in the student's backward (activation memory / layers)")
     rollout_batch_size: int | None = field(None, "rows sampled (and held-out rows scored) per batch; None = all local rows at once")
     seed: int = field(0, "seed of prompts and rollouts")
@@ -100,6 +104,10 @@ class DistillConfig:
     device: str = field("auto", "auto | cpu | cuda")
     tensorboard: bool = field(True, "also write TensorBoard events")
     export: str | None = field(None, "where the finished student is exported (hub-ready model dir); None = OUT/final")
+    fsdp: bool = field(False, "shard the student's weights, grads and AdamW state over the processes (FSDP2 via "
+                              "accelerate; for musicgen-large full finetunes on >= 2 GPUs); see musicgen_cfg/training/fsdp.py")
+    lora: LoraSettings | None = field(None, "train LoRA adapters (peft) instead of all weights: a section of the "
+                                      "lora.* keys below (YAML mapping or --lora.KEY VALUE); none = full finetune")
 
     def __post_init__(self):
         if self.beta < 0:
@@ -147,6 +155,9 @@ class DistillConfig:
         split_rows(self, processes=1)
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.fsdp and self.lora is not None:
+            raise UserError("fsdp with lora is not supported: the adapters and their optimizer state are small and the "
+                            "frozen base is shared with the teacher, so run LoRA under plain DDP (fsdp: false)")
 
 
 TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -242,12 +253,17 @@ class Distiller:
         self.local_prompts, self.micro_rows = split_rows(config, accelerator.num_processes)
         self.student = load_model(config.model, device=accelerator.device)
         self.base_sha256 = self.student.weights_sha256()  # the teacher's identity, before any step
-        self.teacher = frozen_teacher(self.student, TEACHER_DTYPES[config.teacher_dtype])
+        if config.lora is not None:  # the teacher is the frozen base under the adapters: one weight copy
+            torch.manual_seed(config.seed)  # adapter init and adapter dropout follow the run's seed
+            self.teacher = lora.add_adapters(self.student, config.lora, TEACHER_DTYPES[config.teacher_dtype])
+        else:
+            self.teacher = frozen_teacher(self.student, TEACHER_DTYPES[config.teacher_dtype])
         self.student.lm.gradient_checkpointing = config.gradient_checkpointing
         self.gamma = config.guidance_scale if config.guidance_scale is not None else self.teacher.default_guidance_scale
         self.embedder = load_embedder(config.embedder) if config.generations >= 2 and config.embedder != "none" else None
         self.gate = reward_gate(config.reward_gate, self.student.is_symbolic)
-        self.optimizer = torch.optim.AdamW(self.student.lm.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        trainable = [p for p in self.student.lm.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps, floor=config.lr_floor))
         self.forward, self.optimizer = accelerator.prepare(self.student.lm, self.optimizer)
@@ -276,7 +292,7 @@ class Distiller:
         model.lm.eval()
         sampling = SamplingConfig(guidance_scale=self.gamma if from_teacher else 1.0, temperature=config.temperature,
                                   top_k=config.top_k)
-        with self.autocast():
+        with fsdp.full_parameters(model.lm), self.autocast():  # the sampler's step is not forward: FSDP needs a gather
             return torch.cat([sample(model.lm, self.student.condition(prompts[rows]), config.num_frames, sampling,
                                      seeds[rows]) for rows in self.chunks(len(prompts))])
 
@@ -316,6 +332,8 @@ class Distiller:
         kl_codebooks = torch.zeros(self.student.lm.num_codebooks)
         times["time_teacher"] = times["time_student"] = 0.0
         self.student.lm.eval()  # dropout off: score the policy we sample from
+        if config.lora is not None:  # adapter dropout (lora.dropout) is a regulariser of the scoring pass only
+            lora.set_dropout(self.student.lm, True)
         cond_all = self.student.condition(prompts)
         micro_batches = [slice(start, start + self.micro_rows) for start in range(0, rows, self.micro_rows)]
         for index, sl in enumerate(micro_batches):
@@ -372,6 +390,60 @@ class Distiller:
         values = self.accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=self.accelerator.device), "mean")
         return dict(zip(keys, values.tolist()))
 
+    def save_checkpoint(self, run_dir: Path, step: int, provenance: dict) -> None:
+        """checkpoint-<step>/: the student (its adapter only with LoRA), optimizer, scheduler and RNG states.
+
+        Collective under FSDP (the shards are gathered); the main process writes."""
+        config, lm = self.config, self.student.lm
+        write_weights, optimizer_state = None, None
+        if fsdp.is_sharded(lm):
+            optimizer_state, full = fsdp.full_optimizer_state(lm, self.optimizer), fsdp.gathered_model(self.student)
+            if full is not None:
+                def write_weights(directory):
+                    full.write_files(directory, provenance)
+        elif config.lora is not None:
+            def write_weights(directory):
+                lora.write_adapter(lm, directory)
+        if self.accelerator.is_main_process:
+            save_checkpoint(run_dir, step, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
+                            {"provenance": provenance}, config.keep_last, provenance, write_weights=write_weights,
+                            optimizer_state=optimizer_state)
+
+    def load_checkpoint(self, path: Path, provenance: dict) -> dict:
+        """Restore what `save_checkpoint` wrote (collective under FSDP); a checkpoint of another base is refused."""
+        lm, load_weights, load_optimizer = self.student.lm, None, None
+        if fsdp.is_sharded(lm):
+            def load_weights(directory):
+                fsdp.load_full_weights(lm, load_state(directory), directory)
+
+            def load_optimizer(flat):
+                fsdp.load_full_optimizer(lm, self.optimizer, flat)
+        elif self.config.lora is not None:
+            def load_weights(directory):
+                lora.load_adapter(lm, directory)
+        elif (path / lora.ADAPTER_CONFIG).is_file():
+            raise UserError(f"{path} holds a LoRA adapter only: resume it with the lora section it was trained with")
+        state = load_checkpoint(path, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
+                                load_weights=load_weights, load_optimizer=load_optimizer)
+        saved = state.get("provenance", {}).get("base_sha256")
+        if saved is not None and saved != provenance["base_sha256"]:
+            raise UserError(f"{path} was trained from another base model (sha256 {saved[:12]}), not {self.config.model}")
+        return state
+
+    def export_model(self):
+        """The student as a plain MusicGen: itself, with LoRA the base with the adapters merged in, under
+        FSDP the gathered weights (collective; None off the main process)."""
+        from musicgen_cfg.model import load_model
+
+        config = self.config
+        if fsdp.is_sharded(self.student.lm):
+            return fsdp.gathered_model(self.student)
+        if config.lora is None:
+            return self.student
+        # a bf16 base is merged into the float32 weights as loaded, not into its own rounded copy
+        base = load_model(config.model) if config.teacher_dtype != "float32" else None
+        return lora.merged_model(self.student, base)
+
     @torch.no_grad()
     def heldout_metrics(self) -> dict[str, float]:
         """Teacher-hacking guard: on prompts never trained on, the student's KL to the teacher and diversity.
@@ -386,16 +458,19 @@ class Distiller:
         first = min(self.accelerator.process_index * share, len(heldout))
         prompts = [p for p in heldout[first : first + share] for _ in range(G)]
         kl_sum = diversity_sum = 0.0
-        if prompts:
-            codes = self.rollout(prompts, list(range(first * G, first * G + len(prompts))), from_teacher=False)
-            for rows in self.chunks(len(prompts)):
-                cond = self.student.condition(prompts[rows])
-                with self.autocast():
-                    teacher = score(self.teacher.lm, codes[rows], cond, guidance_scale=self.gamma)
-                    student = score(self.student.lm, codes[rows], cond)
-                kl_sum += distillation_loss(student.logits, teacher.cfg_logits, student.mask)[0].item() * len(codes[rows])
-            if self.embedder is not None:
-                diversity_sum = self.diversity_rewards(codes, prompts).mean(dim=1).sum().item()
+        # Under FSDP every process gathers the weights once here, whatever its share (possibly none):
+        # the sampling and forward passes inside then need no collective, and exiting reshards.
+        with fsdp.full_parameters(self.student.lm):
+            if prompts:
+                codes = self.rollout(prompts, list(range(first * G, first * G + len(prompts))), from_teacher=False)
+                for rows in self.chunks(len(prompts)):
+                    cond = self.student.condition(prompts[rows])
+                    with self.autocast():
+                        teacher = score(self.teacher.lm, codes[rows], cond, guidance_scale=self.gamma)
+                        student = score(self.student.lm, codes[rows], cond)
+                    kl_sum += distillation_loss(student.logits, teacher.cfg_logits, student.mask)[0].item() * len(codes[rows])
+                if self.embedder is not None:
+                    diversity_sum = self.diversity_rewards(codes, prompts).mean(dim=1).sum().item()
         totals = torch.tensor([kl_sum, len(prompts), diversity_sum], dtype=torch.float64)
         if world > 1:
             totals = self.accelerator.reduce(totals.to(self.accelerator.device), "sum").cpu()
@@ -413,26 +488,26 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
 
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
+    fsdp_plugin = fsdp.plugin() if config.fsdp else None
     # bf16 is the trainer's own autocast (Distiller.autocast, config.bf16); accelerate's stays off so that
     # an `accelerate config` cannot change the precision behind the config's back.
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no")
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="no", fsdp_plugin=fsdp_plugin)
+    fsdp.configure(accelerator, fsdp_plugin)
     run_dir = Path(config.out)
     main_process = accelerator.is_main_process
     checkpoint = resume_point(run_dir, resume, clean=main_process)
     distiller = Distiller(config, accelerator)
-    start, state = 0, {}
+    provenance = {"beta": config.beta, "teacher_guidance_scale": distiller.gamma, "base_model": config.model,
+                  "base_sha256": distiller.base_sha256}
+    start = 0
     if checkpoint is not None:  # restored before run.json is written: a failed resume changes nothing
-        state = load_checkpoint(checkpoint, distiller.student, distiller.optimizer, distiller.scheduler,
-                                distiller.generator, distiller.data_rng)
-        start = state["step"]
+        start = distiller.load_checkpoint(checkpoint, provenance)["step"]
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_info(run_dir, config, command)
     log = MetricsLog(run_dir, tensorboard=config.tensorboard) if main_process else None
     if log is not None:
         log.truncate_after(start)
-    provenance = {"beta": config.beta, "teacher_guidance_scale": distiller.gamma, "base_model": config.model,
-                  "base_sha256": distiller.base_sha256}
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=f"train beta={config.beta:g}",
                dynamic_ncols=True, disable=not main_process)
     for step in bar:
@@ -443,25 +518,31 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
         if log is not None and (done % config.log_every == 0 or done == config.steps):
             log.log(done, metrics)
         bar.set_postfix(kl=f"{metrics['kl']:.2f}", reward=f"{metrics.get('reward_mean', float('nan')):.3f}")
-        if main_process and (done % config.checkpoint_every == 0 or done == config.steps):
-            save_checkpoint(run_dir, done, distiller.student, distiller.optimizer, distiller.scheduler,
-                            distiller.generator, distiller.data_rng, {}, config.keep_last, provenance)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            distiller.save_checkpoint(run_dir, done, provenance)
         accelerator.wait_for_everyone()
+    model = distiller.export_model()  # collective under FSDP
     if main_process:
-        export(distiller, config, run_dir, command, provenance)
+        export(distiller, model, config, run_dir, command, provenance)
     return run_dir
 
 
-def export(distiller: Distiller, config: DistillConfig, run_dir: Path, command: str, provenance: dict) -> Path:
-    """The finished student as a hub-ready model directory (musicgen_cfg/export.py) at the run's export place."""
+def export(distiller: Distiller, model, config: DistillConfig, run_dir: Path, command: str, provenance: dict) -> Path:
+    """`model` (Distiller.export_model: the full student, LoRA merged) as a hub-ready model directory
+    (musicgen_cfg/export.py) at the run's export place; with lora.export_adapter also the adapter."""
     from musicgen_cfg.export import export_model
 
     training = {key: getattr(config, key) for key in ("steps", "prompts", "prompts_per_step", "generations",
                                                        "num_frames", "divergence", "lr", "embedder")}
-    return export_model(distiller.student, final_export_dir(run_dir, config.export), {**provenance, "training": training},
-                        manifest={"artifact": f"distilled student, beta={config.beta:g}", "rebuild_command": command,
-                                  "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv")},
-                        metrics=final_metrics(run_dir / "metrics.csv"))
+    manifest = {"artifact": f"distilled student, beta={config.beta:g}", "rebuild_command": command,
+                "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv")}
+    out = export_model(model, final_export_dir(run_dir, config.export), {**provenance, "training": training},
+                       manifest=manifest, metrics=final_metrics(run_dir / "metrics.csv"))
+    if config.lora is not None and config.lora.export_adapter:
+        lora.export_adapter(distiller.student.lm, config.lora.export_adapter, {
+            **manifest, "artifact": f"LoRA adapter of the distilled student, beta={config.beta:g} (merged: {out})",
+            **provenance})
+    return out
 
 
 CARD_METRICS = {  # metrics.csv column -> how the model card names its last logged value

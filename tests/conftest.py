@@ -11,6 +11,14 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(1)  # tiny models gain nothing from threads; avoids oversubscription
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """`train` and `pretrain` set torch's thread count from their config (2 by default): later tests must
+    not inherit it (the blocking of a CPU matmul, so its last bits, depend on the thread count)."""
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     from musicgen_cfg.tiny import save_tiny_musicgen

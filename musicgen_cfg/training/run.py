@@ -77,8 +77,20 @@ def resume_point(run_dir: str | Path, resume: bool, clean: bool = True) -> Path 
 
 
 def check_checkpoint(path: Path) -> None:
-    """A one-line UserError unless every file of a trainer checkpoint is present and readable (headers only)."""
-    open_checkpoint(path, f"checkpoint {path}")  # config.json and the weights' headers
+    """A one-line UserError unless every file of a trainer checkpoint is present and readable (headers only).
+
+    A LoRA run's checkpoint holds its adapter only (peft's adapter_config.json + adapter_model.safetensors,
+    training/lora.py) instead of config.json + the model's weights."""
+    from musicgen_cfg.training.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+    if (path / ADAPTER_CONFIG).exists() or (path / ADAPTER_WEIGHTS).exists():
+        adapter = read_json(path / ADAPTER_CONFIG)
+        if not isinstance(adapter, dict) or not isinstance(adapter.get("r"), int):
+            raise UserError(f"{path / ADAPTER_CONFIG} names no adapter rank r: not a LoRA adapter config")
+        if not safetensors_keys(path / ADAPTER_WEIGHTS):
+            raise UserError(f"{path / ADAPTER_WEIGHTS} holds no tensor: not a LoRA adapter")
+    else:
+        open_checkpoint(path, f"checkpoint {path}")  # config.json and the weights' headers
     if "rng::torch" not in safetensors_keys(path / OPTIMIZER_NAME):
         raise UserError(f"{path / OPTIMIZER_NAME} holds no RNG state: not a trainer checkpoint")
     state = read_json(path / TRAINER_STATE_NAME)
@@ -88,14 +100,23 @@ def check_checkpoint(path: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, generator: torch.Generator,
-                    data_rng: random.Random, state: dict, keep_last: int, extra_config: dict | None = None) -> Path:
-    """Atomically write checkpoint-<step>/ and prune old ones (keeping `keep_last`)."""
+                    data_rng: random.Random, state: dict, keep_last: int, extra_config: dict | None = None,
+                    write_weights=None, optimizer_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Atomically write checkpoint-<step>/ and prune old ones (keeping `keep_last`).
+
+    `write_weights(directory)` replaces the model files (a LoRA run writes its adapter only) and
+    `optimizer_state` the optimizer's flat tensors (gathered from shards under FSDP).
+    """
     path = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
     remove_stale_temporaries(run_dir, f"{CHECKPOINT_PREFIX}*")  # of saves killed earlier, at any step
-    names = {id(p): n for n, p in model.lm.named_parameters()}
     with atomic_directory(path) as tmp:
-        model.write_files(tmp, extra_config)
-        tensors = optimizer_tensors(optimizer, names)
+        if write_weights is None:
+            model.write_files(tmp, extra_config)
+        else:
+            write_weights(tmp)
+        if optimizer_state is None:
+            optimizer_state = optimizer_tensors(optimizer, {id(p): n for n, p in model.lm.named_parameters()})
+        tensors = dict(optimizer_state)
         tensors["rng::torch"] = torch.get_rng_state()
         tensors["rng::generator"] = generator.get_state()
         save_tensors(tensors, tmp / OPTIMIZER_NAME)
@@ -106,15 +127,25 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, gener
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, data_rng: random.Random) -> dict:
-    """Restore weights, optimizer, scheduler and every RNG from checkpoint `path`; returns trainer_state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, data_rng: random.Random,
+                    load_weights=None, load_optimizer=None) -> dict:
+    """Restore weights, optimizer, scheduler and every RNG from checkpoint `path`; returns trainer_state.
+
+    `load_weights(path)` and `load_optimizer(flat tensors)` replace the plain-model defaults (LoRA, FSDP).
+    """
     from musicgen_cfg.model import _load_lm_state
 
-    _load_lm_state(model.lm, load_state(path, device=str(model.device)), path)
+    if load_weights is None:
+        _load_lm_state(model.lm, load_state(path, device=str(model.device)), path)
+    else:
+        load_weights(path)
     tensors = load_tensors(path / OPTIMIZER_NAME)
     torch.set_rng_state(tensors.pop("rng::torch"))
     generator.set_state(tensors.pop("rng::generator"))
-    restore_optimizer(optimizer, {id(p): n for n, p in model.lm.named_parameters()}, tensors)
+    if load_optimizer is None:
+        restore_optimizer(optimizer, {id(p): n for n, p in model.lm.named_parameters()}, tensors)
+    else:
+        load_optimizer(tensors)
     state = read_json(path / TRAINER_STATE_NAME)
     scheduler.load_state_dict(state["scheduler"])
     for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):  # the scheduler state alone does not set it
