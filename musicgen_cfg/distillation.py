@@ -57,6 +57,7 @@ from rl.reward import SiblingRewards, diversity_rewards, parse_gate_spec, reward
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 DATA_SOURCES = ("on_policy", "teacher", "mixed")
+STEP_TIMES = ("time_rollout", "time_reward", "time_teacher", "time_student")  # metrics.csv: the parts of a step
 
 
 @dataclass
@@ -379,7 +380,7 @@ class Distiller:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["time_student"] += time.perf_counter() - began
-        step_time = sum(metrics[k] for k in ("time_rollout", "time_reward", "time_teacher", "time_student"))
+        step_time = sum(metrics[k] for k in STEP_TIMES)
         metrics.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
                        samples_per_s=self.config.prompts_per_step * self.config.generations / step_time)
         return self.reduce(metrics)
@@ -534,12 +535,15 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
 def export(distiller: Distiller, model, config: DistillConfig, run_dir: Path, command: str, provenance: dict) -> Path:
     """`model` (Distiller.export_model: the full student, LoRA merged) as a hub-ready model directory
     (musicgen_cfg/export.py) at the run's export place; with lora.export_adapter also the adapter."""
-    from musicgen_cfg.export import export_model
+    from musicgen_cfg.export import export_model, machine
 
     training = {key: getattr(config, key) for key in ("steps", "prompts", "prompts_per_step", "generations",
                                                        "num_frames", "divergence", "lr", "embedder")}
     manifest = {"artifact": f"distilled student, beta={config.beta:g}", "rebuild_command": command,
-                "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv")}
+                "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv"),
+                "trained_on": machine(distiller.accelerator.device.type, config.threads,
+                                      distiller.accelerator.num_processes),
+                "train_seconds": round(step_seconds(run_dir / "metrics.csv", config.steps), 1)}
     out = export_model(model, final_export_dir(run_dir, config.export), {**provenance, "training": training},
                        manifest=manifest, metrics=final_metrics(run_dir / "metrics.csv"))
     if config.lora is not None and config.lora.export_adapter:
@@ -556,6 +560,18 @@ CARD_METRICS = {  # metrics.csv column -> how the model card names its last logg
     "heldout_diversity": "diversity on held-out prompts (reward embedder)",
     "heldout_music_rate": "fraction of held-out rollouts that pass the reward gate (not silent or degenerate)",
 }
+
+
+def step_seconds(path: Path, steps: int) -> float:
+    """Training time of a run: `steps` x the mean time of the steps logged in metrics.csv (rollout, reward,
+    teacher, student; resumed runs included, held-out evaluations and start-up not)."""
+    import csv
+
+    if not path.is_file():
+        return 0.0
+    with open(path, newline="") as f:
+        times = [sum(float(row[k]) for k in STEP_TIMES) for row in csv.DictReader(f) if all(row.get(k) for k in STEP_TIMES)]
+    return steps * sum(times) / len(times) if times else 0.0
 
 
 def final_metrics(path: Path) -> dict[str, float]:
