@@ -53,10 +53,11 @@ from musicgen_cfg.training.run import (
     write_run_info,
 )
 from rl.diversity import BASELINES, advantages, reinforce_surrogate
-from rl.reward import diversity_rewards, parse_gate_spec, reward_gate
+from rl.reward import SiblingRewards, diversity_rewards, parse_gate_spec, reward_gate
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 DATA_SOURCES = ("on_policy", "teacher", "mixed")
+STEP_TIMES = ("time_rollout", "time_reward", "time_teacher", "time_student")  # metrics.csv: the parts of a step
 
 
 @dataclass
@@ -297,8 +298,8 @@ class Distiller:
                                      seeds[rows]) for rows in self.chunks(len(prompts))])
 
     @torch.no_grad()
-    def diversity_rewards(self, codes: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """[P*G, K, T] codes (siblings adjacent) -> rewards [P, G], each prompt's group on its own (rl/reward.py)."""
+    def diversity_rewards(self, codes: torch.Tensor, prompts: list[str]) -> SiblingRewards:
+        """[P*G, K, T] codes (siblings adjacent) -> rewards and gate [P, G], each prompt's group on its own (rl/reward.py)."""
         return diversity_rewards(codes, prompts, self.config.generations, self.student.codec, self.embedder, self.gate)
 
     def accumulate_gradients(self, step: int) -> dict[str, float]:
@@ -324,7 +325,8 @@ class Distiller:
         times["time_rollout"] = time.perf_counter() - began
 
         began = time.perf_counter()
-        rewards = self.diversity_rewards(codes, prompts) if self.embedder is not None else None
+        scored = self.diversity_rewards(codes, prompts) if self.embedder is not None else None
+        rewards = scored.rewards if scored is not None else None
         adv = advantages(rewards, config.baseline, config.normalize_advantages).flatten() if config.beta > 0 else None
         times["time_reward"] = time.perf_counter() - began
 
@@ -365,7 +367,8 @@ class Distiller:
         metrics = {**totals, **{f"kl_codebook{k}": v.item() for k, v in enumerate(kl_codebooks)},
                    "teacher_data": float(use_teacher), **times}
         if rewards is not None:
-            metrics.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item())
+            metrics.update(reward_mean=rewards.mean().item(), reward_std=rewards.std().item(),
+                           music_rate=scored.music.float().mean().item())
         return metrics
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -377,7 +380,7 @@ class Distiller:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["time_student"] += time.perf_counter() - began
-        step_time = sum(metrics[k] for k in ("time_rollout", "time_reward", "time_teacher", "time_student"))
+        step_time = sum(metrics[k] for k in STEP_TIMES)
         metrics.update(grad_norm=float(grad_norm), lr=self.scheduler.get_last_lr()[0],
                        samples_per_s=self.config.prompts_per_step * self.config.generations / step_time)
         return self.reduce(metrics)
@@ -457,7 +460,7 @@ class Distiller:
         share = -(-len(heldout) // world)
         first = min(self.accelerator.process_index * share, len(heldout))
         prompts = [p for p in heldout[first : first + share] for _ in range(G)]
-        kl_sum = diversity_sum = 0.0
+        kl_sum = diversity_sum = music_sum = 0.0
         # Under FSDP every process gathers the weights once here, whatever its share (possibly none):
         # the sampling and forward passes inside then need no collective, and exiting reshards.
         with fsdp.full_parameters(self.student.lm):
@@ -470,14 +473,16 @@ class Distiller:
                         student = score(self.student.lm, codes[rows], cond)
                     kl_sum += distillation_loss(student.logits, teacher.cfg_logits, student.mask)[0].item() * len(codes[rows])
                 if self.embedder is not None:
-                    diversity_sum = self.diversity_rewards(codes, prompts).mean(dim=1).sum().item()
-        totals = torch.tensor([kl_sum, len(prompts), diversity_sum], dtype=torch.float64)
+                    scored = self.diversity_rewards(codes, prompts)
+                    diversity_sum, music_sum = scored.rewards.mean(dim=1).sum().item(), scored.music.sum().item()
+        totals = torch.tensor([kl_sum, len(prompts), diversity_sum, music_sum], dtype=torch.float64)
         if world > 1:
             totals = self.accelerator.reduce(totals.to(self.accelerator.device), "sum").cpu()
-        kl_sum, sequences, diversity_sum = totals.tolist()
+        kl_sum, sequences, diversity_sum, music_sum = totals.tolist()
         metrics = {"heldout_kl": kl_sum / sequences}
         if self.embedder is not None:
             metrics["heldout_diversity"] = diversity_sum / (sequences / G)
+            metrics["heldout_music_rate"] = music_sum / sequences
         return metrics
 
 
@@ -530,12 +535,15 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
 def export(distiller: Distiller, model, config: DistillConfig, run_dir: Path, command: str, provenance: dict) -> Path:
     """`model` (Distiller.export_model: the full student, LoRA merged) as a hub-ready model directory
     (musicgen_cfg/export.py) at the run's export place; with lora.export_adapter also the adapter."""
-    from musicgen_cfg.export import export_model
+    from musicgen_cfg.export import export_model, machine
 
     training = {key: getattr(config, key) for key in ("steps", "prompts", "prompts_per_step", "generations",
                                                        "num_frames", "divergence", "lr", "embedder")}
     manifest = {"artifact": f"distilled student, beta={config.beta:g}", "rebuild_command": command,
-                "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv")}
+                "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv"),
+                "trained_on": machine(distiller.accelerator.device.type, config.threads,
+                                      distiller.accelerator.num_processes),
+                "train_seconds": round(step_seconds(run_dir / "metrics.csv", config.steps), 1)}
     out = export_model(model, final_export_dir(run_dir, config.export), {**provenance, "training": training},
                        manifest=manifest, metrics=final_metrics(run_dir / "metrics.csv"))
     if config.lora is not None and config.lora.export_adapter:
@@ -550,7 +558,20 @@ CARD_METRICS = {  # metrics.csv column -> how the model card names its last logg
     "heldout_kl": "KL to the CFG teacher on held-out prompts (nats per sequence)",
     "reward_mean": "diversity reward, last training step",
     "heldout_diversity": "diversity on held-out prompts (reward embedder)",
+    "heldout_music_rate": "fraction of held-out rollouts that pass the reward gate (not silent or degenerate)",
 }
+
+
+def step_seconds(path: Path, steps: int) -> float:
+    """Training time of a run: `steps` x the mean time of the steps logged in metrics.csv (rollout, reward,
+    teacher, student; resumed runs included, held-out evaluations and start-up not)."""
+    import csv
+
+    if not path.is_file():
+        return 0.0
+    with open(path, newline="") as f:
+        times = [sum(float(row[k]) for k in STEP_TIMES) for row in csv.DictReader(f) if all(row.get(k) for k in STEP_TIMES)]
+    return steps * sum(times) / len(times) if times else 0.0
 
 
 def final_metrics(path: Path) -> dict[str, float]:

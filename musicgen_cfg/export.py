@@ -36,6 +36,22 @@ LICENCES = {  # base model prefix -> (model card `license:` tag, what to say)
 }
 
 
+def machine(device: str, threads: int, processes: int = 1) -> dict:
+    """Where a model was trained, for its manifest: device, processes x threads, torch / transformers versions."""
+    import os
+    import platform
+
+    import torch
+    import transformers
+
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return {"device": name, "processes": processes, "threads": threads, "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
 def export_model(model, out_dir: str | Path, provenance: dict, manifest: dict | None = None,
                  metrics: dict | None = None) -> Path:
     """Write `model` (a model.MusicGen) to `out_dir` atomically as a hub-ready directory; returns it.

@@ -8,7 +8,7 @@ music embedder E (`rl/embedders.py`). Generation i of a prompt earns
 and the student follows the REINFORCE (score-function) gradient of E[r]. The trainer in
 `musicgen_cfg/distillation.py` calls, per batch of P prompts x G generations:
 
-    rewards = diversity_rewards(codes, prompts, G, ...)   # rl/reward.py: per prompt, decode -> gate
+    rewards, music = diversity_rewards(codes, prompts, G, ...)   # rl/reward.py: per prompt, decode -> gate
                                                           # -> embed -> pairwise_diversity [P, G, D] -> [P, G]
     adv = advantages(rewards, config.baseline, config.normalize)
     loss = distill_loss - beta * reinforce_surrogate(seq_logprob, adv)

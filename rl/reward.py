@@ -3,7 +3,7 @@
 Library module, used by the trainer (`Distiller.diversity_rewards`), `musicgen-cfg evaluate` and the app:
 
     gate = reward_gate("data", symbolic=model.is_symbolic)          # or "none", "data:0.01"
-    rewards = diversity_rewards(codes, prompts, G, codec, embedder, gate)   # [P*G, K, T] -> [P, G]
+    rewards, music = diversity_rewards(codes, prompts, G, codec, embedder, gate)   # [P*G, K, T] -> [P, G] x 2
     scored = group_rewards(audio, sample_rate, codes, embedder, gate)      # one group: [G, S] -> [G]
 
 Why one group at a time: the siblings of a prompt share its prompt, hence its tempo and length, so
@@ -151,21 +151,28 @@ def group_rewards(audio: torch.Tensor, sample_rate: int, codes, embedder, gate) 
     return GroupReward(rewards, music, embeddings)
 
 
+class SiblingRewards(NamedTuple):
+    rewards: torch.Tensor  # [P, G] in [0, 2]; 0 for degenerate clips
+    music: torch.Tensor  # bool [P, G]: passed the gate (its mean is the rate a trainer watches for reward hacking)
+
+
 @torch.no_grad()
-def diversity_rewards(codes: torch.Tensor, prompts: list[str], group: int, codec, embedder, gate) -> torch.Tensor:
-    """codes [P*G, K, T] (the G siblings of a prompt adjacent, sharing its prompt), prompts [P*G] -> rewards [P, G].
+def diversity_rewards(codes: torch.Tensor, prompts: list[str], group: int, codec, embedder, gate) -> SiblingRewards:
+    """codes [P*G, K, T] (the G siblings of a prompt adjacent, sharing its prompt), prompts [P*G] -> SiblingRewards.
 
     Each group is decoded and embedded on its own, so its rewards do not depend on the other prompts.
     """
     if group < 2 or codes.dim() != 3 or len(codes) % group or len(prompts) != len(codes):
         raise ValueError(f"expected codes [P*G, K, T] with G = {group} >= 2 and one prompt per row, got "
                          f"{tuple(codes.shape)} and {len(prompts)} prompts")
-    rewards = []
+    rewards, music = [], []
     for start in range(0, len(codes), group):
         siblings = prompts[start : start + group]
         if len(set(siblings)) != 1:
             raise ValueError(f"rows {start}..{start + group - 1} are not siblings: they have different prompts")
         rows = codes[start : start + group].cpu()
         audio = codec.decode(rows, siblings)
-        rewards.append(group_rewards(audio, codec.sample_rate, rows, embedder, gate).rewards)
-    return torch.stack(rewards)
+        scored = group_rewards(audio, codec.sample_rate, rows, embedder, gate)
+        rewards.append(scored.rewards)
+        music.append(torch.from_numpy(scored.music))
+    return SiblingRewards(torch.stack(rewards), torch.stack(music))

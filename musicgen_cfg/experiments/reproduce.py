@@ -471,6 +471,25 @@ class ClaimInputs:
     reference_gamma: float
     hypervolumes: dict[str, float]
     tolerance: float  # claim 4: largest step against the trend, as a fraction of the range
+    per_prompt: dict[str, dict[str, list]] = dataclasses.field(default_factory=dict)  # run -> metric -> values
+    resamples: int = 1000
+    seed: int = 0
+
+    def paired(self, high: Point, low: Point, metric: str) -> str:
+        """' (paired +d [lo, hi])': high - low over the same prompts, seed s with seed s (a one-seed point
+        with each seed of the other), two-level bootstrap CI; '' without per-prompt values."""
+        runs = [[self.per_prompt.get(run, {}).get(metric) for run in p.runs] for p in (high, low)]
+        if any(v is None for side in runs for v in side) or len({len(side) for side in runs} - {1}) > 1:
+            return ""  # values missing, or two multi-seed points with different seed counts
+        if len({len(values) for side in runs for values in side}) > 1:  # not the same prompts
+            return ""
+        a, b = (np.array([[np.nan if v is None else v for v in values] for values in side], dtype=np.float64)
+                for side in runs)
+        difference = a - b  # [S, P], broadcast when one side has one seed
+        if np.isnan(difference).all():
+            return ""
+        low_ci, high_ci = seed_prompt_ci(difference, self.resamples, self.seed)
+        return f" (paired {np.nanmean(difference):+.4f} [{low_ci:+.4f}, {high_ci:+.4f}])"
 
     @property
     def plain(self) -> Point | None:
@@ -514,8 +533,11 @@ def _diversity_rises_with_beta(c: ClaimInputs) -> Verdict:
     if len(c.betas) < 2:
         return None, "needs at least two beta models"
     values = [_value(p, "diversity_reward") for p in c.betas]
+    pairs = list(zip(c.betas, c.betas[1:])) + ([(c.betas[0], c.betas[-1])] if len(c.betas) > 2 else [])
+    steps = [f"beta={hi.param:g} - beta={lo.param:g}{c.paired(hi, lo, 'diversity_reward')}" for lo, hi in pairs]
     return (all(b > a for a, b in zip(values, values[1:])),
-            "; ".join(f"beta={p.param:g}: {_ci(p, 'diversity_reward')}" for p in c.betas))
+            "; ".join(f"beta={p.param:g}: {_ci(p, 'diversity_reward')}" for p in c.betas)
+            + (". Steps: " + "; ".join(steps) if any("paired" in s for s in steps) else ""))
 
 
 def _smooth_in_lambda(c: ClaimInputs) -> Verdict:
@@ -575,8 +597,8 @@ def _heldout_agrees(c: ClaimInputs) -> Verdict:
     for name, hi, lo in comparisons:
         gains = {m: _value(hi, m) - _value(lo, m) for m in ("diversity_reward", *heldout)}
         verdicts += [gains[m] > 0 for m in heldout]
-        texts.append(f"{name}: reward {gains['diversity_reward']:+.4f}, "
-                     + ", ".join(f"{HELDOUT_MEASURES[m]} {gains[m]:+.4f}" for m in heldout))
+        texts.append(f"{name}: reward {gains['diversity_reward']:+.4f}{c.paired(hi, lo, 'diversity_reward')}, "
+                     + ", ".join(f"{HELDOUT_MEASURES[m]} {gains[m]:+.4f}{c.paired(hi, lo, m)}" for m in heldout))
     detail = "; ".join(texts)
     if len(heldout) > 1:
         detail += ". Note-level: mean pairwise total variation of the histograms; pass = every measure rises"
@@ -595,12 +617,17 @@ CLAIMS = (
 )
 
 
-def check_claims(points: list[Point], reference_gamma: float, hypervolumes: dict[str, float],
-                 tolerance: float) -> list[dict]:
-    """The seven claims of CLAIMS, each pass / fail / skipped (with the reason) and the numbers behind it."""
+def check_claims(points: list[Point], reference_gamma: float, hypervolumes: dict[str, float], tolerance: float,
+                 per_prompt: dict[str, dict[str, list]] | None = None, resamples: int = 1000, seed: int = 0) -> list[dict]:
+    """The seven claims of CLAIMS, each pass / fail / skipped (with the reason) and the numbers behind it.
+
+    With per_prompt (run -> metric -> per-prompt values) the details of claims 3 and 7 add paired
+    differences with their CIs; the verdicts are the same with or without them (they compare means).
+    """
     betas = _family(points, "beta")
     inputs = ClaimInputs({p.param: p for p in _family(points, "cfg")}, betas, {p.param: p for p in betas},
-                         _family(points, "lerp"), reference_gamma, hypervolumes, tolerance)
+                         _family(points, "lerp"), reference_gamma, hypervolumes, tolerance, per_prompt or {},
+                         resamples, seed)
     return [_result(number, claim, *verdict(inputs)) for number, claim, verdict in CLAIMS]
 
 
@@ -764,7 +791,8 @@ def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None
     reference = reference_point(list(coordinates.values()))
     hypervolumes = {family: hypervolume([coordinates[id(p)] for p in _family(points, family)], reference)
                     for family in FAMILIES if _family(points, family)}
-    claims = check_claims(points, reference_gamma, hypervolumes, config.smooth_tolerance)
+    claims = check_claims(points, reference_gamma, hypervolumes, config.smooth_tolerance, per_prompt, config.bootstrap,
+                          config.seed)
     write_tables(points, hypervolumes, reference, out)
     plots = ["pareto.png"]
     plot_front(points, hypervolumes, out / "pareto.png")

@@ -26,6 +26,7 @@ from musicgen_cfg.cfg import drop_condition
 from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, write_json
 from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.export import machine
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,
@@ -249,5 +250,6 @@ def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: 
             "model_safetensors_sha256": file_sha256(tmp / WEIGHTS_NAME),
             "parameters": sum(p.numel() for p in model.lm.parameters()),
             "train_seconds": round(elapsed, 1),
+            "trained_on": machine(next(model.lm.parameters()).device.type, config.threads),
             "final_metrics_csv": str(run_dir / "metrics.csv"),
         }, tmp / "manifest.json")

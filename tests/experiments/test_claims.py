@@ -152,3 +152,27 @@ def test_claim_6_an_intermediate_beta_above_the_lerp_front_fails():
     outside = scored(point("beta", 5.0, "beta_5", 0.5, 0.3), 0.4)  # more diverse than any merge: none dominates it
     assert "not dominated by a merge" in claims([*lerps, outside])[6]["detail"]
     assert claims(lerps)[6]["status"] == "skipped"
+
+
+def test_claims_report_paired_differences_over_seeds_and_prompts_without_changing_the_verdicts():
+    """Claims 3 and 7 add the paired difference of two points (seed s with seed s, same prompts) and its CI."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    prompts = rng.uniform(0.1, 0.3, size=16)
+    runs = {"beta_0_g1_t1": prompts, "beta_0_s1_g1_t1": prompts + 0.01,
+            "beta_15_g1_t1": prompts + 0.05, "beta_15_s1_g1_t1": prompts + 0.07}
+    per_prompt = {run: {"diversity_reward": list(v), "diversity_heldout": list(v)} for run, v in runs.items()}
+    low = point("beta", 0.0, "beta_0", 0.205, 0.205, pooled_runs=("beta_0_g1_t1", "beta_0_s1_g1_t1"))
+    high = point("beta", 15.0, "beta_15", 0.26, 0.26, pooled_runs=("beta_15_g1_t1", "beta_15_s1_g1_t1"))
+    plain = {c["claim"]: c for c in check_claims([low, high], 3.0, {}, 0.1)}
+    paired = {c["claim"]: c for c in check_claims([low, high], 3.0, {}, 0.1, per_prompt, 200, 0)}
+    assert [c["status"] for c in plain.values()] == [c["status"] for c in paired.values()]
+    assert "paired" not in plain[3]["detail"]
+    # The seeds' differences are 0.05 and 0.06: the CI spans them, well above zero, not the prompts' spread.
+    detail = paired[3]["detail"]
+    assert "beta=15 - beta=0 (paired +0.0550 [+0.0500, +0.0600])" in detail
+    assert "reward +0.0550 (paired +0.0550 [+0.0500, +0.0600])" in paired[7]["detail"]
+    # A point without per-prompt values (or with other prompts) gets no paired figure.
+    per_prompt["beta_15_s1_g1_t1"]["diversity_reward"] = list(prompts[:8])
+    assert "paired" not in check_claims([low, high], 3.0, {}, 0.1, per_prompt, 200, 0)[2]["detail"]

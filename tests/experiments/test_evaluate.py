@@ -401,6 +401,7 @@ def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_di
     assert [p.param for p in summary["points"] if p.family == "beta"] == [0.0, 5.0, 15.0]  # one point per beta
     assert "beta_5_g1_t1 + beta_5_s1_g1_t1" in (out / "table.md").read_text()
     assert "(seeds " in (out / "claims.md").read_text()
+    assert "beta=5 - beta=0 (paired " in (out / "claims.md").read_text()  # the pipeline passes per-prompt values
     # The evaluate command of jobs > 1 uses the same settings: it finds every run up to date.
     stamps = {p.name: (p / "metrics.json").read_text() for p in (out / "runs").iterdir() if p.is_dir()}
     logs = []

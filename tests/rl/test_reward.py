@@ -49,19 +49,19 @@ def test_a_prompts_rewards_do_not_depend_on_its_batch_or_the_process_split(segme
     codec, gate = SymbolicCodec(), reward_gate("data", symbolic=True)
     codes = segments[: len(PROMPTS) * G]
     prompts = rows_for(PROMPTS)
-    batched = diversity_rewards(codes, prompts, G, codec, embedder, gate)
-    assert batched.shape == (len(PROMPTS), G) and (batched > 0).all()
+    batched, music = diversity_rewards(codes, prompts, G, codec, embedder, gate)
+    assert batched.shape == music.shape == (len(PROMPTS), G) and (batched > 0).all() and music.all()
     for p in range(len(PROMPTS)):
         rows = slice(p * G, (p + 1) * G)
-        alone = diversity_rewards(codes[rows], prompts[rows], G, codec, embedder, gate)
+        alone = diversity_rewards(codes[rows], prompts[rows], G, codec, embedder, gate).rewards
         assert torch.equal(alone[0], batched[p])
     # Another batch order, and the rows of each of 2 DDP processes (a contiguous block of whole prompts each).
     order = [2, 0, 1]
     permuted = torch.cat([codes[p * G : (p + 1) * G] for p in order])
-    assert torch.equal(diversity_rewards(permuted, rows_for([PROMPTS[p] for p in order]), G, codec, embedder, gate),
+    assert torch.equal(diversity_rewards(permuted, rows_for([PROMPTS[p] for p in order]), G, codec, embedder, gate).rewards,
                        batched[order])
-    split = [diversity_rewards(codes[:G], prompts[:G], G, codec, embedder, gate),
-             diversity_rewards(codes[G:], prompts[G:], G, codec, embedder, gate)]
+    split = [diversity_rewards(codes[:G], prompts[:G], G, codec, embedder, gate).rewards,
+             diversity_rewards(codes[G:], prompts[G:], G, codec, embedder, gate).rewards]
     assert torch.equal(torch.cat(split), batched)
     # What the trainer did before: decode the whole batch at once, padding the fast rows with silence.
     padded = embedder.embed(codec.decode(codes, prompts), codec.sample_rate).view(len(PROMPTS), G, -1)
@@ -87,12 +87,12 @@ def test_trainer_rewards_are_the_per_prompt_pipeline(tmp_path):
     distiller = Distiller(config, Accelerator(cpu=True))
     prompts = rows_for(PROMPTS[:2])
     codes = distiller.rollout(prompts, list(range(len(prompts))), from_teacher=False)
-    rewards = distiller.diversity_rewards(codes, prompts)
+    rewards, music = distiller.diversity_rewards(codes, prompts)
     for p in range(2):
         rows = slice(p * G, (p + 1) * G)
         expected = group_rewards(distiller.student.codec.decode(codes[rows], prompts[rows]), 16000, codes[rows],
-                                 distiller.embedder, distiller.gate).rewards
-        assert torch.equal(rewards[p], expected)
+                                 distiller.embedder, distiller.gate)
+        assert torch.equal(rewards[p], expected.rewards) and music[p].tolist() == expected.music.tolist()
 
 
 # ---------------------------------------------------------------------------------------------- gate
@@ -113,6 +113,10 @@ def test_a_silent_sibling_no_longer_raises_its_groups_reward(segments, embedder)
     with_silence, scored = group_mean(silent, gate)
     assert scored.music.tolist() == [True, True, True, False] and scored.rewards[3] == 0
     assert with_silence < group_mean(music[:1], gate)[0]
+    # The batched pipeline reports the gate per row: the trainer logs its mean as music_rate.
+    codes = torch.cat([music, silent, music[:2], silent, silent])
+    _, passed = diversity_rewards(codes, ["a fast reel"] * 4 + ["a slow chorale"] * 4, 4, codec, embedder, gate)
+    assert passed.tolist() == [[True, True, True, False], [True, True, False, False]]
 
 
 def test_codes_gate_comes_from_the_real_data_and_rejects_near_empty_clips(segments):

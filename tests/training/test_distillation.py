@@ -81,12 +81,17 @@ def weights_of(run_dir):
 
 def test_tiny_training_run_checkpoints_and_resumes_exactly(train_setup, tmp_path, capsys):
     full, split = tmp_path / "full", tmp_path / "split"
-    assert main(["train", *train_setup, "--steps", "4", "--out", str(full)]) == 0
+    assert main(["train", *train_setup, "--steps", "4", "--out", str(full), "--export", str(tmp_path / "export")]) == 0
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert manifest["trained_on"]["torch"] == torch.__version__ and manifest["trained_on"]["threads"] == 1
+    assert manifest["train_seconds"] > 0
     rows = (full / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    assert len(rows) == 5 and {"kl", "reward_mean", "kl_codebook3", "heldout_kl", "time_rollout", "grad_norm"} <= set(header)
+    assert len(rows) == 5 and {"kl", "reward_mean", "music_rate", "kl_codebook3", "heldout_kl", "heldout_music_rate",
+                               "time_rollout", "grad_norm"} <= set(header)
     values = dict(zip(header, rows[-1].split(",")))
     assert all(torch.isfinite(torch.tensor(float(values[k]))) for k in ("kl", "pg", "reward_mean", "entropy"))
+    assert 0 <= float(values["music_rate"]) <= 1 and 0 <= float(values["heldout_music_rate"]) <= 1
     config = json.loads((sorted(full.glob("checkpoint-*"))[-1] / "config.json").read_text())
     assert config["musicgen_cfg"]["beta"] == 15.0
     # killed after step 2 (its last checkpoint), then resumed: the same weights as the uninterrupted run

@@ -152,13 +152,13 @@ def test_policy_gradient_is_not_degenerate_on_a_tiny_real_model(tiny_dir, local_
 
     prompts, seeds, _ = rollout_args(with_reward)
     codes = with_reward.rollout(prompts, seeds, False)
-    rewards = with_reward.diversity_rewards(codes, prompts)
-    assert rewards.shape == (2, 3) and rewards.min() > 1e-3
+    rewards, music = with_reward.diversity_rewards(codes, prompts)
+    assert rewards.shape == (2, 3) and rewards.min() > 1e-3 and music.all()
     changed = codes.clone()
     changed[0] = torch.randint(0, with_reward.student.lm.vocab_size, changed[0].shape)
-    assert not torch.allclose(with_reward.diversity_rewards(changed, prompts)[0], rewards[0])
+    assert not torch.allclose(with_reward.diversity_rewards(changed, prompts).rewards[0], rewards[0])
     clones = codes[::3].repeat_interleave(3, dim=0)  # identical siblings: nothing to reward
-    assert with_reward.diversity_rewards(clones, prompts).abs().max() < 1e-4
+    assert with_reward.diversity_rewards(clones, prompts).rewards.abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("override, message", [

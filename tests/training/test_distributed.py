@@ -56,7 +56,7 @@ def assert_same_run(a, b, weights="checkpoint-000003/model.safetensors"):
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=1e-4)
     last = [list(csv.DictReader(open(run / "metrics.csv")))[-1] for run in (a, b)]
-    for key in ("kl", "reward_mean", "heldout_kl", "heldout_diversity"):
+    for key in ("kl", "reward_mean", "music_rate", "heldout_kl", "heldout_diversity", "heldout_music_rate"):
         assert float(last[1][key]) == pytest.approx(float(last[0][key]), rel=1e-3), key
 
 

@@ -56,3 +56,29 @@ def test_the_gpu_recipe_base_keeps_the_shipped_binaries_within_80_mb():
     others = sum((assets / name / "model.safetensors").stat().st_size for name in ("embedder", "scorer"))
     assert 3 * decoder_bytes + others + 4_000_000 <= 80_000_000
     assert decoder_bytes > 1.3 * 4 * 3_907_328  # larger than the shipped 3.9M-parameter base
+
+
+def test_a_tiny_pretrain_run_resumes_and_exports_a_model_with_its_provenance(tmp_path):
+    """Two steps, killed after the first checkpoint and resumed: the export loads, generates, and its manifest
+    names the dataset, the rebuild command and the machine it was trained on."""
+    import json
+
+    import torch
+
+    from musicgen_cfg.checkpoint import file_sha256
+    from musicgen_cfg.cli import main
+    from musicgen_cfg.model import load_model
+    from musicgen_cfg.sampler import SamplingConfig
+    from musicgen_cfg.world.corpus import DEFAULT_PATH
+
+    tiny = ["--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--ffn-dim", "64", "--batch-size", "4",
+            "--warmup", "1", "--eval-every", "1", "--eval-segments", "8", "--checkpoint-every", "1", "--threads", "1",
+            "--out", str(tmp_path / "run")]
+    assert main(["pretrain", *tiny, "--steps", "1"]) == 0
+    assert main(["pretrain", *tiny, "--steps", "2", "--resume", "--export", str(tmp_path / "base")]) == 0
+    manifest = json.loads((tmp_path / "base" / "manifest.json").read_text())
+    assert manifest["dataset_sha256"] == file_sha256(DEFAULT_PATH) and manifest["config"]["steps"] == 2
+    assert manifest["rebuild_command"].startswith("musicgen-cfg pretrain")
+    assert manifest["trained_on"]["torch"] == torch.__version__ and manifest["train_seconds"] > 0
+    model = load_model(str(tmp_path / "base"))
+    assert model.generate(["a jig"], [0], 1.0, SamplingConfig())[0].codes.shape[0] == 4
