@@ -537,15 +537,16 @@ def export(distiller: Distiller, model, config: DistillConfig, run_dir: Path, co
     (musicgen_cfg/export.py) at the run's export place; with lora.export_adapter also the adapter."""
     from musicgen_cfg.export import export_model, machine
 
+    logged = metric_rows(run_dir / "metrics.csv")
     training = {key: getattr(config, key) for key in ("steps", "prompts", "prompts_per_step", "generations",
                                                        "num_frames", "divergence", "lr", "embedder")}
     manifest = {"artifact": f"distilled student, beta={config.beta:g}", "rebuild_command": command,
                 "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv"),
                 "trained_on": machine(distiller.accelerator.device.type, config.threads,
                                       distiller.accelerator.num_processes),
-                "train_seconds": round(step_seconds(run_dir / "metrics.csv", config.steps), 1)}
+                "step_seconds": round(step_seconds(logged, config.steps), 1)}
     out = export_model(model, final_export_dir(run_dir, config.export), {**provenance, "training": training},
-                       manifest=manifest, metrics=final_metrics(run_dir / "metrics.csv"))
+                       manifest=manifest, metrics=final_metrics(logged))
     if config.lora is not None and config.lora.export_adapter:
         lora.export_adapter(distiller.student.lm, config.lora.export_adapter, {
             **manifest, "artifact": f"LoRA adapter of the distilled student, beta={config.beta:g} (merged: {out})",
@@ -562,26 +563,25 @@ CARD_METRICS = {  # metrics.csv column -> how the model card names its last logg
 }
 
 
-def step_seconds(path: Path, steps: int) -> float:
-    """Training time of a run: `steps` x the mean time of the steps logged in metrics.csv (rollout, reward,
-    teacher, student; resumed runs included, held-out evaluations and start-up not)."""
+def metric_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's metrics.csv ([] when it has none)."""
     import csv
 
     if not path.is_file():
-        return 0.0
+        return []
     with open(path, newline="") as f:
-        times = [sum(float(row[k]) for k in STEP_TIMES) for row in csv.DictReader(f) if all(row.get(k) for k in STEP_TIMES)]
+        return list(csv.DictReader(f))
+
+
+def step_seconds(rows: list[dict[str, str]], steps: int) -> float:
+    """Time of a run's optimizer steps: `steps` x the mean logged step time (rollout, reward, teacher, student;
+    resumed runs included, held-out evaluations and start-up not)."""
+    times = [sum(float(row[k]) for k in STEP_TIMES) for row in rows if all(row.get(k) for k in STEP_TIMES)]
     return steps * sum(times) / len(times) if times else 0.0
 
 
-def final_metrics(path: Path) -> dict[str, float]:
+def final_metrics(rows: list[dict[str, str]]) -> dict[str, float]:
     """The last logged value of each held-out metric and of the training KL / reward, for the model card."""
-    import csv
-
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
     found = {}
     for row in rows:
         for column, label in CARD_METRICS.items():

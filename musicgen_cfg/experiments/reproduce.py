@@ -361,6 +361,11 @@ def seed_prompt_ci(values, resamples: int = 1000, seed: int = 0, confidence: flo
     return float(low), float(high)
 
 
+def per_prompt_values(per_prompt: dict[str, dict[str, list]], runs, metric: str) -> np.ndarray:
+    """[len(runs), P] values of `metric` per run and prompt, NaN where undefined (None)."""
+    return np.array([[np.nan if v is None else v for v in per_prompt[run][metric]] for run in runs], dtype=np.float64)
+
+
 def pool_seeds(points: list[Point], per_prompt: dict[str, dict[str, list]], resamples: int, seed: int) -> list[Point]:
     """One point per (family, param): a point with several seeds' runs gets pooled metrics.
 
@@ -380,8 +385,7 @@ def pool_seeds(points: list[Point], per_prompt: dict[str, dict[str, list]], resa
         for name in set.intersection(*(set(p.metrics) for p in members)):
             seed_means = [p.metrics[name]["mean"] for p in members]
             if all(name in per_prompt[p.run_name] for p in members):
-                values = np.array([[np.nan if v is None else v for v in per_prompt[p.run_name][name]] for p in members],
-                                  dtype=np.float64)
+                values = per_prompt_values(per_prompt, [p.run_name for p in members], name)
                 if np.isnan(values).all():
                     metrics[name] = {"mean": None, "ci_low": None, "ci_high": None, "num_prompts": 0}
                     continue
@@ -478,13 +482,12 @@ class ClaimInputs:
     def paired(self, high: Point, low: Point, metric: str) -> str:
         """' (paired +d [lo, hi])': high - low over the same prompts, seed s with seed s (a one-seed point
         with each seed of the other), two-level bootstrap CI; '' without per-prompt values."""
-        runs = [[self.per_prompt.get(run, {}).get(metric) for run in p.runs] for p in (high, low)]
-        if any(v is None for side in runs for v in side) or len({len(side) for side in runs} - {1}) > 1:
+        values = [[self.per_prompt.get(run, {}).get(metric) for run in p.runs] for p in (high, low)]
+        if any(v is None for side in values for v in side) or len({len(side) for side in values} - {1}) > 1:
             return ""  # values missing, or two multi-seed points with different seed counts
-        if len({len(values) for side in runs for values in side}) > 1:  # not the same prompts
+        if len({len(prompts) for side in values for prompts in side}) > 1:  # not the same prompts
             return ""
-        a, b = (np.array([[np.nan if v is None else v for v in values] for values in side], dtype=np.float64)
-                for side in runs)
+        a, b = (per_prompt_values(self.per_prompt, p.runs, metric) for p in (high, low))
         difference = a - b  # [S, P], broadcast when one side has one seed
         if np.isnan(difference).all():
             return ""
