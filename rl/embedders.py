@@ -154,6 +154,8 @@ class ContrastiveMusicEmbedder(nn.Module):
     of a contrastive batch.
     """
 
+    kind = CONTRASTIVE_KIND
+
     def __init__(self, config: ContrastiveEmbedderConfig | None = None):
         super().__init__()
         self.config = config or ContrastiveEmbedderConfig()
@@ -236,56 +238,71 @@ class ContrastiveMusicEmbedder(nn.Module):
         return F.normalize(vectors.view(len(starts), len(waveforms), -1).mean(dim=0), dim=-1)
 
     def save(self, directory: str | Path, manifest: dict | None = None) -> str:
-        """Write config.json + model.safetensors (+ manifest.json with the weights' sha256) atomically.
-
-        Returns the sha256 of model.safetensors.
-        """
-        with atomic_directory(Path(directory)) as tmp:
-            config = {"embedder": CONTRASTIVE_KIND, **asdict(self.config)}
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME))
-            digest = file_sha256(tmp / WEIGHTS_NAME)
-            if manifest is not None:
-                text = json.dumps({**manifest, "weights_sha256": digest}, indent=2, default=str)
-                (tmp / MANIFEST_NAME).write_text(text + "\n")
-        return digest
+        return save_embedder(self, directory, manifest)
 
     @classmethod
     def load(cls, directory: str | Path) -> "ContrastiveMusicEmbedder":
-        directory = Path(directory)
-        config = read_contrastive_config(directory)
-        if config is None:
-            raise UserError(
-                f"{directory} is not a contrastive embedder directory (no {CONFIG_NAME} with "
-                f'"embedder": "{CONTRASTIVE_KIND}")'
-            )
-        model = cls(config)
-        try:
-            model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
-        except (OSError, RuntimeError, SafetensorError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise UserError(
-                f"cannot load embedder weights from {directory / WEIGHTS_NAME}: {first_line}"
-            ) from None
-        return model.eval()
+        return load_embedder_dir(Path(directory))
 
 
-def read_contrastive_config(directory: Path) -> ContrastiveEmbedderConfig | None:
-    """The config of a contrastive embedder directory, or None if `directory` is not one."""
+def save_embedder(model: nn.Module, directory: str | Path, manifest: dict | None = None) -> str:
+    """Write a trained embedder (`model.kind`, `model.config`, its weights) as config.json + model.safetensors
+    (+ manifest.json with the weights' sha256) atomically. Returns the sha256 of model.safetensors."""
+    with atomic_directory(Path(directory)) as tmp:
+        config = {"embedder": model.kind, **asdict(model.config)}
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        digest = file_sha256(tmp / WEIGHTS_NAME)
+        if manifest is not None:
+            text = json.dumps({**manifest, "weights_sha256": digest}, indent=2, default=str)
+            (tmp / MANIFEST_NAME).write_text(text + "\n")
+    return digest
+
+
+def embedder_classes() -> dict[str, type]:
+    """config.json "embedder" kind -> the class that loads it (each has `kind`, `config`, a config dataclass)."""
+    from rl.note_embedder import NoteEmbedder, NoteEmbedderConfig
+
+    return {CONTRASTIVE_KIND: (ContrastiveMusicEmbedder, ContrastiveEmbedderConfig),
+            NoteEmbedder.kind: (NoteEmbedder, NoteEmbedderConfig)}
+
+
+def read_embedder_config(directory: Path):
+    """(class, config) of a trained embedder directory, or None if `directory` is not one."""
     path = directory / CONFIG_NAME
     if not path.is_file():
         return None
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
-    if not isinstance(raw, dict) or raw.pop("embedder", None) != CONTRASTIVE_KIND:
+    classes = embedder_classes()
+    if not isinstance(raw, dict) or raw.get("embedder") not in classes:
         return None
+    cls, config_cls = classes[raw.pop("embedder")]
     try:
-        return ContrastiveEmbedderConfig(**raw)
+        return cls, config_cls(**raw)
     except TypeError as err:
         raise UserError(f"{path}: unexpected embedder config ({err})") from None
+
+
+def load_embedder_dir(directory: Path):
+    """The trained embedder saved in `directory` (any kind of `embedder_classes`), in eval mode."""
+    found = read_embedder_config(directory)
+    if found is None:
+        raise UserError(
+            f"{directory} is not an embedder directory (no {CONFIG_NAME} with an \"embedder\" kind of "
+            f"{', '.join(embedder_classes())})"
+        )
+    cls, config = found
+    model = cls(config)
+    try:
+        model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+    except (OSError, RuntimeError, SafetensorError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot load embedder weights from {directory / WEIGHTS_NAME}: {first_line}") from None
+    return model.eval()
 
 
 class ClapAudioEmbedder:
@@ -348,7 +365,7 @@ def load_embedder(spec: str) -> Embedder:
                 f"the default embedder is missing from {DEFAULT_EMBEDDER_DIR}; rebuild it with the "
                 f"command in its manifest (`musicgen-cfg embedder train --model default ...`)"
             )
-        return ContrastiveMusicEmbedder.load(DEFAULT_EMBEDDER_DIR)
+        return load_embedder_dir(DEFAULT_EMBEDDER_DIR)
     if spec.startswith("clap:"):
         source = spec[len("clap:") :].strip()
         if not source:
@@ -358,12 +375,12 @@ def load_embedder(spec: str) -> Embedder:
         return ClapAudioEmbedder.from_pretrained(source)
     path = Path(spec).expanduser()
     if path.is_dir():
-        if read_contrastive_config(path) is None:
+        if read_embedder_config(path) is None:
             raise UserError(
-                f"{path} is not an embedder directory (no {CONFIG_NAME} with "
-                f'"embedder": "{CONTRASTIVE_KIND}"); for a CLAP model use clap:{spec}'
+                f"{path} is not an embedder directory (no {CONFIG_NAME} with an \"embedder\" kind of "
+                f"{', '.join(embedder_classes())}); for a CLAP model use clap:{spec}"
             )
-        return ContrastiveMusicEmbedder.load(path)
+        return load_embedder_dir(path)
     raise UserError(
         f"unknown embedder '{spec}': expected 'default', a directory saved by "
         f"`musicgen-cfg embedder train`, or 'clap:<dir-or-hub-id>'"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.training.run import warmup_cosine
-from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample
+from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample, save_embedder
 from rl.train_embedder_options import EmbedderTrainArgs, EmbedderTrainConfig
 
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -336,6 +336,21 @@ def run_train(args: EmbedderTrainArgs) -> int:
     config = EmbedderTrainConfig(
         **{name: getattr(args, name) for name in EmbedderTrainConfig.__dataclass_fields__}
     )
+    if config.kind == "notes":
+        from rl.train_note_embedder import train_from_config
+
+        model, fields = train_from_config(config)
+    else:
+        model, fields = train_contrastive(args, config)
+    manifest = {"command": rebuild_command(args, config), "config": asdict(config), "seed": config.seed,
+                "threads": args.threads, "torch": torch.__version__, **fields}
+    digest = save_embedder(model, args.out, manifest=manifest)
+    print(f"saved {args.out} (model.safetensors sha256 {digest})", flush=True)
+    return 0
+
+
+def train_contrastive(args: EmbedderTrainArgs, config: EmbedderTrainConfig) -> tuple[ContrastiveMusicEmbedder, dict]:
+    """The contrastive embedder on --audio-dir clips or rendered default-world clips; (model, manifest fields)."""
     torch.manual_seed(config.seed)
     model = ContrastiveMusicEmbedder(ContrastiveEmbedderConfig(chunk_seconds=config.chunk_seconds))
     started = time.perf_counter()
@@ -354,19 +369,11 @@ def run_train(args: EmbedderTrainArgs) -> int:
         model, train_mels, heldout, config, log=lambda message: print(message, flush=True), groups=groups
     )
     recent = metrics["losses"][-config.eval_every :]
-    manifest = {
-        "command": rebuild_command(args, config),
-        "config": asdict(config),
+    return model, {
         "embedder_config": asdict(model.config),
         "data": data,
-        "seed": config.seed,
-        "threads": args.threads,
-        "torch": torch.__version__,
         "parameters": parameters,
         "train_seconds": metrics["train_seconds"],
         "final_loss": sum(recent) / len(recent),
         "heldout_accuracy": metrics["heldout_accuracy"],
     }
-    digest = model.save(args.out, manifest=manifest)
-    print(f"saved {args.out} (model.safetensors sha256 {digest})", flush=True)
-    return 0

@@ -11,12 +11,18 @@ from pathlib import Path
 from musicgen_cfg.errors import UserError
 
 LOSSES = ("infonce", "triplet")
+KINDS = ("notes", "contrastive")
 
 
 @dataclass
 class EmbedderTrainConfig:
     """Optimisation settings of `musicgen-cfg embedder train` (the network is ContrastiveEmbedderConfig)."""
 
+    kind: str | None = field(default=None, metadata={
+        "help": "notes: the note-hearing embedder (a transcriber trained on rendered scores, --model default only; "
+                "the shipped reward) | contrastive: the log-mel InfoNCE embedder (any audio); "
+                "None = notes with --model default, contrastive with --audio-dir",
+        "argparse": {"choices": list(KINDS)}})
     steps: int = field(default=800, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=32, metadata={"help": "clips per step; each gives one positive pair"})
     chunk_seconds: float = field(default=2.0, metadata={"help": "chunk length (s); clips need two of them"})
@@ -60,6 +66,8 @@ class EmbedderTrainConfig:
             raise UserError(
                 f"--clip-seconds {self.clip_seconds} must hold two chunks of {self.chunk_seconds} s"
             )
+        if self.kind is not None and self.kind not in KINDS:
+            raise UserError(f"--kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.loss not in LOSSES:
             raise UserError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
@@ -78,3 +86,8 @@ class EmbedderTrainArgs(EmbedderTrainConfig):
         super().__post_init__()
         if (self.audio_dir is None) == (self.model is None):
             raise UserError("give the clips' source with --audio-dir DIR or --model default, one of the two")
+        if self.kind is None:
+            self.kind = "contrastive" if self.audio_dir is not None else "notes"
+        if self.kind == "notes" and self.audio_dir is not None:
+            raise UserError("--kind notes learns from rendered scores, whose notes are known: use --model default "
+                            "(or --kind contrastive with --audio-dir)")
