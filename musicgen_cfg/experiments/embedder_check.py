@@ -14,7 +14,6 @@ edit distances and the seconds taken; prints a markdown table row (columns: benc
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,13 +37,12 @@ def label_of(spec: str) -> str:
 def write_json_atomic(data: dict, path: Path):
     """Write `data` as JSON to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        with os.fdopen(handle, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
