@@ -266,18 +266,13 @@ class Evaluator:
         return self._loaded["clap-score"]
 
     def embedder(self, spec: str, model_source: str | None = None):
-        """An audio embedder by spec; the CLAP tower of --clap is shared with the CLAP score, not loaded twice;
-        encodec-emb is the codec of `model_source` (the run's model)."""
+        """An embedder by spec (load_spec_embedder); the CLAP tower of --clap is shared with the CLAP score,
+        not loaded twice; encodec-emb is the codec of `model_source` (the run's model)."""
         if self.config.clap and spec == f"clap:{self.config.clap}":
             return self.clap().audio
         key = f"{spec}@{model_source}" if spec == ENCODEC_EMBEDDING else spec
         if key not in self._loaded:
-            if spec == ENCODEC_EMBEDDING:
-                self._loaded[key] = EncodecEmbedder(_codec_of(model_source))
-            else:
-                from rl.embedders import load_embedder
-
-                self._loaded[key] = load_embedder(spec)
+            self._loaded[key] = load_spec_embedder(spec, model_source, judges=self.judges)
         return self._loaded[key]
 
     def reward_spec(self, world: str) -> str | None:
@@ -304,12 +299,9 @@ class Evaluator:
         used = {}
         reward = self.reward_spec(world)
         if reward is not None:
-            used["reward_embedder"] = {"spec": reward, "sha256": _weights_sha(self.embedder(reward))}
+            used["reward_embedder"] = {"spec": reward, **embedder_identity(self.embedder(reward))}
         heldout = self.heldout_spec(world)
-        if heldout == JUDGES_SPEC:
-            used["heldout_embedder"] = {"spec": heldout, **_judges_identity(self.judges())}
-        else:
-            used["heldout_embedder"] = {"spec": heldout, "sha256": _weights_sha(self.embedder(heldout, model_source))}
+        used["heldout_embedder"] = {"spec": heldout, **embedder_identity(self.embedder(heldout, model_source))}
         if world == "default":
             used["quality"] = {"spec": JUDGES_SPEC, **_judges_identity(self.judges())}
         elif self.config.clap:
@@ -375,9 +367,7 @@ class Evaluator:
         embedders = {}  # name -> audio embedder of the diversity metrics
         if "reward_embedder" in components:
             embedders["reward"] = self.embedder(components["reward_embedder"]["spec"])
-        heldout = components["heldout_embedder"]["spec"]
-        if heldout != JUDGES_SPEC:
-            embedders["heldout"] = self.embedder(heldout, model_source)
+        embedders["heldout"] = self.embedder(components["heldout_embedder"]["spec"], model_source)
         if world == "real" and self.config.clap:
             embedders["clap"] = self.clap().audio
         gate = reward_gate(self.config.reward_gate, symbolic=world == "default")
@@ -391,10 +381,8 @@ class Evaluator:
             vectors, computed = {}, {}  # one embedder may serve two roles (CLAP as reward and as clap): embed once
             for which, embedder in embedders.items():
                 if id(embedder) not in computed:
-                    computed[id(embedder)] = embedder.embed(torch.from_numpy(audio), rate).numpy()
+                    computed[id(embedder)] = embed_clips(embedder, codes, torch.from_numpy(audio), rate)
                 vectors[which] = computed[id(embedder)]
-            if heldout == JUDGES_SPEC:
-                vectors["heldout"] = np.asarray(self.judges().embed_codes(codes))
             if world == "default":
                 for name, values in self.judges().score(codes, prompts).items():
                     # NaN: the prompt does not state what this judge checks (e.g. no key): left out
@@ -444,6 +432,48 @@ class Evaluator:
         if key not in self._loaded:
             self._loaded[key] = embed_files(self.embedder(spec, model_source), files)
         return self._loaded[key]
+
+
+def load_spec_embedder(spec: str, model_source: str | None = None, judges=None):
+    """THE resolver of embedder specs (evaluate and `musicgen-cfg embedder check` share it).
+
+    - "judges": the default world's judges (their scorer's music tower embeds symbolic codes:
+      `embed_codes(codes [N, 4, T]) -> [N, D]`); `judges` is a zero-argument callable that returns them
+      (None: the shipped DefaultWorldJudges).
+    - "encodec-emb": the EnCodec latents of `model_source`'s codec (a real MusicGen checkpoint).
+    - anything else: rl.embedders.load_embedder (default, a directory of `embedder train`, clap:...,
+      and every kind added there later).
+    Audio embedders have `embed(waveforms [N, S], sample_rate) -> [N, D]`; embed_clips calls either kind.
+    """
+    if spec == JUDGES_SPEC:
+        if judges is not None:
+            return judges()
+        from musicgen_cfg.world.judges import DefaultWorldJudges
+
+        return DefaultWorldJudges()
+    if spec == ENCODEC_EMBEDDING:
+        if model_source is None:
+            raise UserError(f"{ENCODEC_EMBEDDING} needs a MusicGen checkpoint whose EnCodec it embeds with")
+        return EncodecEmbedder(_codec_of(model_source))
+    from rl.embedders import load_embedder
+
+    return load_embedder(spec)
+
+
+def embed_clips(embedder, codes: np.ndarray, waveforms: torch.Tensor, sample_rate: int) -> np.ndarray:
+    """Unit vectors [N, D] of N clips, given as codes [N, K, T] and their audio [N, S] at `sample_rate`:
+    code embedders (the judges) read the codes, audio embedders the audio."""
+    if hasattr(embedder, "embed_codes"):
+        return np.asarray(embedder.embed_codes(codes))
+    return embedder.embed(waveforms, sample_rate).numpy()
+
+
+def embedder_identity(embedder) -> dict:
+    """What identifies an embedder from load_spec_embedder: its weights' sha256 (the judges: their class and
+    scorer sha256)."""
+    if hasattr(embedder, "embed_codes"):
+        return _judges_identity(embedder)
+    return {"sha256": _weights_sha(embedder)}
 
 
 def _codec_of(model_source: str):
