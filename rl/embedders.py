@@ -1,13 +1,16 @@
 """Music embedders for the diversity reward: waveform -> unit vector; "different music" = far apart.
 
-`load_embedder(spec)` is the entry point (spec: "default", a directory written by
-`musicgen-cfg embedder train`, or "clap:<dir-or-hub-id>"). Every embedder resamples its input itself,
+`load_embedder(spec)` is the entry point (spec: "default" = the shipped note-hearing reward embedder of
+rl/note_embedder.py, "spectral" = the fixed spectral one of rl/spectral_embedder.py (the default world's
+held-out measure), a directory written by `musicgen-cfg embedder train`, or "clap:<dir-or-hub-id>").
+Every embedder resamples its input itself,
 so callers pass audio at whatever rate their codec produces:
 
     embedder = load_embedder("default")
     vectors = embedder.embed(waveforms, sample_rate=16000)   # [N, samples] -> [N, D], unit norm
 
-Train the contrastive one with `musicgen-cfg embedder train` (rl/train_embedder.py).
+Train the note embedder or the contrastive log-mel one with `musicgen-cfg embedder train` (rl/train_embedder.py);
+measure what any embedder hears with `musicgen-cfg embedder check SPEC`.
 """
 
 import json
@@ -263,9 +266,11 @@ def save_embedder(model: nn.Module, directory: str | Path, manifest: dict | None
 def embedder_classes() -> dict[str, type]:
     """config.json "embedder" kind -> the class that loads it (each has `kind`, `config`, a config dataclass)."""
     from rl.note_embedder import NoteEmbedder, NoteEmbedderConfig
+    from rl.spectral_embedder import SpectralEmbedderConfig, SpectralStatsEmbedder
 
     return {CONTRASTIVE_KIND: (ContrastiveMusicEmbedder, ContrastiveEmbedderConfig),
-            NoteEmbedder.kind: (NoteEmbedder, NoteEmbedderConfig)}
+            NoteEmbedder.kind: (NoteEmbedder, NoteEmbedderConfig),
+            SpectralStatsEmbedder.kind: (SpectralStatsEmbedder, SpectralEmbedderConfig)}
 
 
 def read_embedder_config(directory: Path):
@@ -357,8 +362,15 @@ class ClapAudioEmbedder:
         return F.normalize(vectors, dim=-1)
 
 
+SPECTRAL_SPEC = "spectral"  # the fixed spectral embedder of rl/spectral_embedder.py (no weights)
+
+
 def load_embedder(spec: str) -> Embedder:
-    """ "default" | a directory saved by `musicgen-cfg embedder train` | "clap:<dir-or-hub-id>"."""
+    """ "default" | "spectral" | a directory saved by `musicgen-cfg embedder train` | "clap:<dir-or-hub-id>"."""
+    if spec == SPECTRAL_SPEC:
+        from rl.spectral_embedder import SpectralStatsEmbedder
+
+        return SpectralStatsEmbedder()
     if spec == "default":
         if not (DEFAULT_EMBEDDER_DIR / CONFIG_NAME).is_file():
             raise UserError(
@@ -382,6 +394,6 @@ def load_embedder(spec: str) -> Embedder:
             )
         return load_embedder_dir(path)
     raise UserError(
-        f"unknown embedder '{spec}': expected 'default', a directory saved by "
+        f"unknown embedder '{spec}': expected 'default', '{SPECTRAL_SPEC}', a directory saved by "
         f"`musicgen-cfg embedder train`, or 'clap:<dir-or-hub-id>'"
     )

@@ -13,8 +13,9 @@ a folder of such directories, e.g. a demo session, is evaluated directory by dir
   real MusicGen -> with --clap, the CLAP text-audio cosine (`clap_score`, also reported as "quality").
 - diversity: per prompt, the mean pairwise 1 - cos among its samples (the training reward,
   rl/reward.py) and the Vendi score, under the reward embedder (when one is given; the default
-  world's is the shipped one) AND a held-out embedder training never saw (default world: the judges'
-  code embedder; real: `encodec-emb`, the mean-pooled EnCodec latents of the run's own codec, no
+  world's is the shipped one) AND a held-out embedder training never saw (default world: `spectral`, fixed
+  chroma / flux-interval / flux-rhythm statistics of the audio, rl/spectral_embedder.py; `judges` = the
+  judges' code embedder; real: `encodec-emb`, the mean-pooled EnCodec latents of the run's own codec, no
   download); with --clap also under the CLAP audio tower (`diversity_clap`); default world also the
   note-level measures of rl/note_diversity.py (pitch-class, interval and rhythm histograms).
   Clips the reward gate calls degenerate (--reward-gate) add no diversity: pairs with one count 0 and
@@ -59,6 +60,7 @@ from musicgen_cfg.experiments.audio_metrics import fad as frechet_audio_distance
 from musicgen_cfg.experiments.evaluate_options import (
     ENCODEC_EMBEDDING,
     JUDGES_SPEC,
+    SPECTRAL_SPEC,
     EvaluateArgs,
     EvaluateConfig,
 )
@@ -282,7 +284,7 @@ class Evaluator:
         return None if spec == NO_EMBEDDER else spec
 
     def heldout_spec(self, world: str) -> str:
-        spec = self.config.heldout_embedder or (JUDGES_SPEC if world == "default" else ENCODEC_EMBEDDING)
+        spec = self.config.heldout_embedder or (SPECTRAL_SPEC if world == "default" else ENCODEC_EMBEDDING)
         if spec == self.reward_spec(world):
             raise UserError(f"the held-out embedder must differ from the reward embedder (both {spec!r})")
         if spec == JUDGES_SPEC and world != "default":

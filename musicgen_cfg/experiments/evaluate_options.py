@@ -12,6 +12,7 @@ from musicgen_cfg.errors import UserError
 
 WORLDS = ("auto", "default", "real")
 JUDGES_SPEC = "judges"
+SPECTRAL_SPEC = "spectral"  # rl/spectral_embedder.py; the same name as rl.embedders.SPECTRAL_SPEC (torch-free here)
 ENCODEC_EMBEDDING = "encodec-emb"  # EnCodec's mean-pooled latents (musicgen_cfg/experiments/audio_metrics.py)
 
 
@@ -21,8 +22,9 @@ class EvaluateConfig:
         None, "diversity-reward embedder used in training: default | DIR | clap:<dir-or-id> | none; None = default "
               "(default world) or none (real MusicGen: a beta = 0 run has no reward embedder)")
     heldout_embedder: str | None = field(
-        None, f"held-out diversity embedder: judges | {ENCODEC_EMBEDDING} | default | DIR | clap:<dir-or-id>; "
-              f"None = judges (default world) or {ENCODEC_EMBEDDING} (real MusicGen: its own codec, no download)")
+        None, f"held-out diversity embedder: {SPECTRAL_SPEC} | judges | {ENCODEC_EMBEDDING} | default | DIR | "
+              f"clap:<dir-or-id>; None = {SPECTRAL_SPEC} (default world: fixed chroma / flux-interval / flux-rhythm "
+              f"statistics, never trained) or {ENCODEC_EMBEDDING} (real MusicGen: its own codec, no download)")
     clap: str | None = field(None, "CLAP model (dir or hub id): text-audio score and CLAP diversity of real runs")
     judges_scorer: str | None = field(None, "default world: the judges' scorer directory; None = the shipped one")
     world: str = field("auto", "auto (from the run's model config) | default (symbolic codec) | real")

@@ -212,7 +212,8 @@ def test_evaluate_tiny_real_run(tiny_run, clap_dir, reward_dir, tmp_path, capsys
 def test_evaluate_default_world_uses_the_judges(tmp_path, reward_dir):
     run = tmp_path / "run"
     codes = write_default_world_run(run, tmp_path / "model")
-    result = Evaluator(EvaluateConfig(reward_embedder=str(reward_dir), bootstrap=100), judges=FakeJudges()).evaluate(run)
+    config = EvaluateConfig(reward_embedder=str(reward_dir), heldout_embedder="judges", bootstrap=100)
+    result = Evaluator(config, judges=FakeJudges()).evaluate(run)
     assert result["world"] == "default" and result["components"]["heldout_embedder"]["spec"] == "judges"
     per_prompt_quality = (codes >= 2).mean(axis=(1, 2)).reshape(2, 2).mean(axis=1)
     assert result["per_prompt"]["quality"] == pytest.approx(per_prompt_quality.tolist())
@@ -235,6 +236,7 @@ def test_evaluate_default_world_reports_degenerate_clips_and_note_level_diversit
     np.save(run / "3.wav.codes.npy", codes[3].astype(np.int16))
     sf.write(run / "3.wav", SymbolicCodec().decode(codes[3:], ["a fast jig on fiddle"])[0].numpy(), 16000)
     result = Evaluator(EvaluateConfig(reward_embedder=str(reward_dir), bootstrap=10), judges=FakeJudges()).evaluate(run)
+    assert result["components"]["heldout_embedder"]["spec"] == "spectral"  # the default world's held-out default
     per_prompt = result["per_prompt"]
     assert per_prompt["degenerate_rate"] == [0.0, 0.5] and per_prompt["silent_rate"] == [0.0, 0.5]
     assert per_prompt["silent_window_fraction"][1] >= 0.5
@@ -259,7 +261,7 @@ def test_evaluate_default_world_with_the_real_judges(tmp_path, reward_dir, capsy
     run = tmp_path / "run"
     write_default_world_run(run, tmp_path / "model")
     code, captured = evaluate_cli(capsys, run, "--reward-embedder", reward_dir, "--judges-scorer", tmp_path / "scorer",
-                                  "--bootstrap", "50")
+                                  "--heldout-embedder", "judges", "--bootstrap", "50")
     assert code == 0, captured.err
     result = json.loads((run / "metrics.json").read_text())
     assert len(result["components"]["heldout_embedder"]["scorer_sha256"]) == 64
