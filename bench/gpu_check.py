@@ -80,7 +80,8 @@ def run_stage(stage: Stage) -> dict:
     started = time.time()
     with log.open("w") as handle:
         process = subprocess.Popen([sys.executable, *stage.argv], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                                   env={"HF_HUB_OFFLINE": "1", **os.environ, "PYTHONUNBUFFERED": "1"},  # everything is built offline
+                                   start_new_session=True)
         try:
             status = "ok" if process.wait(timeout=stage.timeout_s) == 0 else "failed"
         except subprocess.TimeoutExpired:
