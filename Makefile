@@ -30,6 +30,11 @@ reproduce: setup
 gpu-recipe: setup
 	BIN=$(BIN) bash scripts/gpu_recipe.sh
 
+# GPU check: sampler, training memory at 3 shapes, one train step, <= 8 min -> bench/results/gpu_check.json (docs/gpu.md)
+.PHONY: gpu-check
+gpu-check: setup
+	$(BIN)/python bench/gpu_check.py
+
 lint: setup
 	$(BIN)/ruff check musicgen_cfg rl merging app tests bench
 

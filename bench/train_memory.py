@@ -4,8 +4,10 @@ formula per shape and mode, checked against measured bytes.
     .venv/bin/python bench/train_memory.py                  # CPU (~1-2 min): accounting check + formula table
     python bench/train_memory.py --device cuda              # GPU: also measures small, medium, large in one run
     python bench/train_memory.py --device cuda --shapes small --grad-accum 4   # one shape, another split
+    python bench/train_memory.py --device cuda --shapes large --lora --out bench/results/train_memory_cuda_large_lora.json
 
-Prints tables and saves bench/results/train_memory_<device>.json. Every figure is labelled:
+Prints tables and saves bench/results/train_memory_<device>.json (or --out). --lora measures the shapes with
+rank-16 LoRA adapters (LORA_RANK, the formula's assumption) instead of a full finetune. Every figure is labelled:
 "estimated" (the formula below, from the shapes), "measured-cpu" (PyTorch's profiler memory timeline
 of a real train step, a small shape) or "measured-cuda" (torch.cuda.max_memory_allocated, random weights).
 
@@ -83,6 +85,7 @@ SHAPES = {
 SHAPE_CONFIGS = {"small": "musicgen_small_diversity.yaml", "medium": "musicgen_medium_quality.yaml",
                  "large": "musicgen_medium_quality.yaml"}
 LORA_RANK = 16  # assumed adapters on every attention projection and both MLP matrices
+LORA_OVERRIDES = ["--lora.rank", str(LORA_RANK)]  # --lora: that section (lora.py's default targets are those layers)
 CHECK_SHAPE = Shape("check", 128, 2, 4, 512, vocab=128, text_hidden=48)  # the CPU accounting check (bf16 on CPU is slow)
 
 
@@ -297,14 +300,16 @@ def cpu_check(workdir: Path) -> dict:
             "bytes_per_parameter_static": (measured["student"] + measured["teacher"]) / n}
 
 
-def cuda_measure(name: str, workdir: Path, overrides: list[str], steps: int = 2) -> dict:
+def cuda_measure(name: str, workdir: Path, overrides: list[str], steps: int = 2, lora: bool = False) -> dict:
     """Peak torch.cuda.max_memory_allocated over `steps` train steps of the shape's config (random weights,
-    tiny text/audio towers, a random reward embedder), the time split, and the formula for that same run."""
+    tiny text/audio towers, a random reward embedder), the time split, and the formula for that same run;
+    `lora`: rank-LORA_RANK adapters on the default targets (the formula's assumption) instead of a full finetune."""
     import gc
 
     shape = SHAPES[name]
     torch.cuda.reset_peak_memory_stats()
-    distiller = distiller_for(shape, SHAPE_CONFIGS[name], workdir / name, "cuda", overrides)
+    distiller = distiller_for(shape, SHAPE_CONFIGS[name], workdir / name, "cuda",
+                              [*overrides, *(LORA_OVERRIDES if lora else [])])
     static = torch.cuda.memory_allocated()
     rows = [distiller.train_step(s) for s in range(steps)]
     peak = torch.cuda.max_memory_allocated()
@@ -314,9 +319,9 @@ def cuda_measure(name: str, workdir: Path, overrides: list[str], steps: int = 2)
     student = distiller.student
     towers = sum(p.numel() for m in (student.text_encoder.encoder, student.codec.model) for p in m.parameters())
     embedder = sum(p.numel() for p in distiller.embedder.parameters()) if distiller.embedder is not None else 0
-    formula = estimate(shape, Run.of(distiller.config), sum(p.numel() for p in student.lm.parameters()), towers,
-                       embedder)
-    result = {"shape": name, "mode": "full bf16 + checkpointing", "config": SHAPE_CONFIGS[name],
+    # N from the shape: with LoRA the student's parameters include the adapters
+    formula = estimate(shape, Run.of(distiller.config, lora=lora), decoder_parameters(shape), towers, embedder)
+    result = {"shape": name, "mode": "lora" if lora else "full", "config": SHAPE_CONFIGS[name],
               "grad_accum": distiller.config.grad_accum, "peak_gb": peak / GB, "formula_peak_gb": formula["peak"] / GB,
               "static_after_load_gb": static / GB, "step_s": total,
               **{f"{k[5:]}_share": last[k] / total for k in phases}, "how": "measured-cuda"}
@@ -364,6 +369,8 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES), help="GPU: shapes to measure")
     parser.add_argument("--grad-accum", type=int, default=None, help="override the configs' grad_accum")
     parser.add_argument("--processes", type=int, default=1, help="formula: processes sharing the step (DDP)")
+    parser.add_argument("--lora", action="store_true", help=f"GPU: measure with rank-{LORA_RANK} LoRA adapters, not a full finetune")
+    parser.add_argument("--out", type=Path, default=None, help="the JSON (default bench/results/train_memory_<device>.json)")
     args = parser.parse_args()
     overrides = ["--grad-accum", str(args.grad_accum)] if args.grad_accum else []
     workdir = Path(tempfile.mkdtemp())
@@ -383,7 +390,7 @@ def main():
                     ["term", "measured_bytes", "formula_bytes", "ratio", "how"])
     else:
         result["device_name"] = torch.cuda.get_device_name()
-        result["measured"] = [cuda_measure(name, workdir, overrides) for name in args.shapes]
+        result["measured"] = [cuda_measure(name, workdir, overrides, lora=args.lora) for name in args.shapes]
         print_table("measured on " + result["device_name"], result["measured"],
                     ["shape", "mode", "grad_accum", "peak_gb", "formula_peak_gb", "static_after_load_gb", "step_s",
                      "rollout_share", "reward_share", "teacher_share", "student_share", "how"])
@@ -392,7 +399,7 @@ def main():
                 result["formula"], ["shape", "mode", "parameters", "static", "rollout", "scoring",
                                     "optimizer", "peak", "target_gb", "how"])
     result["seconds"] = time.perf_counter() - began
-    out = ROOT / "bench" / "results" / f"train_memory_{args.device}.json"
+    out = args.out or ROOT / "bench" / "results" / f"train_memory_{args.device}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"\n{result['seconds']:.0f} s; saved {out}")
 

@@ -64,3 +64,19 @@ def test_static_and_kv_cache_terms_are_the_tensors_of_a_real_distiller(tiny_dir,
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cache = KVCache(lm, cond, run.frames + shape.codebooks - 1)
     assert nbytes([*cache.keys, *cache.values, *(t for kv in cache.cross for t in kv)]) == formula["kv_cache"]
+
+
+def test_the_lora_measurement_trains_the_adapters_the_formula_counts(tiny_dir, tmp_path):
+    # bench/train_memory.py --lora (make gpu-check's medium and large shapes) adds LORA_OVERRIDES to the config
+    from bench.train_memory import LORA_OVERRIDES
+    from musicgen_cfg.config import load_config
+
+    (tmp_path / "prompts.txt").write_text("sad piano\n")
+    config = load_config(DistillConfig, None, ["--model", str(tiny_dir), "--prompts", str(tmp_path / "prompts.txt"),
+                                               "--embedder", "none", "--out", str(tmp_path / "run"),
+                                               "--tensorboard", "false", *LORA_OVERRIDES])
+    distiller = Distiller(config, Accelerator(cpu=True))
+    c = distiller.student.lm.config
+    shape = Shape("tiny", c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.ffn_dim)
+    trained = sum(p.numel() for p in distiller.student.lm.parameters() if p.requires_grad)
+    assert trained == lora_parameters(shape)
