@@ -3,7 +3,9 @@
     .venv/bin/python -m pytest -q tests/app/test_app.py
 
 Quality and diversity endpoints are two tiny random real-MusicGen checkpoints with different seeds,
-so every lam gives different weights; the reward embedder is a random contrastive one.
+so every lam gives different weights; the reward embedder is a random contrastive one. One slow test
+serves the shipped default-quality and default-diversity models, whose sets also get note-level
+diversity and whose measurements (/measure) also get the judges' quality.
 """
 
 import json
