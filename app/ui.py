@@ -35,7 +35,7 @@ QUEUE_SIZE = 16
 DEFAULT_VARIATIONS = 4
 DEFAULT_DURATION_S = 8.0
 CONCURRENCY = {"concurrency_id": "model", "concurrency_limit": 1}
-# What one set of 4 showed across 20 seed blocks (one prompt, 8 s, the shipped models, December 2026).
+# What one set of 4 showed across 20 seed blocks (one prompt, 8 s; the models and reward embedder shipped at 3bf8f10).
 NOISY_SAMPLE_NOTE = (
     "**One set of variations is a noisy sample.** For one prompt and one model, the diversity of a set of 4 "
     "swings widely across seeds (shipped quality model, the jig prompt, 8 s, 20 seed blocks: reward diversity "
