@@ -1,5 +1,6 @@
 """Serving core of the Gradio demo: the merged model theta(lam), the base model for the CFG comparison,
-the reward embedder, request limits, and per-session output folders with provenance manifests.
+the reward embedder, request limits, per-session output folders with provenance manifests, and the
+measures shown beside each set (reward and note-level diversity) or over many sets (`Engine.measure`).
 
 No Gradio here: app/ui.py builds the page and the API on top, app/cli.py starts it
 (`musicgen-cfg demo`, `musicgen-cfg app --quality DIR --diversity DIR`).
@@ -12,8 +13,15 @@ Generated files go to OUT/session-<id>/<setting>/, one folder per model and samp
 `merged-lam0.7-1a2b3c`, `base-cfg-g3-4d5e6f`), each with a manifest.jsonl of
 `generate.record_generation` lines: the same record `musicgen-cfg generate` writes, so
 `musicgen-cfg evaluate OUT/session-<id>` evaluates a session setting by setting.
+
+One set of variations is a noisy sample of a model's diversity, so `Engine.measure` ("measure this lam")
+generates the example prompts x MEASURE_VARIATIONS at fixed seeds (`musicgen-cfg generate`'s seed + prompt
+index x N + sample index, so every lam is measured on the same seeds) and reports each measure's mean
+over the prompts with a 95% bootstrap CI (`evaluate.summarise`). It writes no files: its answer names
+the served weights (sha256), prompts, seeds and settings, which is what repeating it needs.
 """
 
+import functools
 import hashlib
 import json
 import math
@@ -22,10 +30,12 @@ import secrets
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from app import plots
@@ -36,6 +46,7 @@ from musicgen_cfg.experiments.generate import MANIFEST, load_manifest, model_pro
 from musicgen_cfg.model import MusicGen, load_model, resolve_spec
 from musicgen_cfg.prompts import MAX_SEED
 from musicgen_cfg.sampler import SamplingConfig
+from rl.note_diversity import FEATURES
 
 MAX_VARIATIONS = 8
 MAX_PROMPT_CHARS = 300
@@ -44,6 +55,17 @@ MAX_DURATION_S = 30.0
 MAX_TEMPERATURE = 2.0
 DEFAULT_LAMBDA = 0.5
 DEFAULT_TOP_K = 250  # MusicGen's default; vocabularies at or below it (the default model's 64) sample in full
+MEASURE_VARIATIONS = 8  # per example prompt
+MEASURE_DURATION_S = 4.0
+MEASURE_SEED = 0  # fixed: every lam is measured on the same seeds
+BOOTSTRAP_RESAMPLES = 1000
+
+# The measures of one set of variations (`Engine.set_measures`), named as `musicgen-cfg evaluate` names them.
+NOTE_MEASURES = ("note_diversity", *(f"note_distance_{name}" for name in FEATURES))
+SET_MEASURES = ("diversity", *NOTE_MEASURES, "degenerate_rate")
+TOO_FEW_VARIATIONS = "diversity needs at least 2 variations"
+NO_JUDGES = "quality is not measured: the quality judges read symbolic codes (default world only)"
+NO_NOTES = "note-level diversity is not available: real MusicGen models have no symbolic codes (default world only)"
 
 DEFAULT_EXAMPLES = (
     "a joyful Irish jig on the fiddle in D major",
@@ -86,6 +108,17 @@ class Request:
     compare: bool
 
 
+@dataclass(frozen=True)
+class MeasureRequest:
+    """A validated "measure this lam" request: prompt i's variation j uses seed + i * variations + j."""
+
+    lam: float
+    prompts: tuple[str, ...]
+    variations: int
+    duration: float
+    seed: int
+
+
 @dataclass
 class Item:
     """One generated variation on disk."""
@@ -124,6 +157,28 @@ def _as_int(value, what: str) -> int:
     if number != int(number):
         raise UserError(f"{what} must be a whole number, got {_show(value)}")
     return int(number)
+
+
+def _lambda(value) -> float:
+    lam = _as_number(value, "lambda")
+    if not 0.0 <= lam <= 1.0:
+        raise UserError(f"lambda must be between 0 (quality) and 1 (diversity), got {lam:g}")
+    return lam
+
+
+def _in_range(value, what: str, low: int, high: int) -> int:
+    number = _as_int(value, what)
+    if not low <= number <= high:
+        raise UserError(f"{what} must be between {low} and {high}, got {number}")
+    return number
+
+
+def _seed(value, seeds_used: int) -> int:
+    """A request's first seed: -1 (random) or one that leaves room for the `seeds_used` seeds after it."""
+    seed = _as_int(value, "seed")
+    if not -1 <= seed <= MAX_SEED - seeds_used:
+        raise UserError(f"seed must be -1 (random) or between 0 and {MAX_SEED - seeds_used}, got {seed}")
+    return secrets.randbelow(MAX_SEED - seeds_used) if seed == -1 else seed
 
 
 def _slug(session: str | None) -> str:
@@ -208,20 +263,10 @@ class Engine:
         prompt = prompt.strip()
         if len(prompt) > MAX_PROMPT_CHARS:
             raise UserError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
-        lam = _as_number(lam, "lambda")
-        if not 0.0 <= lam <= 1.0:
-            raise UserError(f"lambda must be between 0 (quality) and 1 (diversity), got {lam:g}")
-        variations = _as_int(variations, "the number of variations")
-        if not 1 <= variations <= MAX_VARIATIONS:
-            raise UserError(f"the number of variations must be between 1 and {MAX_VARIATIONS}, got {variations}")
-        duration = _as_number(duration, "duration")
-        if not MIN_DURATION_S <= duration <= MAX_DURATION_S:
-            raise UserError(f"duration must be between {MIN_DURATION_S:g} and {MAX_DURATION_S:g} s, got {duration:g}")
-        if self.model.num_frames(duration, prompt) > self.model.max_frames:
-            raise UserError(f"duration {duration:g} s is too long for this model at this prompt's tempo")
-        seed = _as_int(seed, "seed")
-        if not -1 <= seed <= MAX_SEED - MAX_VARIATIONS:
-            raise UserError(f"seed must be -1 (random) or between 0 and {MAX_SEED - MAX_VARIATIONS}, got {seed}")
+        lam = _lambda(lam)
+        variations = _in_range(variations, "the number of variations", 1, MAX_VARIATIONS)
+        duration = self._duration(duration, [prompt])
+        seed = _seed(seed, MAX_VARIATIONS)
         temperature = _as_number(temperature, "temperature")
         if not 0.0 < temperature <= MAX_TEMPERATURE:
             raise UserError(f"temperature must be in (0, {MAX_TEMPERATURE:g}], got {temperature:g}")
@@ -232,8 +277,25 @@ class Engine:
             raise UserError(f"compare must be true or false, got {_show(compare)}")
         if compare and self.base is None:
             raise UserError("no base model to compare with: start the app with --base DIR")
-        return Request(prompt, lam, variations, duration, secrets.randbelow(MAX_SEED - MAX_VARIATIONS) if seed == -1
-                       else seed, temperature, top_k or None, compare)
+        return Request(prompt, lam, variations, duration, seed, temperature, top_k or None, compare)
+
+    def parse_measure(self, lam, prompts, variations, duration, seed) -> MeasureRequest:
+        """Validate a "measure this lam" request: the first `prompts` example prompts x `variations` (>= 2 each:
+        diversity is pairwise, the CI is over prompts) of `duration` seconds; a bad value raises one UserError."""
+        lam = _lambda(lam)
+        prompts = _in_range(prompts, "the number of prompts", 2, len(self.examples))
+        variations = _in_range(variations, "the number of variations", 2, MAX_VARIATIONS)
+        duration = self._duration(duration, self.examples[:prompts])
+        seed = _seed(seed, prompts * variations)
+        return MeasureRequest(lam, tuple(self.examples[:prompts]), variations, duration, seed)
+
+    def _duration(self, value, prompts) -> float:
+        duration = _as_number(value, "duration")
+        if not MIN_DURATION_S <= duration <= MAX_DURATION_S:
+            raise UserError(f"duration must be between {MIN_DURATION_S:g} and {MAX_DURATION_S:g} s, got {duration:g}")
+        if any(self.model.num_frames(duration, prompt) > self.model.max_frames for prompt in prompts):
+            raise UserError(f"duration {duration:g} s is too long for this model at this prompt's tempo")
+        return duration
 
     def served_provenance(self) -> dict:
         """model_provenance of the weights served now, theta(lam): the quality model's source (its config and
@@ -248,9 +310,7 @@ class Engine:
 
     def set_lambda(self, lam) -> float:
         """Move the served weights to theta(lam) in place; returns the milliseconds it took."""
-        lam = _as_number(lam, "lambda")
-        if not 0.0 <= lam <= 1.0:
-            raise UserError(f"lambda must be between 0 (quality) and 1 (diversity), got {lam:g}")
+        lam = _lambda(lam)
         with self.lock:
             began = time.perf_counter()
             self.merge.set_lambda(lam)
@@ -295,10 +355,57 @@ class Engine:
                                "time_s": round(base_seconds, 3), "files": [i.audio.name for i in base_items],
                                "folder": base_items[0].audio.parent.name}
         progress(0.9, "measuring diversity")
-        summary["diversity"], summary["diversity_note"] = self._diversity(outputs)
+        summary.update(_set_summary(*self.set_measures(self.model, outputs)))
         if request.compare:
-            summary["base"]["diversity"], _ = self._diversity(base_outputs)
+            summary["base"].update(_set_summary(*self.set_measures(self.base, base_outputs)))
         return Result(items, base_items, summary)
+
+    def measure(self, request: MeasureRequest,
+                progress: Callable[[float, str], None] = lambda fraction, desc: None) -> dict:
+        """Measure theta(lam) over the request's prompts x variations (no CFG, default sampling, no files written):
+        each measure's mean over the prompts with its 95% bootstrap CI, the per-prompt values, and why a
+        measure is missing."""
+        from musicgen_cfg.experiments.evaluate import summarise
+
+        sampling = SamplingConfig(guidance_scale=1.0, top_k=self.default_top_k or None)
+        began = time.perf_counter()
+        sets = []
+        with self.lock:
+            self.merge.set_lambda(request.lam)
+            served = self.served_provenance()
+            for index, prompt in enumerate(request.prompts):
+                progress(0.05 + 0.6 * index / len(request.prompts),
+                         f"θ(λ = {request.lam:g}): prompt {index + 1} of {len(request.prompts)}")
+                first = request.seed + index * request.variations
+                sets.append(self.model.generate([prompt] * request.variations,
+                                                list(range(first, first + request.variations)), request.duration,
+                                                sampling))
+        generation_s = time.perf_counter() - began
+        progress(0.7, "measuring diversity and quality")
+        per_prompt, missing = defaultdict(list), {}
+        for prompt, outputs in zip(request.prompts, sets):
+            values, why = self.set_measures(self.model, outputs)
+            if self.model.is_symbolic:
+                codes = np.stack([out.codes.numpy() for out in outputs])
+                values["quality"] = float(self.judges.score(codes, [prompt] * len(outputs))["quality"].mean())
+            else:
+                why["quality"] = NO_JUDGES
+            for name, value in values.items():
+                per_prompt[name].append(value)
+            missing.update(why)
+        return {"lambda": request.lam, "prompts": list(request.prompts), "variations": request.variations,
+                "duration": request.duration, "seed": request.seed, "sampling": asdict(sampling), "served": served,
+                "metrics": summarise(per_prompt, BOOTSTRAP_RESAMPLES, seed=0),
+                "per_prompt": dict(per_prompt), "not_measured": missing, "confidence": 0.95,
+                "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "generation_s": round(generation_s, 3),
+                "time_s": round(time.perf_counter() - began, 3)}
+
+    @functools.cached_property
+    def judges(self):
+        """The default world's quality judges (musicgen_cfg/world/judges.py), loaded on first use."""
+        from musicgen_cfg.world.judges import DefaultWorldJudges
+
+        return DefaultWorldJudges()
 
     def _timed_generate(self, model: MusicGen, request: Request, seeds: list[int], sampling: SamplingConfig):
         began = time.perf_counter()
@@ -333,17 +440,40 @@ class Engine:
                 items.append(Item(out_dir / f"{stem}.wav", image, out.seed))
         return items
 
-    def _diversity(self, outputs) -> tuple[float | None, str | None]:
-        """Mean diversity reward of the set (rl/reward.py: gated, so silent takes earn 0), or (None, why not)."""
-        if self.embedder is None:
-            return None, self.embedder_note
+    def set_measures(self, model: MusicGen, outputs) -> tuple[dict[str, float], dict[str, str]]:
+        """The measures of one set of variations of one prompt by `model`: ({measure: value}, {measure: why not}).
+
+        diversity: the mean diversity reward (rl/reward.py) under the reward embedder; note_diversity and
+        note_distance_{pitch_class,interval,rhythm} (default world: rl/note_diversity.py on the codes);
+        degenerate_rate: the share of variations the reward gate calls degenerate. As in `musicgen-cfg
+        evaluate`, one gate ("data") serves every measure: a degenerate take counts 0 against its siblings."""
         if len(outputs) < 2:
-            return None, "diversity needs at least 2 variations"
+            return {}, {"diversity": TOO_FEW_VARIATIONS, "note_diversity": TOO_FEW_VARIATIONS}
+        from rl.note_diversity import group_note_diversity
         from rl.reward import group_rewards, reward_gate
 
         # One prompt and duration: every variation has the same length, so nothing is padded.
         waves = torch.stack([torch.from_numpy(o.audio) for o in outputs])
         codes = torch.stack([o.codes for o in outputs])
-        scored = group_rewards(waves, outputs[0].sample_rate, codes, self.embedder,
-                               reward_gate("data", symbolic=self.model.is_symbolic))
-        return round(float(scored.rewards.mean()), 4), None
+        gate = reward_gate("data", symbolic=model.is_symbolic)
+        values, missing = {}, {}
+        if self.embedder is None:
+            music = np.asarray(gate.music(codes.numpy(), waves, outputs[0].sample_rate), dtype=bool)
+            missing["diversity"] = self.embedder_note
+        else:
+            scored = group_rewards(waves, outputs[0].sample_rate, codes, self.embedder, gate)
+            music, values["diversity"] = scored.music, float(scored.rewards.mean())
+        if model.is_symbolic:
+            note_level = group_note_diversity(codes.numpy(), music)
+            values.update({name: note_level[name] for name in NOTE_MEASURES})
+        else:
+            missing["note_diversity"] = NO_NOTES
+        values["degenerate_rate"] = float(1.0 - music.mean())
+        return values, missing
+
+
+def _set_summary(values: dict[str, float], missing: dict[str, str]) -> dict:
+    """The summary keys of one set: every SET_MEASURES value (4 decimals, None when not measured) and
+    diversity_note / note_diversity_note (why not, else None)."""
+    summary = {name: round(values[name], 4) if name in values else None for name in SET_MEASURES}
+    return {**summary, "diversity_note": missing.get("diversity"), "note_diversity_note": missing.get("note_diversity")}

@@ -4,7 +4,9 @@ Two kinds of events share one concurrency group ("model", limit 1), so a lam cha
 the middle of a generation and one request at a time uses the models:
 - page events (private to the browser): the Generate button fills the fixed 8 result slots, the lam
   slider applies theta(lam) in place as soon as it is released;
-- API-only events (`/generate`, `/set_lambda`, `/info`), bound to hidden, unbounded inputs so that an
+- the Measure button ("measure this lam": the example prompts x MEASURE_VARIATIONS, mean and 95% CI of
+  each measure) adds a row to the page's table of this page's measurements, sorted by lam;
+- API-only events (`/generate`, `/measure`, `/set_lambda`, `/info`), bound to hidden, unbounded inputs so that an
   out-of-range value reaches our validation and the client gets our message, not Gradio's bounds
   error, and with plain outputs (lists of files + a JSON summary) instead of the page's slot updates.
 """
@@ -21,6 +23,9 @@ from app.engine import (  # noqa: E402
     MAX_PROMPT_CHARS,
     MAX_TEMPERATURE,
     MAX_VARIATIONS,
+    MEASURE_DURATION_S,
+    MEASURE_SEED,
+    MEASURE_VARIATIONS,
     MIN_DURATION_S,
     Engine,
 )
@@ -30,6 +35,15 @@ QUEUE_SIZE = 16
 DEFAULT_VARIATIONS = 4
 DEFAULT_DURATION_S = 8.0
 CONCURRENCY = {"concurrency_id": "model", "concurrency_limit": 1}
+# What one set of 4 showed across 20 seed blocks (one prompt, 8 s; the models and reward embedder shipped at 3bf8f10).
+NOISY_SAMPLE_NOTE = (
+    "**One set of variations is a noisy sample.** For one prompt and one model, the diversity of a set of 4 "
+    "swings widely across seeds (shipped quality model, the jig prompt, 8 s, 20 seed blocks: reward diversity "
+    "0.07–0.14, note level 0.19–0.34), more than the two shipped models' means differ. To see what λ changes, "
+    "**Measure this λ**: {prompts} example prompts × {variations} variations of {duration:g} s at fixed seeds, "
+    "mean and 95 % bootstrap CI over the prompts; measure two λ and compare.")
+MEASURE_COLUMNS = (("note_diversity", "note-level diversity"), ("diversity", "reward diversity"),
+                   ("quality", "quality (judges)"))
 CSS = """
 .note {background: #fff6d6; border-left: 4px solid #e0a800; padding: 6px 12px; border-radius: 4px;}
 #status {min-height: 3em;}
@@ -70,33 +84,66 @@ def _models_markdown(engine: Engine) -> str:
     return "\n".join(lines)
 
 
+def _set_diversity_line(measures: dict) -> str:
+    """The reward and note-level diversity of one set (the summary's keys, engine.SET_MEASURES)."""
+    if measures["diversity"] is not None:
+        parts = [f"reward embedder **{measures['diversity']:.3f}** (mean pairwise 1 − cos)"]
+    else:
+        parts = [f"_{measures['diversity_note']}_"]
+    if measures["note_diversity"] is not None:
+        parts.append(f"note level **{measures['note_diversity']:.3f}** (mean of pitch class "
+                     f"{measures['note_distance_pitch_class']:.2f}, interval {measures['note_distance_interval']:.2f}, "
+                     f"rhythm {measures['note_distance_rhythm']:.2f}: total variation)")
+    else:
+        parts.append(f"_{measures['note_diversity_note']}_")
+    if measures["degenerate_rate"]:
+        parts.append(f"{measures['degenerate_rate']:.0%} of the takes are degenerate (they count 0)")
+    return "; ".join(parts)
+
+
 def _status_markdown(summary: dict) -> str:
     seeds = summary["seeds"]
     seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}–{seeds[-1]}"
     parts = [f"**θ(λ = {summary['lambda']:g})**, no CFG (one pass): **{summary['time_s']:.2f} s** for "
-             f"{len(seeds)} × {summary['duration']:g} s ({seed_text})"]
-    if summary["diversity"] is not None:
-        parts.append(f"diversity of the set: **{summary['diversity']:.3f}** (mean pairwise 1 − cos, reward embedder)")
-    else:
-        parts.append(f"_{summary['diversity_note']}_")
+             f"{len(seeds)} × {summary['duration']:g} s ({seed_text})",
+             f"diversity of the set: {_set_diversity_line(summary)}"
+             + (" — one set is a noisy sample: *Measure this λ* below" if len(seeds) > 1 else "")]
     base = summary.get("base")
     if base is not None:
         ratio = base["time_s"] / max(summary["time_s"], 1e-9)
-        line = (f"**base + CFG (γ = {base['guidance_scale']:g})**, two passes: **{base['time_s']:.2f} s** "
-                f"({ratio:.1f}× the distilled model's time)")
-        if base["diversity"] is not None:
-            line += f", diversity **{base['diversity']:.3f}**"
-        parts.append(line)
+        parts.append(f"**base + CFG (γ = {base['guidance_scale']:g})**, two passes: **{base['time_s']:.2f} s** "
+                     f"({ratio:.1f}× the distilled model's time); diversity: {_set_diversity_line(base)}")
     return "\n\n".join(parts)
+
+
+def _measure_markdown(results: list[dict]) -> str:
+    """This page's measurements (engine.measure answers), one row per lam: mean [95% CI] of each measure."""
+    if not results:
+        return ""
+    last = results[-1]
+    rows = ["| λ | " + " | ".join(label for _, label in MEASURE_COLUMNS) + " | time |",
+            "|---" * (len(MEASURE_COLUMNS) + 2) + "|"]
+    for result in sorted(results, key=lambda r: r["lambda"]):
+        cells = []
+        for name, _ in MEASURE_COLUMNS:
+            stats = result["metrics"].get(name)
+            cells.append("–" if stats is None else f"{stats['mean']:.3f} [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]")
+        rows.append(f"| {result['lambda']:g} | " + " | ".join(cells) + f" | {result['time_s']:.1f} s |")
+    missing = "".join(f"\n\n_{why}_" for why in dict.fromkeys(last["not_measured"].values()))
+    return (f"{len(last['prompts'])} prompts × {last['variations']} variations × {last['duration']:g} s, seeds from "
+            f"{last['seed']}: mean [95 % bootstrap CI over prompts]\n\n" + "\n".join(rows) + missing)
 
 
 def build_app(engine: Engine) -> gr.Blocks:
     """The Blocks page (not launched); `launch` queues and serves it: header, controls | results, and
-    the API (generate, set_lambda, info)."""
+    the API (generate, measure, set_lambda, info)."""
 
     def run(request, http_request: gr.Request, progress: gr.Progress):
         session = getattr(http_request, "session_hash", None)
         return engine.generate(request, session, lambda fraction, desc: progress(fraction, desc=desc))
+
+    def measure(request, progress: gr.Progress):
+        return engine.measure(request, lambda fraction, desc: progress(fraction, desc=desc))
 
     with _Blocks(title="musicgen-cfg: diversity-rewarded CFG distillation") as blocks:
         _header(engine)
@@ -105,8 +152,8 @@ def build_app(engine: Engine) -> gr.Blocks:
                 controls = _controls(engine)
             with gr.Column(scale=3, min_width=420):
                 results = _results(engine)
-        _wire_page(engine, run, controls, results)
-        _api(engine, run)
+        _wire_page(engine, run, measure, controls, results)
+        _api(engine, run, measure)
     return blocks
 
 
@@ -174,12 +221,19 @@ def _results(engine: Engine) -> dict:
                                     label=f"Base + CFG {index + 1}") for index in range(MAX_VARIATIONS)]
     with gr.Accordion("Run details (JSON)", open=False):
         details = gr.JSON()
+    gr.Markdown(NOISY_SAMPLE_NOTE.format(prompts=len(engine.examples), variations=MEASURE_VARIATIONS,
+                                         duration=MEASURE_DURATION_S), elem_classes="note")
+    measure_button = gr.Button("Measure this λ", elem_id="measure")
+    measurements = gr.Markdown(elem_id="measurements")
+    measured = gr.State([])  # this page's engine.measure answers
     return {"status": status, "slots": slots, "audios": audios, "images": images, "base_box": base_box,
-            "base_audios": base_audios, "details": details}
+            "base_audios": base_audios, "details": details, "measure_button": measure_button,
+            "measurements": measurements, "measured": measured}
 
 
-def _wire_page(engine: Engine, run, controls: dict, results: dict) -> None:
-    """The page's own (private) events: Generate fills the result rows; releasing the slider applies lambda."""
+def _wire_page(engine: Engine, run, measure, controls: dict, results: dict) -> None:
+    """The page's own (private) events: Generate fills the result rows; Measure adds a row to the table of
+    measurements; releasing the slider applies lambda."""
 
     def ui_generate(prompt, lam, variations, duration, seed, random_seed, temperature, top_k, compare,
                     request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
@@ -203,6 +257,16 @@ def _wire_page(engine: Engine, run, controls: dict, results: dict) -> None:
         outputs=[*r["slots"], *r["audios"], *r["images"], r["base_box"], *r["base_audios"], r["status"], r["details"]],
         show_progress_on=[r["status"]], api_visibility="private", **CONCURRENCY)
 
+    def ui_measure(lam, measured, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
+        parsed = _user_errors(lambda: engine.parse_measure(lam, len(engine.examples), MEASURE_VARIATIONS,
+                                                           MEASURE_DURATION_S, MEASURE_SEED))
+        measured = [*(m for m in measured if m["lambda"] != parsed.lam), _user_errors(lambda: measure(parsed, progress))]
+        return _measure_markdown(measured), measured
+
+    r["measure_button"].click(ui_measure, inputs=[controls["lam"], r["measured"]],
+                              outputs=[r["measurements"], r["measured"]], show_progress_on=[r["measurements"]],
+                              api_visibility="private", **CONCURRENCY)
+
     def ui_set_lambda(lam):
         milliseconds = _user_errors(lambda: engine.set_lambda(lam))
         return f"θ(λ = {lam:g}) applied in place in {milliseconds:.1f} ms (no reload)."
@@ -211,8 +275,8 @@ def _wire_page(engine: Engine, run, controls: dict, results: dict) -> None:
                             show_progress="hidden", api_visibility="private", **CONCURRENCY)
 
 
-def _api(engine: Engine, run) -> None:
-    """The public API endpoints: generate, set_lambda, info."""
+def _api(engine: Engine, run, measure) -> None:
+    """The public API endpoints: generate, measure, set_lambda, info."""
     gamma = engine.guidance_scale
     # The API: hidden inputs without bounds (our validation speaks), plain outputs.
     with gr.Column(visible=False):
@@ -224,6 +288,9 @@ def _api(engine: Engine, run) -> None:
                        gr.File(file_count="multiple", label="base_audio"), gr.JSON(label="summary")]
         api_lam = gr.Number(engine.lam, label="lam")
         api_json = gr.JSON(label="result")
+        measure_inputs = [gr.Number(engine.lam, label="lam"), gr.Number(len(engine.examples), label="prompts"),
+                          gr.Number(MEASURE_VARIATIONS, label="variations"),
+                          gr.Number(MEASURE_DURATION_S, label="duration"), gr.Number(MEASURE_SEED, label="seed")]
 
     def generate(prompt, lam, variations, duration, seed, temperature, top_k, compare,
                  request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
@@ -234,6 +301,14 @@ def _api(engine: Engine, run) -> None:
         result = _user_errors(lambda: run(parsed, request, progress))
         return ([str(i.audio) for i in result.items], [str(i.image) for i in result.items],
                 [str(i.audio) for i in result.base_items], result.summary)
+
+    def measure_lambda(lam, prompts, variations, duration, seed, progress=gr.Progress()):  # noqa: B008
+        """Measure theta(lam): the first `prompts` example prompts x `variations` of `duration` s (prompt i's
+        variation j uses seed + i * variations + j; no files written). Returns {lambda, prompts, ..., served,
+        metrics: {name: {mean, ci_low, ci_high, num_prompts}} (95% bootstrap CI over prompts), per_prompt,
+        not_measured: {name: why}, time_s}."""
+        parsed = _user_errors(lambda: engine.parse_measure(lam, prompts, variations, duration, seed))
+        return _user_errors(lambda: measure(parsed, progress))
 
     def set_lambda(lam):
         """Rewrite the served weights to theta(lam) = (1 - lam) theta_q + lam theta_d in place."""
@@ -250,9 +325,12 @@ def _api(engine: Engine, run) -> None:
                 "base": None if engine.base_endpoint is None else engine.base_endpoint.record(),
                 "limits": {"variations": MAX_VARIATIONS, "prompt_chars": MAX_PROMPT_CHARS,
                            "duration_s": [MIN_DURATION_S, MAX_DURATION_S], "temperature_max": MAX_TEMPERATURE,
-                           "top_k_max": engine.cardinality}}
+                           "top_k_max": engine.cardinality},
+                "measure": {"prompts": list(engine.examples), "variations": MEASURE_VARIATIONS,
+                            "duration_s": MEASURE_DURATION_S, "seed": MEASURE_SEED}}
 
     gr.on([], generate, inputs=api_inputs, outputs=api_outputs, api_name="generate", **CONCURRENCY)
+    gr.on([], measure_lambda, inputs=measure_inputs, outputs=[api_json], api_name="measure", **CONCURRENCY)
     gr.on([], set_lambda, inputs=[api_lam], outputs=[api_json], api_name="set_lambda", **CONCURRENCY)
     gr.on([], info, inputs=[], outputs=[api_json], api_name="info", queue=False)
 

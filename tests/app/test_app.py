@@ -3,7 +3,9 @@
     .venv/bin/python -m pytest -q tests/app/test_app.py
 
 Quality and diversity endpoints are two tiny random real-MusicGen checkpoints with different seeds,
-so every lam gives different weights; the reward embedder is a random contrastive one.
+so every lam gives different weights; the reward embedder is a random contrastive one. One slow test
+serves the shipped default-quality and default-diversity models, whose sets also get note-level
+diversity and whose measurements (/measure) also get the judges' quality.
 """
 
 import json
@@ -50,6 +52,20 @@ def served(endpoints):
     blocks.close()
 
 
+@pytest.fixture(scope="module")
+def default_world(tmp_path_factory):
+    """The shipped default-quality and default-diversity models with the shipped reward embedder, no base."""
+    from app.engine import Endpoint, Engine
+    from app.ui import launch
+
+    engine = Engine.load(Endpoint("quality", "default-quality", "default-quality"),
+                         Endpoint("diversity", "default-diversity", "default-diversity"), None, "default", None, "cpu",
+                         tmp_path_factory.mktemp("default-app"), [], log=lambda message: None)
+    blocks = launch(engine, "127.0.0.1", free_port(), prevent_thread_lock=True, log=lambda message: None)
+    yield engine, Client(blocks.local_url, verbose=False)
+    blocks.close()
+
+
 def endpoint_tensor(directory, name=PARAMETER) -> torch.Tensor:
     return load_file(str(directory / "model.safetensors"))[name]
 
@@ -77,7 +93,8 @@ def test_generate_change_lambda_generate_again(served, endpoints):
     assert len(audio) == 3 and len(images) == 3 and not base_audio
     assert all(path.endswith(".wav") for path in audio) and all(path.endswith(".png") for path in images)
     assert summary["seeds"] == [7, 8, 9] and summary["lambda"] == 0.0 and summary["time_s"] > 0
-    assert 0.0 <= summary["diversity"] <= 2.0
+    assert 0.0 <= summary["diversity"] <= 2.0 and summary["diversity_note"] is None
+    assert summary["note_diversity"] is None and "no symbolic codes" in summary["note_diversity_note"]
     assert torch.equal(served_tensor(engine), q)
 
     audio, images, _, summary = client.predict(prompt=PROMPT, lam=0.75, variations=2, duration=1.0, seed=7,
@@ -112,6 +129,69 @@ def test_generate_change_lambda_generate_again(served, endpoints):
     assert set(info["served"]) == {"model", "model_sha256", "beta", "lambda", "teacher_guidance_scale"}
 
 
+def test_measure_two_lambdas_gives_cis_and_writes_no_files(served):
+    engine, client = served
+    before = sorted(engine.out_root.rglob("*"))
+    first, second = (client.predict(lam=lam, prompts=2, variations=2, duration=0.5, seed=5, api_name="/measure")
+                     for lam in (0.0, 1.0))
+    for result, lam in ((first, 0.0), (second, 1.0)):
+        assert result["lambda"] == lam == result["served"]["lambda"] and result["prompts"] == list(engine.examples[:2])
+        for name in ("diversity", "degenerate_rate"):
+            stats = result["metrics"][name]
+            assert stats["num_prompts"] == 2 and stats["ci_low"] - 1e-12 <= stats["mean"] <= stats["ci_high"] + 1e-12
+            assert stats["mean"] == pytest.approx(np.mean(result["per_prompt"][name]))
+        assert set(result["not_measured"]) == {"note_diversity", "quality"}  # real MusicGen: no symbolic codes
+    assert first["served"]["model_sha256"] == engine.quality.provenance["model_sha256"]
+    assert second["served"]["model_sha256"] == engine.diversity.provenance["model_sha256"]
+    assert first["per_prompt"]["diversity"] != second["per_prompt"]["diversity"]  # other weights, same seeds
+    assert sorted(engine.out_root.rglob("*")) == before
+
+
+@pytest.mark.slow  # loads the shipped quality and diversity models (MiniLM text encoder) and the judges
+def test_default_world_shows_note_level_diversity_and_measures_the_trade_off(default_world):
+    from app.engine import NOTE_MEASURES
+    from musicgen_cfg.sampler import SamplingConfig
+    from rl.note_diversity import group_note_diversity
+    from rl.reward import reward_gate
+
+    engine, client = default_world
+    *_, summary = client.predict(prompt=engine.examples[0], lam=0.5, variations=3, duration=2, seed=0,
+                                 api_name="/generate")
+    assert summary["note_diversity_note"] is None and summary["diversity_note"] is None
+    assert all(0.0 <= summary[name] <= 1.0 for name in NOTE_MEASURES) and 0.0 <= summary["diversity"] <= 2.0
+    distances = [summary[name] for name in NOTE_MEASURES[1:]]
+    assert summary["note_diversity"] == pytest.approx(np.mean(distances), abs=1e-4)
+
+    results = [client.predict(lam=lam, prompts=2, variations=3, duration=2, seed=0, api_name="/measure")
+               for lam in (0.0, 1.0)]
+    for result in results:
+        assert result["not_measured"] == {}
+        for name in ("note_diversity", "diversity", "quality", *NOTE_MEASURES):
+            stats = result["metrics"][name]
+            assert stats["num_prompts"] == 2 and stats["ci_low"] - 1e-12 <= stats["mean"] <= stats["ci_high"] + 1e-12
+    assert results[0]["per_prompt"]["note_diversity"] != results[1]["per_prompt"]["note_diversity"]
+    # The second prompt's set at lam = 1 (seeds 3, 4, 5), generated again: the same note-level diversity, gated.
+    takes = engine.model.generate([engine.examples[1]] * 3, [3, 4, 5], 2.0, SamplingConfig())
+    codes = np.stack([take.codes.numpy() for take in takes])
+    music = reward_gate("data", symbolic=True).music(codes, None, takes[0].sample_rate)
+    expected = group_note_diversity(codes, music)["note_diversity"]
+    assert results[1]["per_prompt"]["note_diversity"][1] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"lam": -1}, "lambda must be between 0 (quality) and 1 (diversity), got -1"),
+    ({"prompts": 1}, "the number of prompts must be between 2 and 4, got 1"),
+    ({"variations": 9}, "the number of variations must be between 2 and 8, got 9"),
+    ({"duration": "long"}, "duration must be a number, got 'long'"),
+    ({"seed": 10**12}, "seed must be -1 (random) or between"),
+])
+def test_measure_bad_inputs_give_our_one_line_errors(served, override, message):
+    _, client = served
+    with pytest.raises(Exception) as error:
+        client.predict(**{"lam": 0.5, "prompts": 2, "variations": 2, "duration": 0.5, **override}, api_name="/measure")
+    assert message in str(error.value) and "Traceback" not in str(error.value) and "\n" not in str(error.value)
+
+
 def test_compare_with_base_cfg(served):
     engine, client = served
     audio, _, base_audio, summary = client.predict(prompt=PROMPT, lam=0.5, variations=2, duration=1.0, seed=3,
@@ -132,10 +212,12 @@ def test_shown_diversity_is_the_gated_reward(served):
 
     engine, _ = served
     takes = engine.model.generate([PROMPT] * 2, [1, 2], 0.5, SamplingConfig())
-    value, note = engine._diversity(takes)
-    assert note is None and value > 0
+    values, missing = engine.set_measures(engine.model, takes)
+    assert values["diversity"] > 0 and values["degenerate_rate"] == 0.0
+    assert set(missing) == {"note_diversity"}  # real MusicGen: no symbolic codes
     silent = replace(takes[1], audio=np.zeros_like(takes[1].audio))
-    assert engine._diversity([takes[0], silent]) == (0.0, None)  # a silent take adds no diversity
+    values, _ = engine.set_measures(engine.model, [takes[0], silent])
+    assert values == {"diversity": 0.0, "degenerate_rate": 0.5}  # a silent take adds no diversity
 
 
 @pytest.mark.parametrize("override, message", [
@@ -250,11 +332,13 @@ def test_demo_command_serves_the_shipped_models_or_stand_ins(monkeypatch, tmp_pa
     assert len(list((tmp_path / "session-session").glob("*/manifest.jsonl"))) == 2  # merged, base + CFG
 
 
-def test_the_page_events_fill_the_rows_and_apply_lambda(served):
+def test_the_page_events_fill_the_rows_and_apply_lambda(served, monkeypatch):
     """The page's private events (the browser test drives them through chromium, when it is installed)."""
     from app.ui import MAX_VARIATIONS, build_app
 
     engine, _ = served
+    monkeypatch.setattr("app.ui.MEASURE_VARIATIONS", 2)  # the page measures 4 prompts x 8 x 4 s: keep it short
+    monkeypatch.setattr("app.ui.MEASURE_DURATION_S", 0.5)
     events = {f.fn.__name__: f.fn for f in build_app(engine).fns.values() if f.fn is not None}
     request = type("Request", (), {"session_hash": "page-test"})()
     updates = events["ui_generate"](PROMPT, 0.5, 2, 0.5, 3, False, 1.0, 0, False, request,
@@ -262,4 +346,9 @@ def test_the_page_events_fill_the_rows_and_apply_lambda(served):
     rows = updates[:MAX_VARIATIONS]
     assert [row.visible for row in rows] == [True, True] + [False] * (MAX_VARIATIONS - 2)
     assert "seeds 3–4" in updates[-2] and updates[-1]["seeds"] == [3, 4]
+    assert "one set is a noisy sample" in updates[-2]
+    table, measured = events["ui_measure"](0.5, [], progress=lambda *args, **kwargs: None)
+    assert [m["lambda"] for m in measured] == [0.5] and "| 0.5 | – | " in table  # no note level: real MusicGen
+    _, measured = events["ui_measure"](0.5, measured, progress=lambda *args, **kwargs: None)
+    assert len(measured) == 1  # measuring a lam again replaces its row
     assert events["ui_set_lambda"](0.5).startswith("θ(λ = 0.5) applied in place")
