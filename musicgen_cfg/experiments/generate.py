@@ -89,19 +89,20 @@ def model_provenance(model) -> dict:
     }
 
 
-def record_generation(manifest, out_dir: Path, name: str, output, *, prompt_index: int, sample_index: int,
+def record_generation(manifest, out_dir: Path, name: str, output, *, seq: int, prompt_index: int, sample_index: int,
                       provenance: dict, settings: dict, wall_time_s: float, **extra) -> dict:
     """Write one generated item (audio `name` + its codes `name.codes.npy`) and its manifest line; return the line.
 
-    The one record type of generated files (`generate` and the demo): `provenance` is model_provenance's
-    fields (model: a loadable spec whose config and codec the weights use), `settings` the sampling
-    settings with the gamma used and the duration; `extra` adds writer-specific fields (the demo's
-    run, role, picture, endpoints)."""
+    The one record type of generated files (`generate` and the demo): `seq` its place in the order the
+    writer made them (next_seq; `created` has one-second resolution and cannot order them), `provenance`
+    is model_provenance's fields (model: a loadable spec whose config and codec the weights use),
+    `settings` the sampling settings with the gamma used and the duration; `extra` adds writer-specific
+    fields (the demo's run, role, picture, endpoints)."""
     import soundfile as sf
 
     sf.write(out_dir / name, np.clip(output.audio, -1, 1), output.sample_rate)
     np.save(out_dir / f"{name}.codes.npy", output.codes.numpy().astype(np.int16))  # for code-level judges
-    entry = {"file": name, "codes_file": f"{name}.codes.npy", "prompt": output.prompt, "prompt_index": prompt_index,
+    entry = {"seq": seq, "file": name, "codes_file": f"{name}.codes.npy", "prompt": output.prompt, "prompt_index": prompt_index,
              "sample_index": sample_index, "seed": output.seed, **provenance, "sampling": settings,
              "num_frames": int(output.codes.shape[-1]), "sample_rate": output.sample_rate, "render": output.render,
              "wall_time_s": round(wall_time_s, 4), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
@@ -123,6 +124,12 @@ def load_manifest(out_dir: Path) -> list[dict]:
     return entries
 
 
+def next_seq(entries) -> int:
+    """The `seq` of the next record after `entries` (manifest lines, of one or several manifests): one past
+    the largest, so records written later sort later. Lines without one (older manifests) count as 0."""
+    return 1 + max((e["seq"] for e in entries if isinstance(e, dict) and isinstance(e.get("seq"), int)), default=0)
+
+
 def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig, out_dir: Path,
                    progress=None) -> list[dict]:
     """Generate all (prompt, sample) items not already done; append their manifest entries; return all entries.
@@ -131,8 +138,9 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
     check_seed_room(config, validate_prompts(prompts))
     provenance = model_provenance(model)
     settings = {**asdict(sampling), "duration": config.duration}
-    done = {}
-    for entry in load_manifest(out_dir):
+    done, entries = {}, load_manifest(out_dir)
+    seq = next_seq(entries)
+    for entry in entries:
         if (out_dir / entry["file"]).is_file():
             done[(entry["prompt"], entry["seed"], entry["model_sha256"], json.dumps(entry["sampling"], sort_keys=True))] = entry
     items = [(i, j, p, config.seed + i * config.num_samples + j) for i, p in enumerate(prompts) for j in range(config.num_samples)]
@@ -151,8 +159,10 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
                 manifest = open(out_dir / MANIFEST, "a")
             for (i, j, prompt, seed), out in zip(chunk, outputs):
                 name = f"{i:04d}_{j:02d}_{slug(prompt)}_s{seed}.{config.audio_format}"
-                done[key(prompt, seed)] = record_generation(manifest, out_dir, name, out, prompt_index=i, sample_index=j,
-                                                            provenance=provenance, settings=settings, wall_time_s=wall)
+                done[key(prompt, seed)] = record_generation(manifest, out_dir, name, out, seq=seq, prompt_index=i,
+                                                            sample_index=j, provenance=provenance, settings=settings,
+                                                            wall_time_s=wall)
+                seq += 1
             manifest.flush()
             if progress is not None:
                 progress(min(start + config.batch_size, len(todo)), len(todo))

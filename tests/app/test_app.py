@@ -59,11 +59,13 @@ def served_tensor(engine, name=PARAMETER) -> torch.Tensor:
 
 
 def manifest_entries(engine) -> list[dict]:
-    """Every manifest line of the one session (one client = one session), oldest first, with its folder."""
+    """Every manifest line of the one session (one client = one session), oldest first (by seq: `created` has
+    one-second resolution), with its folder."""
     (session,) = engine.out_root.glob("session-*")
     entries = [{**json.loads(line), "folder": manifest.parent} for manifest in session.glob("*/manifest.jsonl")
                for line in manifest.read_text().splitlines()]
-    return sorted(entries, key=lambda e: (e["created"], e["run"], e["sample_index"]))
+    assert len({e["seq"] for e in entries}) == len(entries)  # distinct across the session's folders
+    return sorted(entries, key=lambda e: e["seq"])
 
 
 def test_generate_change_lambda_generate_again(served, endpoints):

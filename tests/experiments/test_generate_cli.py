@@ -22,7 +22,7 @@ def test_generate_writes_playable_wavs_and_manifest_and_resumes(tiny_dir, tmp_pa
     code, _ = run(capsys, *args)
     assert code == 0
     entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [e["seed"] for e in entries] == [5, 6, 7, 8]
+    assert [e["seed"] for e in entries] == [5, 6, 7, 8] and [e["seq"] for e in entries] == [1, 2, 3, 4]
     for e in entries:
         audio, rate = sf.read(out / e["file"])
         assert rate == e["sample_rate"] and len(audio) > 0 and abs(audio).max() <= 1
@@ -34,6 +34,7 @@ def test_generate_writes_playable_wavs_and_manifest_and_resumes(tiny_dir, tmp_pa
     run(capsys, *args)
     regenerated = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
     assert regenerated["file"] == entries[1]["file"] and (out / entries[1]["file"]).is_file()
+    assert regenerated["seq"] == 5  # a resumed run's records sort after the earlier ones
 
 
 @pytest.mark.parametrize("extra, message", [
