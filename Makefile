@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-numerics demo lint reproduce gpu-recipe clean
+.PHONY: setup test test-numerics demo lint reproduce assets gpu-recipe clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,13 @@ demo: setup
 
 reproduce: setup
 	$(BIN)/musicgen-cfg reproduce --config configs/reproduce.yaml --out results
+
+# Rebuild the shipped theta_q and theta_d (musicgen_cfg/assets/default/quality, diversity) from the shipped base on
+# the CPU (about 30 min each): the one named path that writes into the shipped assets (--rebuild-shipped true).
+ASSETS := musicgen_cfg/assets/default
+assets: setup
+	$(BIN)/musicgen-cfg train --config configs/quality.yaml --export $(ASSETS)/quality --rebuild-shipped true
+	$(BIN)/musicgen-cfg train --config configs/diversity.yaml --export $(ASSETS)/diversity --rebuild-shipped true
 
 # GPU session: dataset + stronger base + 2 seeds per beta + reproduce, resumable (docs/gpu.md)
 gpu-recipe: setup

@@ -24,6 +24,24 @@ DTYPE_HELP = ("LM weights for generation: auto (float32 on CPU, bfloat16 on CUDA
               "float32, bfloat16 or float16 (CUDA only)")
 
 
+# The shipped artifacts (default models, embedder, scorer, dataset) inside the installed package. No run writes
+# there unless it says so: a README command with a config that once exported there replaced the demo's model.
+SHIPPED_ASSETS = Path(__file__).resolve().parent / "assets"
+REBUILD_SHIPPED_HELP = ("allow out / export inside the shipped assets (musicgen_cfg/assets/): only the recipes that "
+                        "rebuild them (make assets, make gpu-recipe) set it")
+
+
+def check_not_shipped(path: str | Path | None, key: str, rebuild_shipped: bool) -> None:
+    """A one-line UserError when output `path` (config key `key`) lies in SHIPPED_ASSETS and the command
+    was not told to rebuild them (`rebuild_shipped`)."""
+    if path is None or rebuild_shipped:
+        return
+    resolved = Path(path).expanduser().resolve()
+    if resolved == SHIPPED_ASSETS or SHIPPED_ASSETS in resolved.parents:
+        raise UserError(f"{key} {path} is inside the shipped assets ({SHIPPED_ASSETS}); write elsewhere, or pass "
+                        f"--rebuild-shipped true to rebuild them on purpose")
+
+
 def dashed(name: str) -> str:
     return name.replace("_", "-")
 

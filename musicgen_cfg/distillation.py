@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from musicgen_cfg.checkpoint import final_export_dir, load_state
-from musicgen_cfg.config import field
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_not_shipped, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.prompts import FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
@@ -105,6 +105,7 @@ class DistillConfig:
     device: str = field("auto", "auto | cpu | cuda")
     tensorboard: bool = field(True, "also write TensorBoard events")
     export: str | None = field(None, "where the finished student is exported (hub-ready model dir); None = OUT/final")
+    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
     fsdp: bool = field(False, "shard the student's weights, grads and AdamW state over the processes (FSDP2 via "
                               "accelerate; for musicgen-large full finetunes on >= 2 GPUs); see musicgen_cfg/training/fsdp.py")
     lora: LoraSettings | None = field(None, "train LoRA adapters (peft) instead of all weights: a section of the "
@@ -156,6 +157,10 @@ class DistillConfig:
         split_rows(self, processes=1)
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        for key in ("out", "export"):
+            check_not_shipped(getattr(self, key), key, self.rebuild_shipped)
+        if self.lora is not None:
+            check_not_shipped(self.lora.export_adapter, "lora.export_adapter", self.rebuild_shipped)
         if self.fsdp and self.lora is not None:
             raise UserError("fsdp with lora is not supported: the adapters and their optimizer state are small and the "
                             "frozen base is shared with the teacher, so run LoRA under plain DDP (fsdp: false)")

@@ -89,15 +89,17 @@ if want embedders && [ "$RETRAIN_JUDGES" = 1 ] && ! trained_on_dataset "$ASSETS/
 fi
 if want base; then
   say "base: configs/gpu/base.yaml"
-  logged base mg pretrain --config configs/gpu/base.yaml $(resume_flag runs/gpu/base)
+  logged base mg pretrain --config configs/gpu/base.yaml --export "$ASSETS/base" --rebuild-shipped true $(resume_flag runs/gpu/base)
   say "   val_loss by step: $(awk -F, 'NR==1{for(i=1;i<=NF;i++)if($i=="val_loss")c=i} NR>1&&c&&$c!=""{printf "%s:%s ",$1,$c}' runs/gpu/base/metrics.csv)"
 fi
 for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid"; done
 
 if want betas; then
   say "betas: theta_q, theta_d (seed 0, shipped) and the 6 other beta x seed runs, in parallel"
-  logged quality mg train --config configs/gpu/quality.yaml $(resume_flag runs/gpu/quality) & q=$!
-  logged diversity mg train --config configs/gpu/diversity.yaml $(resume_flag runs/gpu/diversity) & d=$!
+  logged quality mg train --config configs/gpu/quality.yaml --export "$ASSETS/quality" --rebuild-shipped true \
+    $(resume_flag runs/gpu/quality) & q=$!
+  logged diversity mg train --config configs/gpu/diversity.yaml --export "$ASSETS/diversity" --rebuild-shipped true \
+    $(resume_flag runs/gpu/diversity) & d=$!
   logged betas mg reproduce --config configs/gpu/reproduce.yaml --sweeps false
   wait "$q"; wait "$d"
 fi

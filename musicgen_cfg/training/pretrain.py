@@ -7,8 +7,9 @@ Teacher-forced cross-entropy over all 4 codebooks (delay pattern undone by scori
 per-sample condition dropout so that the model also learns the unconditional distribution that
 classifier-free guidance needs. Captions are re-drawn from paraphrase templates each time, each
 attribute (style, instrument, key, meter, texture, tempo) left out with its own probability
-(`caption_drop_*`, captions.CaptionDropout), and segments are transposed (the caption's key follows). With --export the final weights are written
-as a shipped checkpoint with a manifest (command, config, dataset hash, weights sha256).
+(`caption_drop_*`, captions.CaptionDropout), and segments are transposed (the caption's key follows). The final
+weights are written to OUT/final (or --export) as a checkpoint with a manifest (command, config, dataset hash,
+weights sha256); into the shipped musicgen_cfg/assets/ only with --rebuild-shipped true (make gpu-recipe).
 """
 
 import random
@@ -23,8 +24,8 @@ from tqdm import tqdm
 from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import drop_condition
-from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, write_json
-from musicgen_cfg.config import field
+from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, final_export_dir, write_json
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_not_shipped, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import machine
 from musicgen_cfg.scoring import score
@@ -72,13 +73,16 @@ class PretrainConfig:
     keep_last: int = field(2, "checkpoints kept")
     threads: int = field(2, "torch CPU threads")
     device: str = field("auto", "auto | cpu | cuda")
-    export: str | None = field(None, "write the final model here as a shipped checkpoint with manifest.json")
+    export: str | None = field(None, "where the final model is written as a checkpoint with manifest.json; None = OUT/final")
+    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
 
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "steps", "batch_size", "warmup",
                      "log_every", "eval_every", "checkpoint_every", "keep_last", "threads", "eval_segments"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        for key in ("out", "export"):
+            check_not_shipped(getattr(self, key), key, self.rebuild_shipped)
         if self.hidden_size % self.num_heads:
             raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if not 0 <= self.cond_dropout < 1:
@@ -231,14 +235,13 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         if done % config.checkpoint_every == 0 or done == config.steps:
             save_checkpoint(run_dir, done, model, optimizer, scheduler, generator, data_rng,
                             {"elapsed_s": elapsed}, config.keep_last)
-    if config.export:
-        export(model, config, run_dir, command, elapsed, Path(config.dataset) if config.dataset else DEFAULT_PATH)
+    export(model, config, run_dir, command, elapsed, Path(config.dataset) if config.dataset else DEFAULT_PATH)
     return run_dir
 
 
 def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: float, dataset_path: Path):
     """Write the shipped checkpoint + manifest.json (how to rebuild it, what it was trained on)."""
-    with atomic_directory(config.export) as tmp:
+    with atomic_directory(final_export_dir(run_dir, config.export)) as tmp:
         model.write_files(tmp)
         write_json({
             "artifact": "default base model (theta_0)",
