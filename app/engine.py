@@ -32,7 +32,13 @@ from app import plots
 from merging.merge import LiveMerge, check_compatible
 from musicgen_cfg.checkpoint import open_checkpoint, state_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.experiments.generate import MANIFEST, load_manifest, model_provenance, next_seq, record_generation
+from musicgen_cfg.experiments.generate import (
+    MANIFEST,
+    load_manifest,
+    model_provenance,
+    next_seq,
+    record_generation,
+)
 from musicgen_cfg.model import MusicGen, load_model, resolve_spec
 from musicgen_cfg.prompts import MAX_SEED
 from musicgen_cfg.sampler import SamplingConfig

@@ -192,13 +192,24 @@ def read_header(path: str | Path, label: str | None = None) -> tuple[list[Tensor
 
 
 def read_tensor(info: TensorInfo, label: str | None = None) -> torch.Tensor:
-    """Load one tensor. The file is opened for this read alone: its mapping ends with the read, so the
-    pages of tensors read earlier do not stay resident (memory stays at the tensors the caller holds)."""
+    """Load one tensor (refused when not finite: check_finite_weights). The file is opened for this read
+    alone: its mapping ends with the read, so the pages of tensors read earlier do not stay resident
+    (memory stays at the tensors the caller holds)."""
     try:
         with safe_open(str(info.file), framework="pt") as f:
-            return f.get_tensor(info.name)
+            tensor = f.get_tensor(info.name)
     except _READ_ERRORS as err:
         raise _unreadable(info.file, err, label) from None
+    check_finite_weights({info.name: tensor}, label or str(info.file))
+    return tensor
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], label: str) -> None:
+    """A one-line UserError when a floating-point weight holds NaN or inf: such a model generates noise
+    or NaN logits, and a merge with it is NaN everywhere it touches, so it is refused where it is loaded."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{label}: tensor {name} has non-finite values (NaN or inf); refusing to load it")
 
 
 # --------------------------------------------------------------------------------- checkpoint directories
@@ -289,11 +300,12 @@ def open_checkpoint(path: str | os.PathLike, label: str = "checkpoint") -> Check
 
 
 def load_state(directory: str | Path, device: str = "cpu", label: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint directory, single-file or sharded, validated by open_checkpoint."""
+    """Every tensor of a checkpoint directory, single-file or sharded, validated by open_checkpoint (and finite)."""
     checkpoint = open_checkpoint(directory, label)
     state = {}
     for shard in checkpoint.shard_files:
         state.update(load_tensors(checkpoint.path / shard, device=device))
+    check_finite_weights(state, f"{label} {checkpoint.path}")
     return state
 
 

@@ -46,6 +46,7 @@ from musicgen_cfg.training import fsdp, lora
 from musicgen_cfg.training.lora import LoraSettings
 from musicgen_cfg.training.run import (
     MetricsLog,
+    check_finite,
     load_checkpoint,
     resume_point,
     save_checkpoint,
@@ -381,6 +382,8 @@ class Distiller:
         metrics = self.accumulate_gradients(step)
         began = time.perf_counter()
         grad_norm = self.accelerator.clip_grad_norm_(self.student.lm.parameters(), self.config.grad_clip)
+        check_finite(step + 1, {"reward": metrics.get("reward_mean", 0.0), "KL": metrics["kl"],
+                                "REINFORCE term": metrics["pg"], "gradient norm": grad_norm})
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

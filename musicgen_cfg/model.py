@@ -26,6 +26,7 @@ from musicgen_cfg.checkpoint import (
     CHECKPOINT_PREFIX,
     WEIGHTS_NAME,
     atomic_directory,
+    check_finite_weights,
     checkpoints,
     final_export_dir,
     load_state,
@@ -295,6 +296,7 @@ def _load_transformers(source: str) -> MusicGen:
     lm = MusicgenLM(hf.decoder.config, hf.text_encoder.config.d_model if hasattr(hf.text_encoder.config, "d_model")
                     else hf.text_encoder.config.hidden_size)
     state = {k: v for k, v in hf.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    check_finite_weights(hf.state_dict(), f"checkpoint {source}")  # text and audio encoders too
     _load_lm_state(lm, state, source)
     text_encoder = TextEncoder(hf.text_encoder, tokenizer, name=source)
     return MusicGen(lm.eval(), text_encoder, EncodecCodec(hf.audio_encoder), hf.config.to_dict(), source,

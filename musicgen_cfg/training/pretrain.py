@@ -31,6 +31,7 @@ from musicgen_cfg.export import machine
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,
+    check_finite,
     load_checkpoint,
     resume_point,
     save_checkpoint,
@@ -221,6 +222,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.lm.parameters(), config.grad_clip)
+        check_finite(step + 1, {"cross-entropy": loss, "gradient norm": grad_norm})
         optimizer.step()
         scheduler.step()
         elapsed += time.perf_counter() - began

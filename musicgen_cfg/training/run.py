@@ -212,6 +212,26 @@ class MetricsLog:
                 csv.writer(f).writerows(keep)
 
 
+def check_finite(step: int, terms: dict[str, float | torch.Tensor], parameters=None) -> None:
+    """Stop a run whose loss, one of its terms or its gradient is NaN or inf: one line naming the step and
+    the first such term (in the order given: a non-finite reward makes the REINFORCE term and the gradient
+    non-finite too, so the cause comes first). `parameters`: also check the norm of their gradients.
+
+    Called after backward and before optimizer.step() (every training loop: distillation, pretrain, the
+    embedder, the scorer): the weights are still those of the last good step and no checkpoint of this step
+    exists, so the latest checkpoint stays the last good one and `--resume` restarts from it. Under DDP the
+    gradients are all-reduced, so every process sees a non-finite gradient and stops at the same step."""
+    if parameters is not None:
+        terms = {**terms, "gradient norm": torch.nn.utils.get_total_norm(
+            [p.grad for p in parameters if p.grad is not None])}
+    for name, value in terms.items():
+        value = torch.as_tensor(value).detach()
+        if not bool(torch.isfinite(value).all()):
+            shown = value[~torch.isfinite(value)].flatten()[0].item()
+            raise UserError(f"step {step}: the {name} is {shown} (not finite); stopped before the update, so the "
+                            f"latest checkpoint is the last good one (lower the lr or check the inputs)")
+
+
 def write_run_info(run_dir: Path, config, command: str):
     write_json({"config": dataclasses.asdict(config), "command": command}, Path(run_dir) / "run.json")
 

@@ -45,7 +45,7 @@ from musicgen_cfg.checkpoint import (
 )
 from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import warmup_cosine
+from musicgen_cfg.training.run import check_finite, warmup_cosine
 from musicgen_cfg.world import symbolic
 from musicgen_cfg.world.text_judge_options import DEFAULT_DIR, ScorerTrainArgs, ScorerTrainConfig
 
@@ -284,6 +284,7 @@ def train(model: ContrastiveScorer, pairs: Pairs, sentences: torch.Tensor, heldo
         loss = clip_loss(model.text(sentences[batch]), model.music(pairs.batch(batch, rng)), model.logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        check_finite(step, {"contrastive loss": loss}, model.parameters())
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
