@@ -262,14 +262,11 @@ def open_checkpoint(path: str | os.PathLike, label: str = "checkpoint") -> Check
     config_path = path / CONFIG_NAME
     if not config_path.is_file():
         raise UserError(f"{label} is not a model checkpoint: no {CONFIG_NAME} in {path}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{label}: {config_path} is not valid JSON ({err})") from None
+    config = read_json(config_path, label)
     if (path / WEIGHTS_INDEX_NAME).is_file():
         try:
             weight_map = dict(json.loads((path / WEIGHTS_INDEX_NAME).read_text())["weight_map"])
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as err:
             raise UserError(f"{label}: {path / WEIGHTS_INDEX_NAME} is not a valid safetensors index ({err})") from None
         shard_files = sorted(set(weight_map.values()), key=str)
         for shard in shard_files:  # writers reuse these names: they must stay inside the directory
@@ -366,14 +363,20 @@ def write_sharded(directory: Path, groups: Sequence[Sequence[TensorInfo]], produ
     return names
 
 
-def read_json(path: str | Path) -> dict:
+def read_json(path: str | Path, label: str | None = None) -> dict:
+    """The JSON object in `path` (a file this project or another tool wrote, so foreign input): missing,
+    not UTF-8, malformed, nested too deeply or not an object is one UserError (`label` names it)."""
     path = Path(path)
+    where = f"{label}: {path}" if label else str(path)
     if not path.is_file():
-        raise UserError(f"missing {path.name} in {path.parent}")
+        raise UserError(f"{label + ': ' if label else ''}missing {path.name} in {path.parent}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"malformed JSON in {path}: {err}") from None
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise UserError(f"malformed JSON in {where}: {str(err).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"malformed JSON in {where}: expected an object, got {type(data).__name__}")
+    return data
 
 
 def write_json(data: dict, path: str | Path):

@@ -42,25 +42,15 @@ MAX_DURATION_S = 600.0  # hard cap; the model's position table usually allows le
 @dataclass
 class GenerateConfig:
     model: str = field("default", "default[-quality|-diversity], checkpoint dir, training run dir or hub id")
-    num_samples: int = field(1, f"samples per prompt, 1 to {MAX_NUM_SAMPLES}")
-    duration: float = field(8.0, f"seconds per sample, at most the model's context (checked after loading) and {MAX_DURATION_S:g}")
-    seed: int = field(0, f"base seed, 0 to {MAX_SEED}: item seed = seed + prompt_index * num_samples + sample_index "
-                         "(item seeds must stay within that range)")
-    batch_size: int = field(32, "rows sampled together")
-    audio_format: str = field("wav", "audio file format", flag="--format", choices=["wav", "flac"])
+    num_samples: int = field(1, "samples per prompt", min=1, max=MAX_NUM_SAMPLES)
+    duration: float = field(8.0, "seconds per sample, at most the model's context (checked after loading)",
+                            gt=0.0, max=MAX_DURATION_S)
+    seed: int = field(0, "base seed: item seed = seed + prompt_index * num_samples + sample_index "
+                         "(item seeds must stay within the range)", min=0, max=MAX_SEED)
+    batch_size: int = field(32, "rows sampled together", min=1)
+    audio_format: str = field("wav", "audio file format", flag="--format", choices=("wav", "flac"))
     device: str = field("auto", "auto (cuda when available), cpu, cuda, cuda:N or mps")
 
-    def __post_init__(self):
-        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
-            raise UserError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, got {self.num_samples}")
-        if not 0 < self.duration <= MAX_DURATION_S:
-            raise UserError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {self.duration}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.audio_format not in ("wav", "flac"):
-            raise UserError(f"--format must be wav or flac, got {self.audio_format!r}")
 
 
 def check_seed_room(config: GenerateConfig, prompts: list[str]) -> None:
@@ -181,15 +171,14 @@ class GenerateArgs(GenerateConfig):
     prompt: tuple[str, ...] | None = field(
         None, f"a text prompt (repeat for several; at most {MAX_PROMPT_CHARS} characters each)", action="append")
     prompts_file: str | None = field(None, "UTF-8 .txt (one prompt per line) or .jsonl ({'prompt': ...})")
-    guidance_scale: float | None = field(None, "CFG gamma (1 = no CFG, one pass); default: 1")
-    temperature: float = field(1.0, "sampling temperature")
-    top_k: int = field(250, "keep the k most likely tokens per codebook (0 = off)")
-    top_p: float = field(1.0, "nucleus sampling mass (1 = off)")
+    guidance_scale: float | None = field(None, "CFG gamma (1 = no CFG, one pass); default: 1", min=0.0)
+    temperature: float = field(1.0, "sampling temperature", gt=0.0)
+    top_k: int = field(250, "keep the k most likely tokens per codebook (0 = off)", min=0)
+    top_p: float = field(1.0, "nucleus sampling mass (1 = off)", gt=0.0, max=1.0)
     dtype: str = field("auto", DTYPE_HELP)
     out: str = field(REQUIRED, "output directory (created; a file or unwritable place is refused)")
 
     def __post_init__(self):
-        super().__post_init__()
         if (self.prompt is None) == (self.prompts_file is None):
             raise UserError("give the prompts with --prompt (repeatable) or --prompts-file, one of the two")
 
