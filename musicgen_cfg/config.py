@@ -249,19 +249,21 @@ def config_help(cls, prefix: str = "") -> str:
 
 
 def field(default, help: str, *, min=None, max=None, gt=None, lt=None, choices=None, finite: bool = True,
-          **argparse_options):
+          fixed: bool = False, **argparse_options):
     """A dataclass field with help text (shown by --help and --help-config). `default=REQUIRED` makes a
     required option (the dataclass must then be `kw_only`); `argparse_options` (metavar, action,
     flag="--other-name") go to its command-line option unchanged.
 
     The bounds are declared here and nowhere else: min / max (inclusive), gt / lt (exclusive), choices,
     and finite=False for a float that may be inf (every other float must be finite). check_bounds
-    enforces them for every way a value arrives, --help and --help-config show them."""
+    enforces them for every way a value arrives, --help and --help-config show them. `fixed`: a training
+    setting that defines what the run's weights are (lr, beta, seed, ...), which --resume may not change
+    (training/run.check_resume_config)."""
     bounds = {key: value for key, value in (("min", min), ("max", max), ("gt", gt), ("lt", lt), ("choices", choices))
               if value is not None}
     if not finite:
         bounds["finite"] = False
-    metadata = {"help": help, "argparse": argparse_options, "bounds": bounds}
+    metadata = {"help": help, "argparse": argparse_options, "bounds": bounds, "fixed": fixed}
     if default is REQUIRED:
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

@@ -64,24 +64,24 @@ STEP_TIMES = ("time_rollout", "time_reward", "time_teacher", "time_student")  # 
 
 @dataclass
 class DistillConfig:
-    model: str = field("default", "base model: student init AND frozen teacher (default, checkpoint dir, hub id)")
+    model: str = field("default", "base model: student init AND frozen teacher (default, checkpoint dir, hub id)", fixed=True)
     out: str = field("runs/distill", "run directory (checkpoints, metrics.csv, tensorboard)")
-    prompts: str = field("default", "'default' = captions of the default corpus train split, or a .txt/.jsonl file")
-    guidance_scale: float | None = field(None, "teacher CFG gamma; None = the base model's recorded gamma", min=0.0)
-    beta: float = field(0.0, "diversity reward weight: 0 = quality model, 15 = diversity model (paper)", min=0.0)
+    prompts: str = field("default", "'default' = captions of the default corpus train split, or a .txt/.jsonl file", fixed=True)
+    guidance_scale: float | None = field(None, "teacher CFG gamma; None = the base model's recorded gamma", min=0.0, fixed=True)
+    beta: float = field(0.0, "diversity reward weight: 0 = quality model, 15 = diversity model (paper)", min=0.0, fixed=True)
     divergence: str = field("reverse_kl", "reverse_kl (paper, KL(student||teacher)) | forward_kl | jsd",
-                            choices=DIVERGENCES)
+                            choices=DIVERGENCES, fixed=True)
     jsd_weight: float = field(0.5, "student weight w of the JSD mixture m = w p_student + (1 - w) p_teacher",
                               gt=0.0, lt=1.0)
-    prompts_per_step: int = field(8, "P: prompts per optimizer step (global, across processes)", min=1)
-    generations: int = field(4, "G: generations per prompt (>= 2 for the diversity reward, >= 3 for 'loo')", min=1)
-    num_frames: int = field(128, "frames per generation (default model: 128 = 8 bars; MusicGen: 50 per second)", min=1)
+    prompts_per_step: int = field(8, "P: prompts per optimizer step (global, across processes)", min=1, fixed=True)
+    generations: int = field(4, "G: generations per prompt (>= 2 for the diversity reward, >= 3 for 'loo')", min=1, fixed=True)
+    num_frames: int = field(128, "frames per generation (default model: 128 = 8 bars; MusicGen: 50 per second)", min=1, fixed=True)
     temperature: float = field(1.0, "rollout sampling temperature (!= 1 only with beta = 0: REINFORCE scores the tau = 1 policy)",
                                gt=0.0)
     top_k: int | None = field(None, "rollout top-k; 0 or None = the full distribution (required with beta > 0: REINFORCE scores the untruncated policy)",
                               min=0)
-    embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id> | none (only with beta = 0: no reward logging)")
-    baseline: str = field("loo", "REINFORCE baseline: loo | batch_mean | none", choices=BASELINES)
+    embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id> | none (only with beta = 0: no reward logging)", fixed=True)
+    baseline: str = field("loo", "REINFORCE baseline: loo | batch_mean | none", choices=BASELINES, fixed=True)
     reward_gate: str = field("data", "degenerate clips earn no diversity reward: data (outside the real data's range: "
                              "default world, sounding fraction or onset rate below the 0.1% quantile of the shipped "
                              "dataset; audio, over half of the 100 ms windows below -60 dBFS) | data:Q (quantile Q) | "
@@ -91,12 +91,12 @@ class DistillConfig:
                       choices=DATA_SOURCES)
     teacher_fraction: float = field(0.5, "with data=mixed: probability that a step uses teacher rollouts", min=0.0, max=1.0)
     steps: int = field(300, "optimizer steps", min=1)
-    lr: float = field(1e-4, "peak learning rate (AdamW)", gt=0.0, max=1.0)
-    warmup: int = field(20, "linear warm-up steps", min=0)
+    lr: float = field(1e-4, "peak learning rate (AdamW)", gt=0.0, max=1.0, fixed=True)
+    warmup: int = field(20, "linear warm-up steps", min=0, fixed=True)
     lr_floor: float = field(0.1, "cosine decay after warm-up to lr_floor x lr at the last step; 1.0 = constant LR after warm-up",
-                            min=0.0, max=1.0)
-    weight_decay: float = field(0.0, "AdamW weight decay", min=0.0)
-    grad_clip: float = field(1.0, "max global grad norm; inf = no clipping", gt=0.0, finite=False)
+                            min=0.0, max=1.0, fixed=True)
+    weight_decay: float = field(0.0, "AdamW weight decay", min=0.0, fixed=True)
+    grad_clip: float = field(1.0, "max global grad norm; inf = no clipping", gt=0.0, finite=False, fixed=True)
     grad_accum: int = field(1, "micro-batches per step and process: its P*G/processes rows in equal parts (same gradient)",
                             min=1)
     bf16: bool = field(False, "bf16 autocast for rollouts and forward passes; CFG combination, log-softmax and KL stay fp32")
@@ -106,7 +106,7 @@ class DistillConfig:
     gradient_checkpointing: bool = field(False, "recompute decoder layers in the student's backward (activation memory / layers)")
     rollout_batch_size: int | None = field(None, "rows sampled (and held-out rows scored) per batch; None = all local rows at once",
                                            min=1)
-    seed: int = field(0, "seed of prompts and rollouts", min=0, max=MAX_SEED)
+    seed: int = field(0, "seed of prompts and rollouts", min=0, max=MAX_SEED, fixed=True)
     log_every: int = field(1, "steps between metric rows", min=1)
     eval_every: int = field(50, "steps between held-out metrics (KL to teacher and diversity on unseen prompts)", min=1)
     heldout_prompts: int = field(16, "number of held-out prompts", min=1)
@@ -486,7 +486,7 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
     fsdp.configure(accelerator, fsdp_plugin)
     run_dir = Path(config.out)
     main_process = accelerator.is_main_process
-    checkpoint = resume_point(run_dir, resume, clean=main_process)
+    checkpoint = resume_point(run_dir, resume, clean=main_process, config=config)
     distiller = Distiller(config, accelerator)
     provenance = {"beta": config.beta, "teacher_guidance_scale": distiller.gamma, "base_model": config.model,
                   "base_sha256": distiller.base_sha256}

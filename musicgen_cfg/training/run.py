@@ -10,6 +10,7 @@ Checkpoints are written atomically and only the last `keep_last` are kept.
 
 import csv
 import dataclasses
+import json
 import math
 import random
 import shutil
@@ -55,12 +56,13 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], f
                 optimizer.state[param] = state
 
 
-def resume_point(run_dir: str | Path, resume: bool, clean: bool = True) -> Path | None:
+def resume_point(run_dir: str | Path, resume: bool, clean: bool = True, config=None) -> Path | None:
     """The checkpoint a run continues from (None: a fresh run), checked before the run writes anything.
 
     A fresh run refuses a directory that already holds checkpoints; --resume refuses one without any,
-    and a latest checkpoint with a missing, truncated or corrupt file. `clean` (the writing process
-    only): first remove what saves killed mid-write left behind (remove_stale_temporaries)."""
+    a latest checkpoint with a missing, truncated or corrupt file, and (given the run's `config`) a
+    changed fixed setting (check_resume_config). `clean` (the writing process only): first remove what
+    saves killed mid-write left behind (remove_stale_temporaries)."""
     run_dir = Path(run_dir)
     if clean and run_dir.is_dir():
         remove_stale_temporaries(run_dir)
@@ -73,6 +75,8 @@ def resume_point(run_dir: str | Path, resume: bool, clean: bool = True) -> Path 
         raise UserError(f"--resume: {run_dir} holds no {CHECKPOINT_PREFIX}* to continue from "
                         f"(run without --resume to start a new run)")
     check_checkpoint(found[-1])
+    if config is not None:
+        check_resume_config(run_dir, config)
     return found[-1]
 
 
@@ -230,6 +234,20 @@ def check_finite(step: int, terms: dict[str, float | torch.Tensor], parameters=N
             shown = value[~torch.isfinite(value)].flatten()[0].item()
             raise UserError(f"step {step}: the {name} is {shown} (not finite); stopped before the update, so the "
                             f"latest checkpoint is the last good one (lower the lr or check the inputs)")
+
+
+def check_resume_config(run_dir: Path, config) -> None:
+    """--resume with a `fixed` setting (config.field) other than the one the run was trained with is refused:
+    the checkpoint's weights were not trained that way, and the manifest would say they were. Compared with
+    run.json (written at every start); settings that do not change the result (steps, threads, out, ...) may."""
+    path = Path(run_dir) / "run.json"
+    recorded = read_json(path, "--resume").get("config") if path.is_file() else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    now = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as JSON lists, like run.json
+    for f in dataclasses.fields(config):
+        if f.metadata.get("fixed") and f.name in recorded and recorded[f.name] != now[f.name]:
+            raise UserError(f"--resume: {f.name} is {now[f.name]!r} but the run in {run_dir} was trained with "
+                            f"{recorded[f.name]!r}; resume with the run's value or start a new --out")
 
 
 def write_run_info(run_dir: Path, config, command: str):

@@ -132,3 +132,26 @@ def test_a_latin1_checkpoint_config_is_one_user_error(tmp_path):
     (directory / "config.json").write_bytes('{"name": "caf\xe9"}'.encode("latin-1"))
     with pytest.raises(UserError, match="malformed JSON"):
         load_model(str(directory))
+
+
+# --- --resume keeps the run's fixed settings ------------------------------------------------------
+
+@pytest.mark.parametrize("changed, message", [
+    (["--lr", "3e-2"], "--resume: lr is 0.03 but the run"),
+    (["--num-frames", "12"], "--resume: num_frames is 12"),
+    (["--seed", "5"], "--resume: seed is 5"),
+])
+def test_resume_refuses_a_changed_fixed_setting(changed, message, tiny_dir, tmp_path, capsys):
+    from musicgen_cfg.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sad piano\na joyful jig\n")
+    args = ["train", "--model", str(tiny_dir), "--prompts", str(prompts), "--embedder", "none", "--num-frames", "8",
+            "--prompts-per-step", "1", "--generations", "2", "--guidance-scale", "3", "--lr", "1e-3",
+            "--heldout-prompts", "1", "--tensorboard", "false", "--device", "cpu", "--threads", "1",
+            "--checkpoint-every", "1", "--out", str(tmp_path / "run")]
+    assert main([*args, "--steps", "1"]) == 0
+    assert main([*args, "--steps", "2", *changed, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: " + message), err
+    assert main([*args, "--steps", "2", "--threads", "1", "--resume"]) == 0  # steps, threads: not fixed
