@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from musicgen_cfg.errors import UserError
+from musicgen_cfg.errors import UserError, cannot_write
 
 # The file names of a checkpoint directory (transformers' conventions), spelled once for the project.
 CONFIG_NAME = "config.json"
@@ -87,34 +87,50 @@ def remove_stale_temporaries(directory: str | Path, name: str = "*") -> list[Pat
     return touched
 
 
+# What a failed write raises: the OS's errors, and safetensors' own for an I/O error inside save_file.
+_WRITE_ERRORS = (OSError, SafetensorError)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path):
     """Yield a temp directory beside `path`; on success it replaces `path` in one rename.
 
-    An existing `path` is moved aside first and deleted only after the new one is in place. Stale
-    temporaries of an earlier write of `path` that was killed are cleaned up first."""
+    An existing `path` is moved aside first and deleted only after the new one is in place; a file
+    there is never replaced by a directory (refused), and '' (the current directory) is refused. Stale
+    temporaries of an earlier write of `path` that was killed are cleaned up first. A write that fails
+    (in here or in the caller's writing) leaves no temporary and raises cannot_write."""
+    if str(path) in ("", "."):
+        raise UserError(f"cannot write {str(path)!r}: an empty path (the current directory); name a directory")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, glob.escape(path.name))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.{_writer_tag()}.", dir=path.parent))
+    if path.exists() and not path.is_dir():
+        raise UserError(f"cannot write {path}: it exists and is not a directory (a file is never replaced)")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, glob.escape(path.name))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.{_writer_tag()}.", dir=path.parent))
         yield tmp
+        # mkdtemp (and safetensors) create owner-only entries; give the result the usual umask modes.
+        umask = os.umask(0)
+        os.umask(umask)
+        for entry in tmp.iterdir():
+            entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
+        tmp.chmod(0o777 & ~umask)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old.{_writer_tag()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except _WRITE_ERRORS as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise cannot_write(path, err) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # mkdtemp (and safetensors) create owner-only entries; give the result the usual umask modes.
-    umask = os.umask(0)
-    os.umask(umask)
-    for entry in tmp.iterdir():
-        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
-    tmp.chmod(0o777 & ~umask)
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old.{_writer_tag()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None):
@@ -408,29 +424,6 @@ def _no_safetensors_weights(directory: Path, label: str) -> UserError:
         return UserError(f"{label} has only pickled weights ({pickled[0]}), which are never loaded: convert them "
                          f"to {WEIGHTS_NAME} (transformers: model.save_pretrained(DIR, safe_serialization=True))")
     return UserError(f"{label} is not a model checkpoint: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {directory}")
-
-
-def check_output_directory(path: str | Path, flag: str = "--out") -> Path:
-    """A one-line UserError unless `path` is (or can be created as) a writable directory; creates nothing.
-
-    Checked before any work, so a bad --out never costs a model load or leaves a partial output:
-    an existing file, a missing parent that is a file, or an unwritable place (read-only directory or
-    file system) are refused. Writability is probed with a temporary file (os.access ignores
-    read-only mounts and says yes to root)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} exists and is not a directory")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path} cannot be created: {existing} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise UserError(f"{flag} {path} is not writable: {err.strerror or err} in {existing}") from None
-    return path
 
 
 # A training run directory (`musicgen-cfg train` / `pretrain` --out RUN): RUN/checkpoint-<step>/ ... and

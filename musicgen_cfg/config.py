@@ -9,9 +9,12 @@ Light on purpose (no torch): `musicgen-cfg COMMAND --help` imports this and the 
 
 import argparse
 import dataclasses
+import errno
 import math
 import operator
+import os
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -33,13 +36,35 @@ REBUILD_SHIPPED_HELP = ("allow out / export inside the shipped assets (musicgen_
                         "rebuild them (make assets, make gpu-recipe) set it")
 
 
-def check_not_shipped(path: str | Path | None, key: str, rebuild_shipped: bool) -> None:
-    """A one-line UserError when output `path` (config key `key`) lies in SHIPPED_ASSETS and the command
-    was not told to rebuild them (`rebuild_shipped`)."""
-    if path is None or rebuild_shipped:
+def check_output_path(path: str | Path | None, key: str = "--out", rebuild_shipped: bool = False) -> None:
+    """THE check of an output directory (`key` names its option), before any work, so a bad one never
+    costs a model load or leaves a partial output; creates nothing. One-line UserError for: '' (the
+    current directory), an existing file (never replaced by a directory), a missing parent that is a
+    file, a name longer than the file system allows, an unwritable place (read-only directory or file
+    system: probed with a temporary file, as os.access ignores read-only mounts and says yes to root),
+    and a place inside SHIPPED_ASSETS unless the command was told to rebuild them (`rebuild_shipped`)."""
+    if path is None:
         return
-    resolved = Path(path).expanduser().resolve()
-    if resolved == SHIPPED_ASSETS or SHIPPED_ASSETS in resolved.parents:
+    if str(path) in ("", "."):
+        raise UserError(f"{key} {str(path)!r} is empty (the current directory); name a directory")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key} {path} exists and is not a directory (a file is never replaced by one)")
+    existing, missing = path, []
+    while not existing.exists():
+        existing, missing = existing.parent, [existing.name, *missing]
+    if not existing.is_dir():
+        raise UserError(f"{key} {path} cannot be created: {existing} is a file")
+    try:
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+        if any(len(name.encode()) > longest for name in missing):
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"{key} {path} is not writable: {err.strerror or err} in {existing}") from None
+    resolved = path.expanduser().resolve()
+    if not rebuild_shipped and (resolved == SHIPPED_ASSETS or SHIPPED_ASSETS in resolved.parents):
         raise UserError(f"{key} {path} is inside the shipped assets ({SHIPPED_ASSETS}); write elsewhere, or pass "
                         f"--rebuild-shipped true to rebuild them on purpose")
 

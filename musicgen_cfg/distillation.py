@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from musicgen_cfg.checkpoint import final_export_dir, load_state
-from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_not_shipped, field
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.prompts import MAX_SEED, FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
@@ -139,9 +139,9 @@ class DistillConfig:
                             f"that policy); remove {', '.join(off_policy)} or set beta 0")
         split_rows(self, processes=1)
         for key in ("out", "export"):
-            check_not_shipped(getattr(self, key), key, self.rebuild_shipped)
+            check_output_path(getattr(self, key), key, self.rebuild_shipped)
         if self.lora is not None:
-            check_not_shipped(self.lora.export_adapter, "lora.export_adapter", self.rebuild_shipped)
+            check_output_path(self.lora.export_adapter, "lora.export_adapter", self.rebuild_shipped)
         if self.fsdp and self.lora is not None:
             raise UserError("fsdp with lora is not supported: the adapters and their optimizer state are small and the "
                             "frozen base is shared with the teacher, so run LoRA under plain DDP (fsdp: false)")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from musicgen_cfg.config import DTYPE_HELP, REQUIRED, field
+from musicgen_cfg.config import DTYPE_HELP, REQUIRED, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.prompts import MAX_PROMPT_CHARS, MAX_SEED, read_prompts, validate_prompts
 
@@ -184,7 +184,6 @@ class GenerateArgs(GenerateConfig):
 
 
 def main(args: GenerateArgs) -> int:
-    from musicgen_cfg.checkpoint import check_output_directory
     from musicgen_cfg.model import load_model, pick_device, pick_dtype
     from musicgen_cfg.sampler import SamplingConfig
 
@@ -193,7 +192,7 @@ def main(args: GenerateArgs) -> int:
     sampling = SamplingConfig(guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     check_seed_room(args, prompts)
-    check_output_directory(args.out)
+    check_output_path(args.out)
     device = pick_device(args.device)
     model = load_model(args.model, device=device, dtype=pick_dtype(args.dtype, device))
     max_seconds = _max_duration(model, prompts)

@@ -25,7 +25,7 @@ from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import drop_condition
 from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, final_export_dir, write_json
-from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_not_shipped, field
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import machine
 from musicgen_cfg.prompts import MAX_SEED
@@ -81,7 +81,7 @@ class PretrainConfig:
 
     def __post_init__(self):
         for key in ("out", "export"):
-            check_not_shipped(getattr(self, key), key, self.rebuild_shipped)
+            check_output_path(getattr(self, key), key, self.rebuild_shipped)
         if self.hidden_size % self.num_heads:
             raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         try:
