@@ -137,6 +137,9 @@ class DistillConfig:
         if self.beta > 0 and off_policy:
             raise UserError(f"beta > 0 needs rollouts from the untruncated student at temperature 1 (REINFORCE scores "
                             f"that policy); remove {', '.join(off_policy)} or set beta 0")
+        if self.beta > 0 and self.lora is not None and self.lora.dropout > 0:
+            raise UserError("lora.dropout > 0 with beta > 0 is refused: REINFORCE would score a dropout-perturbed "
+                            "policy, not the one that sampled the rollouts; set lora.dropout 0 or beta 0")
         split_rows(self, processes=1)
         for key in ("out", "export"):
             check_output_path(getattr(self, key), key, self.rebuild_shipped)
@@ -151,10 +154,21 @@ class DistillConfig:
 def split_rows(config: DistillConfig, processes: int) -> tuple[int, int]:
     """(prompts per process, rows per micro-batch): P prompts split evenly over the processes (a prompt's
     G siblings stay together for the reward), each process's rows evenly into grad_accum micro-batches.
-    An uneven split is refused: equal parts are what makes every sequence weigh the same."""
+    An uneven split is refused: equal parts are what makes every sequence weigh the same. Advantages are
+    computed per process (rl.diversity.advantages over the local prompts), so the settings that read
+    other prompts' rewards (baseline batch_mean, normalize_advantages) are refused under more than one
+    process, where they would give another gradient than one process; batch_mean needs 2 local prompts."""
     P, G, k = config.prompts_per_step, config.generations, config.grad_accum
     if P % processes:
         raise UserError(f"prompts_per_step {P} is not divisible by {processes} processes")
+    batch_wide = [name for name, on in (("baseline batch_mean", config.baseline == "batch_mean"),
+                                        ("normalize_advantages", config.normalize_advantages)) if on]
+    if config.beta > 0 and processes > 1 and batch_wide:
+        raise UserError(f"{' and '.join(batch_wide)} use the whole batch's rewards, but advantages are computed per "
+                        f"process: not supported under {processes} processes (use baseline loo, or one process)")
+    if config.beta > 0 and config.baseline == "batch_mean" and P // processes < 2:
+        raise UserError(f"baseline 'batch_mean' needs prompts_per_step >= 2 per process (its baseline is the other "
+                        f"prompts' rewards), got {P // processes}")
     local_rows = P // processes * G
     if local_rows % k:
         raise UserError(f"grad_accum {k} does not divide the {local_rows} rows (prompts_per_step x generations / "
