@@ -39,7 +39,7 @@ class DemoArgs:
     """Options of `musicgen-cfg demo`: the server (also taken by `app`)."""
 
     host: str = field(LOCALHOST, f"interface to bind ({LOCALHOST}: this machine only)")
-    port: int | None = field(None, "port (default: the first free one from 7860)")
+    port: int | None = field(None, "port (default: the first free one from 7860)", min=1, max=65535)
     share: bool = field(False, "also open a public gradio.live link (off by default)")
     device: str = field("auto", "auto (cuda when available), cpu or cuda")
     dtype: str = field("auto", DTYPE_HELP)

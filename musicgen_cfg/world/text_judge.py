@@ -315,8 +315,6 @@ def run_train(args: ScorerTrainArgs) -> int:
     from musicgen_cfg.conditioning import minilm_text_encoder
     from musicgen_cfg.world.corpus import DEFAULT_PATH, load_dataset
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)  # the machines are shared: one core unless asked otherwise
     config = ScorerTrainConfig(**{name: getattr(args, name) for name in ScorerTrainConfig.__dataclass_fields__})
     dataset_path = Path(args.dataset) if args.dataset is not None else DEFAULT_PATH
