@@ -100,17 +100,32 @@ def record_generation(manifest, out_dir: Path, name: str, output, *, seq: int, p
     return entry
 
 
+# What every reader of a manifest line relies on (resume, the demo's prompt index, evaluate's own checks).
+MANIFEST_KEYS = ("file", "prompt", "seed", "model_sha256", "sampling")
+
+
 def load_manifest(out_dir: Path) -> list[dict]:
+    """The records of OUT/manifest.jsonl (foreign input once written): a line that is not UTF-8 JSON, not an
+    object, or lacks one of MANIFEST_KEYS is one UserError naming the file and line."""
     path = out_dir / MANIFEST
     if not path.is_file():
         return []
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; move the file away to start over") from None
+    for number, line in enumerate(lines, 1):
         if line.strip():
             try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
+                entry = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 raise UserError(f"{path}:{number} is not valid JSON; move the file away to start over") from None
+            missing = [key for key in MANIFEST_KEYS if key not in entry] if isinstance(entry, dict) else None
+            if missing != []:
+                what = f"lacks {missing[0]!r}" if missing else "is not a JSON object"
+                raise UserError(f"{path}:{number} {what}: not a generation record; move the file away to start over")
+            entries.append(entry)
     return entries
 
 

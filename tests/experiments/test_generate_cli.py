@@ -191,3 +191,20 @@ def test_load_model_dtype_converts_the_lm_only(tiny_dir):
     assert model.lm.dtype == torch.bfloat16
     assert next(model.text_encoder.encoder.parameters()).dtype == torch.float32
     assert pick_dtype("auto", "cpu") == torch.float32 and pick_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{}\n", "manifest.jsonl:1 lacks 'file'"),
+    (b"[]\n", "manifest.jsonl:1 is not a JSON object"),
+    (b'"a"\n5\n', "manifest.jsonl:1 is not a JSON object"),
+    (b"{oops\n", "manifest.jsonl:1 is not valid JSON"),
+    ("caf\xe9\n".encode("latin-1"), "manifest.jsonl is not UTF-8 text"),
+])
+def test_a_malformed_existing_manifest_is_one_line(content, message, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_bytes(content)
+    code, captured = run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "x", "--duration", "0.2",
+                         "--guidance-scale", "3", "--out", str(out))
+    assert code == 2 and message in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert (out / "manifest.jsonl").read_bytes() == content  # nothing appended to a file it cannot read
