@@ -118,6 +118,8 @@ def _as_number(value, what: str) -> float:
         raise UserError(f"{what} must be a number, got {_show(value)}")
     try:
         number = float(value)
+    except OverflowError:  # an int beyond any float (10**400)
+        raise UserError(f"{what} must be a finite number, got {_show(value)}") from None
     except (TypeError, ValueError):
         raise UserError(f"{what} must be a number, got {_show(value)}") from None
     if not math.isfinite(number):

@@ -142,6 +142,7 @@ def test_shown_diversity_is_the_gated_reward(served):
 
 @pytest.mark.parametrize("override, message", [
     ({"lam": 1.5}, "lambda must be between 0 (quality) and 1 (diversity), got 1.5"),
+    ({"lam": 10**400}, "lambda must be a finite number"),
     ({"variations": 0}, "the number of variations must be between 1 and 8, got 0"),
     ({"variations": 2.5}, "the number of variations must be a whole number"),
     ({"variations": "many"}, "the number of variations must be a number, got 'many'"),
