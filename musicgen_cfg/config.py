@@ -264,7 +264,9 @@ def config_help(cls, prefix: str = "") -> str:
     lines = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        bounds = bounds_text(f.metadata.get("bounds", {}))
+        notes = [text for text in (bounds_text(f.metadata.get("bounds", {})),
+                                   "fixed for --resume" if f.metadata.get("fixed") else "") if text]
+        bounds = "; ".join(notes)
         lines.append(f"  {prefix}{f.name:<{24 - len(prefix)}} {default!r:<22} {f.metadata.get('help', '')}"
                      + (f" [{bounds}]" if bounds else ""))
         section = _section(cls, f.name)

@@ -86,8 +86,9 @@ def test_help_shows_the_declared_bounds(capsys):
     from musicgen_cfg.config import config_help
 
     text = config_help(DistillConfig)
-    assert "[in (0, 1]]" in next(line for line in text.splitlines() if line.strip().startswith("lr "))
-    assert "[> 0, inf allowed]" in next(line for line in text.splitlines() if line.strip().startswith("grad_clip "))
+    assert "[in (0, 1]; fixed for --resume]" in next(line for line in text.splitlines() if line.strip().startswith("lr "))
+    assert "[> 0, inf allowed; " in next(line for line in text.splitlines() if line.strip().startswith("grad_clip "))
+    assert "[>= 1]" in next(line for line in text.splitlines() if line.strip().startswith("steps "))
     assert "one of reverse_kl, forward_kl, jsd" in text
     with pytest.raises(SystemExit):
         cli.parse(["generate", "--help"])
