@@ -1,6 +1,8 @@
 """Config dataclasses and the one dataclass -> argparse bridge of the `musicgen-cfg` commands.
 
-Every command's options are a dataclass of `field(default, help)` fields validated in `__post_init__`.
+Every command's options are a dataclass of `field(default, help, ...)` fields: each declares its bounds
+(min, max, gt, lt, choices, finite), checked in one place (`check_bounds`) wherever values arrive; what
+relates several fields is validated in `__post_init__`.
 `add_arguments` turns the fields into dash-case options (`num_samples` -> `--num-samples`) and
 `from_args` builds the dataclass back from the parsed options; the training commands read their
 config from YAML with `--key value` overrides instead (`load_config`, keys listed by `config_help`).
