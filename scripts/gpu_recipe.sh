@@ -84,7 +84,7 @@ fi
 if want embedders && [ "$RETRAIN_JUDGES" = 1 ] && ! trained_on_dataset "$ASSETS/scorer"; then
   say "embedders: the judges' scorer on the new dataset (CPU)"
   logged scorer mg judges train-scorer --out "$ASSETS/scorer" --steps 1000 --batch-size 128 --pairs 8000 --transpose 6 --lr 0.002 \
-    --weight-decay 0.01 --warmup-steps 50 --eval-every 200 --seed 0 --threads "$CPU_THREADS" &
+    --weight-decay 0.01 --warmup-steps 50 --eval-every 200 --seed 0 --threads "$CPU_THREADS" --rebuild-shipped &
   pids+=($!)
 fi
 if want base; then

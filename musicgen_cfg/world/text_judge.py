@@ -308,7 +308,7 @@ def rebuild_command(args: ScorerTrainArgs, config: ScorerTrainConfig) -> str:
     out = Path(args.out).resolve()
     shown_out = out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out
     return shlex.join(["musicgen-cfg", "judges", "train-scorer", "--out", str(shown_out), *options,
-                       "--threads", str(args.threads)])
+                       "--threads", str(args.threads), *(["--rebuild-shipped"] if args.rebuild_shipped else [])])
 
 
 def run_train(args: ScorerTrainArgs) -> int:

@@ -9,7 +9,7 @@ musicgen_cfg/world/text_judge.py is the scorer and its training (and imports tor
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicgen_cfg.config import field
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.prompts import MAX_SEED
 
@@ -39,6 +39,12 @@ class ScorerTrainConfig:
 class ScorerTrainArgs(ScorerTrainConfig):
     """Options of `musicgen-cfg judges train-scorer`: the optimisation, the data and the output."""
 
-    out: Path = field(DEFAULT_DIR, "output directory (replaced atomically)")
+    out: Path = field(Path("runs/scorer"), "output directory (replaced atomically); the shipped scorer "
+                      "(musicgen_cfg/assets/default/scorer) only with --rebuild-shipped")
     dataset: Path | None = field(None, "dataset .npz (default: the shipped one)")
     threads: int = field(1, "torch CPU threads", min=1)
+    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_output_path(self.out, "--out", self.rebuild_shipped)

@@ -52,3 +52,14 @@ def test_readme_training_commands_leave_the_shipped_assets_unchanged(tmp_path, c
         assert main(argv) == 0, capsys.readouterr().err
         assert (tmp_path / run / "final" / "model.safetensors").is_file()
     assert assets_digest() == before
+
+
+def test_the_scorer_trains_outside_the_shipped_assets_unless_rebuilding(tmp_path, monkeypatch):
+    from musicgen_cfg import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.parse(["judges", "train-scorer"])[1].out == Path("runs/scorer")  # the default: not the shipped one
+    shipped = str(SHIPPED_ASSETS / "default" / "scorer")
+    with pytest.raises(UserError, match="--out .* is inside the shipped assets"):
+        cli.parse(["judges", "train-scorer", "--out", shipped])
+    assert str(cli.parse(["judges", "train-scorer", "--out", shipped, "--rebuild-shipped"])[1].out) == shipped
