@@ -62,15 +62,15 @@ dataset_current() {
 import hashlib, json, pathlib, sys
 path = pathlib.Path("musicgen_cfg/assets/default/dataset.npz")
 manifest = json.loads(path.with_suffix(".json").read_text())
-sys.exit(0 if manifest["command"] == "musicgen-cfg corpus build"
+sys.exit(0 if manifest["command"] == "musicgen-cfg corpus build --rebuild-shipped"
          and manifest["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() else 1)
 PY
 }
 if want data && ! dataset_current; then
   say "data: all 14 collections ($WORKERS parsing processes; parsed pieces cached in .cache/corpus)"
-  logged corpus mg corpus build --workers "$WORKERS"
+  logged corpus mg corpus build --workers "$WORKERS" --rebuild-shipped
 fi
-grep -q '"command": "musicgen-cfg corpus build"' "$ASSETS/dataset.json" \
+grep -q '"command": "musicgen-cfg corpus build --rebuild-shipped"' "$ASSETS/dataset.json" \
   || { echo "$ASSETS/dataset.json is not the full 14-collection build: run the data stage"; exit 1; }
 
 pids=()

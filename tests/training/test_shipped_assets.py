@@ -63,3 +63,13 @@ def test_the_scorer_trains_outside_the_shipped_assets_unless_rebuilding(tmp_path
     with pytest.raises(UserError, match="--out .* is inside the shipped assets"):
         cli.parse(["judges", "train-scorer", "--out", shipped])
     assert str(cli.parse(["judges", "train-scorer", "--out", shipped, "--rebuild-shipped"])[1].out) == shipped
+
+
+def test_corpus_build_writes_the_shipped_dataset_only_when_told():
+    from musicgen_cfg import cli
+    from musicgen_cfg.world.corpus import rebuild_command
+
+    with pytest.raises(UserError, match="inside the shipped assets"):
+        cli.parse(["corpus", "build"])  # its default --out is the shipped dataset
+    config = cli.parse(["corpus", "build", "--rebuild-shipped"])[1]
+    assert rebuild_command(config) == "musicgen-cfg corpus build --rebuild-shipped"  # what the GPU recipe checks
