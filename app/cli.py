@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicgen_cfg.config import DTYPE_HELP, REQUIRED, field
+from musicgen_cfg.config import DTYPE_HELP, REQUIRED, check_output_path, field
 from musicgen_cfg.errors import UserError
 
 LOCALHOST = "127.0.0.1"
@@ -39,7 +39,7 @@ class DemoArgs:
     """Options of `musicgen-cfg demo`: the server (also taken by `app`)."""
 
     host: str = field(LOCALHOST, f"interface to bind ({LOCALHOST}: this machine only)")
-    port: int | None = field(None, "port (default: the first free one from 7860)")
+    port: int | None = field(None, "port (default: the first free one from 7860)", min=1, max=65535)
     share: bool = field(False, "also open a public gradio.live link (off by default)")
     device: str = field("auto", "auto (cuda when available), cpu or cuda")
     dtype: str = field("auto", DTYPE_HELP)
@@ -83,6 +83,7 @@ def _serve(quality, diversity, base, embedder_spec, embedder_note, notes, args) 
     dtype = pick_dtype(args.dtype, device)  # a bad option fails before anything is created
     if args.share:
         log("note: --share opens a public link; anyone with it can use this machine's models")
+    check_output_path(args.out or None)  # before any model loads ('' = a new temp folder): a file or unwritable --out would fail every request
     out_root = _out_root(args.out)
     engine = Engine.load(quality, diversity, base, embedder_spec, embedder_note, device, out_root, notes, log=log,
                          dtype=dtype)

@@ -42,7 +42,13 @@ from app import plots
 from merging.merge import LiveMerge, check_compatible
 from musicgen_cfg.checkpoint import open_checkpoint, state_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.experiments.generate import MANIFEST, load_manifest, model_provenance, record_generation
+from musicgen_cfg.experiments.generate import (
+    MANIFEST,
+    load_manifest,
+    model_provenance,
+    next_seq,
+    record_generation,
+)
 from musicgen_cfg.model import MusicGen, load_model, resolve_spec
 from musicgen_cfg.prompts import MAX_SEED
 from musicgen_cfg.sampler import SamplingConfig
@@ -145,6 +151,8 @@ def _as_number(value, what: str) -> float:
         raise UserError(f"{what} must be a number, got {_show(value)}")
     try:
         number = float(value)
+    except OverflowError:  # an int beyond any float (10**400)
+        raise UserError(f"{what} must be a finite number, got {_show(value)}") from None
     except (TypeError, ValueError):
         raise UserError(f"{what} must be a number, got {_show(value)}") from None
     if not math.isfinite(number):
@@ -199,6 +207,7 @@ class Engine:
         self.out_root = Path(out_root)
         self.notes = notes
         self.lock = threading.Lock()
+        self.record_lock = threading.Lock()  # one session's records get distinct, increasing seqs
         self.examples = DEFAULT_EXAMPLES if model.is_symbolic else AUDIO_EXAMPLES
         self._merged_sha: dict[float, str] = {}  # lam -> sha256 of theta(lam), hashed once per lam
 
@@ -424,7 +433,9 @@ class Engine:
         prompts = list(dict.fromkeys(entry["prompt"] for entry in load_manifest(out_dir)))
         prompt_index = prompts.index(request.prompt) if request.prompt in prompts else len(prompts)
         items = []
-        with open(out_dir / MANIFEST, "a") as manifest:
+        with self.record_lock, open(out_dir / MANIFEST, "a") as manifest:
+            # seq orders the whole session (all its folders): the next one after every record written so far
+            seq = next_seq(e for folder in session_dir.iterdir() if folder.is_dir() for e in load_manifest(folder))
             for index, out in enumerate(outputs):
                 stem = f"{run}_{role}_{index}_s{out.seed}"
                 image = out_dir / f"{stem}.png"
@@ -434,8 +445,9 @@ class Engine:
                     plots.piano_roll(out.codes.numpy(), frame_seconds(out.render["tempo_bpm"]), image)
                 else:
                     plots.spectrogram(out.audio, out.sample_rate, image)
-                record_generation(manifest, out_dir, f"{stem}.wav", out, prompt_index=prompt_index, sample_index=index,
-                                  provenance=provenance, settings=settings, wall_time_s=seconds / len(outputs),
+                record_generation(manifest, out_dir, f"{stem}.wav", out, seq=seq + index, prompt_index=prompt_index,
+                                  sample_index=index, provenance=provenance, settings=settings,
+                                  wall_time_s=seconds / len(outputs),
                                   image_file=image.name, run=run, role=role, **extra)
                 items.append(Item(out_dir / f"{stem}.wav", image, out.seed))
         return items

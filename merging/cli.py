@@ -13,7 +13,7 @@ hub-ready model directory (musicgen_cfg/export.py). The merging itself lives in 
 import math
 from dataclasses import dataclass
 
-from musicgen_cfg.config import REQUIRED, field
+from musicgen_cfg.config import REQUIRED, check_output_path, field
 from musicgen_cfg.errors import UserError
 
 
@@ -50,6 +50,7 @@ def run(args: MergeArgs) -> int:
     from merging import merge
     from musicgen_cfg.model import resolve_spec
 
+    check_output_path(args.out)
     models = [resolve_spec(model) for model in args.models]
     base = resolve_spec(args.base) if args.base is not None else None
     if args.sweep is not None:

@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from musicgen_cfg.errors import UserError
+from musicgen_cfg.errors import UserError, cannot_write
 
 # The file names of a checkpoint directory (transformers' conventions), spelled once for the project.
 CONFIG_NAME = "config.json"
@@ -87,34 +87,50 @@ def remove_stale_temporaries(directory: str | Path, name: str = "*") -> list[Pat
     return touched
 
 
+# What a failed write raises: the OS's errors, and safetensors' own for an I/O error inside save_file.
+_WRITE_ERRORS = (OSError, SafetensorError)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path):
     """Yield a temp directory beside `path`; on success it replaces `path` in one rename.
 
-    An existing `path` is moved aside first and deleted only after the new one is in place. Stale
-    temporaries of an earlier write of `path` that was killed are cleaned up first."""
+    An existing `path` is moved aside first and deleted only after the new one is in place; a file
+    there is never replaced by a directory (refused), and '' (the current directory) is refused. Stale
+    temporaries of an earlier write of `path` that was killed are cleaned up first. A write that fails
+    (in here or in the caller's writing) leaves no temporary and raises cannot_write."""
+    if str(path) in ("", "."):
+        raise UserError(f"cannot write {str(path)!r}: an empty path (the current directory); name a directory")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, glob.escape(path.name))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.{_writer_tag()}.", dir=path.parent))
+    if path.exists() and not path.is_dir():
+        raise UserError(f"cannot write {path}: it exists and is not a directory (a file is never replaced)")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, glob.escape(path.name))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.{_writer_tag()}.", dir=path.parent))
         yield tmp
+        # mkdtemp (and safetensors) create owner-only entries; give the result the usual umask modes.
+        umask = os.umask(0)
+        os.umask(umask)
+        for entry in tmp.iterdir():
+            entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
+        tmp.chmod(0o777 & ~umask)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old.{_writer_tag()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except _WRITE_ERRORS as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise cannot_write(path, err) from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # mkdtemp (and safetensors) create owner-only entries; give the result the usual umask modes.
-    umask = os.umask(0)
-    os.umask(umask)
-    for entry in tmp.iterdir():
-        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
-    tmp.chmod(0o777 & ~umask)
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old.{_writer_tag()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None):
@@ -192,13 +208,24 @@ def read_header(path: str | Path, label: str | None = None) -> tuple[list[Tensor
 
 
 def read_tensor(info: TensorInfo, label: str | None = None) -> torch.Tensor:
-    """Load one tensor. The file is opened for this read alone: its mapping ends with the read, so the
-    pages of tensors read earlier do not stay resident (memory stays at the tensors the caller holds)."""
+    """Load one tensor (refused when not finite: check_finite_weights). The file is opened for this read
+    alone: its mapping ends with the read, so the pages of tensors read earlier do not stay resident
+    (memory stays at the tensors the caller holds)."""
     try:
         with safe_open(str(info.file), framework="pt") as f:
-            return f.get_tensor(info.name)
+            tensor = f.get_tensor(info.name)
     except _READ_ERRORS as err:
         raise _unreadable(info.file, err, label) from None
+    check_finite_weights({info.name: tensor}, label or str(info.file))
+    return tensor
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], label: str) -> None:
+    """A one-line UserError when a floating-point weight holds NaN or inf: such a model generates noise
+    or NaN logits, and a merge with it is NaN everywhere it touches, so it is refused where it is loaded."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{label}: tensor {name} has non-finite values (NaN or inf); refusing to load it")
 
 
 # --------------------------------------------------------------------------------- checkpoint directories
@@ -251,14 +278,11 @@ def open_checkpoint(path: str | os.PathLike, label: str = "checkpoint") -> Check
     config_path = path / CONFIG_NAME
     if not config_path.is_file():
         raise UserError(f"{label} is not a model checkpoint: no {CONFIG_NAME} in {path}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{label}: {config_path} is not valid JSON ({err})") from None
+    config = read_json(config_path, label)
     if (path / WEIGHTS_INDEX_NAME).is_file():
         try:
             weight_map = dict(json.loads((path / WEIGHTS_INDEX_NAME).read_text())["weight_map"])
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as err:
             raise UserError(f"{label}: {path / WEIGHTS_INDEX_NAME} is not a valid safetensors index ({err})") from None
         shard_files = sorted(set(weight_map.values()), key=str)
         for shard in shard_files:  # writers reuse these names: they must stay inside the directory
@@ -289,11 +313,12 @@ def open_checkpoint(path: str | os.PathLike, label: str = "checkpoint") -> Check
 
 
 def load_state(directory: str | Path, device: str = "cpu", label: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint directory, single-file or sharded, validated by open_checkpoint."""
+    """Every tensor of a checkpoint directory, single-file or sharded, validated by open_checkpoint (and finite)."""
     checkpoint = open_checkpoint(directory, label)
     state = {}
     for shard in checkpoint.shard_files:
         state.update(load_tensors(checkpoint.path / shard, device=device))
+    check_finite_weights(state, f"{label} {checkpoint.path}")
     return state
 
 
@@ -354,14 +379,20 @@ def write_sharded(directory: Path, groups: Sequence[Sequence[TensorInfo]], produ
     return names
 
 
-def read_json(path: str | Path) -> dict:
+def read_json(path: str | Path, label: str | None = None) -> dict:
+    """The JSON object in `path` (a file this project or another tool wrote, so foreign input): missing,
+    not UTF-8, malformed, nested too deeply or not an object is one UserError (`label` names it)."""
     path = Path(path)
+    where = f"{label}: {path}" if label else str(path)
     if not path.is_file():
-        raise UserError(f"missing {path.name} in {path.parent}")
+        raise UserError(f"{label + ': ' if label else ''}missing {path.name} in {path.parent}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"malformed JSON in {path}: {err}") from None
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise UserError(f"malformed JSON in {where}: {str(err).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"malformed JSON in {where}: expected an object, got {type(data).__name__}")
+    return data
 
 
 def write_json(data: dict, path: str | Path):
@@ -393,29 +424,6 @@ def _no_safetensors_weights(directory: Path, label: str) -> UserError:
         return UserError(f"{label} has only pickled weights ({pickled[0]}), which are never loaded: convert them "
                          f"to {WEIGHTS_NAME} (transformers: model.save_pretrained(DIR, safe_serialization=True))")
     return UserError(f"{label} is not a model checkpoint: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {directory}")
-
-
-def check_output_directory(path: str | Path, flag: str = "--out") -> Path:
-    """A one-line UserError unless `path` is (or can be created as) a writable directory; creates nothing.
-
-    Checked before any work, so a bad --out never costs a model load or leaves a partial output:
-    an existing file, a missing parent that is a file, or an unwritable place (read-only directory or
-    file system) are refused. Writability is probed with a temporary file (os.access ignores
-    read-only mounts and says yes to root)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} exists and is not a directory")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path} cannot be created: {existing} is a file")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise UserError(f"{flag} {path} is not writable: {err.strerror or err} in {existing}") from None
-    return path
 
 
 # A training run directory (`musicgen-cfg train` / `pretrain` --out RUN): RUN/checkpoint-<step>/ ... and

@@ -14,12 +14,13 @@ module, and nothing imports it.
 import argparse
 import ast
 import dataclasses
+import errno
 import importlib
 import importlib.util
 import sys
 
 from musicgen_cfg import config as configs
-from musicgen_cfg.errors import UserError
+from musicgen_cfg.errors import UserError, cannot_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,11 +157,22 @@ def quiet_libraries():
     hf_logging.disable_progress_bar()
 
 
+# The errors of a write that the user's output place causes (atomic_directory turns its own into
+# UserErrors; these are the ones raised by plain writes into a run directory).
+WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.EISDIR,
+                errno.EEXIST, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else list(argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the one boundary of write errors: a run directory, a log, a manifest line
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        print(f"error: {cannot_write(err.filename or 'the output', err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -37,15 +37,16 @@ import torch
 from tqdm import tqdm
 
 from musicgen_cfg.checkpoint import final_export_dir, load_state
-from musicgen_cfg.config import field
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.prompts import FilePrompts
+from musicgen_cfg.prompts import MAX_SEED, FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
 from musicgen_cfg.training import fsdp, lora
 from musicgen_cfg.training.lora import LoraSettings
 from musicgen_cfg.training.run import (
     MetricsLog,
+    check_finite,
     load_checkpoint,
     resume_point,
     save_checkpoint,
@@ -57,95 +58,78 @@ from rl.reward import SiblingRewards, diversity_rewards, parse_gate_spec, reward
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 DATA_SOURCES = ("on_policy", "teacher", "mixed")
+TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STEP_TIMES = ("time_rollout", "time_reward", "time_teacher", "time_student")  # metrics.csv: the parts of a step
 
 
 @dataclass
 class DistillConfig:
-    model: str = field("default", "base model: student init AND frozen teacher (default, checkpoint dir, hub id)")
+    model: str = field("default", "base model: student init AND frozen teacher (default, checkpoint dir, hub id)", fixed=True)
     out: str = field("runs/distill", "run directory (checkpoints, metrics.csv, tensorboard)")
-    prompts: str = field("default", "'default' = captions of the default corpus train split, or a .txt/.jsonl file")
-    guidance_scale: float | None = field(None, "teacher CFG gamma; None = the base model's recorded gamma")
-    beta: float = field(0.0, "diversity reward weight: 0 = quality model, 15 = diversity model (paper)")
-    divergence: str = field("reverse_kl", "reverse_kl (paper, KL(student||teacher)) | forward_kl | jsd")
-    jsd_weight: float = field(0.5, "student weight w of the JSD mixture m = w p_student + (1 - w) p_teacher")
-    prompts_per_step: int = field(8, "P: prompts per optimizer step (global, across processes)")
-    generations: int = field(4, "G: generations per prompt (>= 2 for the diversity reward, >= 3 for 'loo')")
-    num_frames: int = field(128, "frames per generation (default model: 128 = 8 bars; MusicGen: 50 per second)")
-    temperature: float = field(1.0, "rollout sampling temperature (!= 1 only with beta = 0: REINFORCE scores the tau = 1 policy)")
-    top_k: int | None = field(None, "rollout top-k; 0 or None = the full distribution (required with beta > 0: REINFORCE scores the untruncated policy)")
-    embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id> | none (only with beta = 0: no reward logging)")
-    baseline: str = field("loo", "REINFORCE baseline: loo | batch_mean | none")
+    prompts: str = field("default", "'default' = captions of the default corpus train split, or a .txt/.jsonl file", fixed=True)
+    guidance_scale: float | None = field(None, "teacher CFG gamma; None = the base model's recorded gamma", min=0.0, fixed=True)
+    beta: float = field(0.0, "diversity reward weight: 0 = quality model, 15 = diversity model (paper)", min=0.0, fixed=True)
+    divergence: str = field("reverse_kl", "reverse_kl (paper, KL(student||teacher)) | forward_kl | jsd",
+                            choices=DIVERGENCES, fixed=True)
+    jsd_weight: float = field(0.5, "student weight w of the JSD mixture m = w p_student + (1 - w) p_teacher",
+                              gt=0.0, lt=1.0)
+    prompts_per_step: int = field(8, "P: prompts per optimizer step (global, across processes)", min=1, fixed=True)
+    generations: int = field(4, "G: generations per prompt (>= 2 for the diversity reward, >= 3 for 'loo')", min=1, fixed=True)
+    num_frames: int = field(128, "frames per generation (default model: 128 = 8 bars; MusicGen: 50 per second)", min=1, fixed=True)
+    temperature: float = field(1.0, "rollout sampling temperature (!= 1 only with beta = 0: REINFORCE scores the tau = 1 policy)",
+                               gt=0.0)
+    top_k: int | None = field(None, "rollout top-k; 0 or None = the full distribution (required with beta > 0: REINFORCE scores the untruncated policy)",
+                              min=0)
+    embedder: str = field("default", "reward embedder: default | DIR | clap:<dir-or-hub-id> | none (only with beta = 0: no reward logging)", fixed=True)
+    baseline: str = field("loo", "REINFORCE baseline: loo | batch_mean | none", choices=BASELINES, fixed=True)
     reward_gate: str = field("data", "degenerate clips earn no diversity reward: data (outside the real data's range: "
                              "default world, sounding fraction or onset rate below the 0.1% quantile of the shipped "
                              "dataset; audio, over half of the 100 ms windows below -60 dBFS) | data:Q (quantile Q) | "
                              "none (the paper's ungated reward); see rl/reward.py")
     normalize_advantages: bool = field(False, "divide advantages by their batch std")
-    data: str = field("on_policy", "rollouts from: on_policy (student) | teacher (CFG teacher) | mixed; teacher/mixed only with beta = 0")
-    teacher_fraction: float = field(0.5, "with data=mixed: probability that a step uses teacher rollouts")
-    steps: int = field(300, "optimizer steps")
-    lr: float = field(1e-4, "peak learning rate (AdamW)")
-    warmup: int = field(20, "linear warm-up steps")
-    lr_floor: float = field(0.1, "cosine decay after warm-up to lr_floor x lr at the last step; 1.0 = constant LR after warm-up")
-    weight_decay: float = field(0.0, "AdamW weight decay")
-    grad_clip: float = field(1.0, "max global grad norm")
-    grad_accum: int = field(1, "micro-batches per step and process: its P*G/processes rows in equal parts (same gradient)")
+    data: str = field("on_policy", "rollouts from: on_policy (student) | teacher (CFG teacher) | mixed; teacher/mixed only with beta = 0",
+                      choices=DATA_SOURCES)
+    teacher_fraction: float = field(0.5, "with data=mixed: probability that a step uses teacher rollouts", min=0.0, max=1.0)
+    steps: int = field(300, "optimizer steps", min=1)
+    lr: float = field(1e-4, "peak learning rate (AdamW)", gt=0.0, max=1.0, fixed=True)
+    warmup: int = field(20, "linear warm-up steps", min=0, fixed=True)
+    lr_floor: float = field(0.1, "cosine decay after warm-up to lr_floor x lr at the last step; 1.0 = constant LR after warm-up",
+                            min=0.0, max=1.0, fixed=True)
+    weight_decay: float = field(0.0, "AdamW weight decay", min=0.0, fixed=True)
+    grad_clip: float = field(1.0, "max global grad norm; inf = no clipping", gt=0.0, finite=False, fixed=True)
+    grad_accum: int = field(1, "micro-batches per step and process: its P*G/processes rows in equal parts (same gradient)",
+                            min=1)
     bf16: bool = field(False, "bf16 autocast for rollouts and forward passes; CFG combination, log-softmax and KL stay fp32")
     teacher_dtype: str = field("float32", "dtype of the frozen teacher's weights: float32 | bfloat16 (half its memory); "
-                                          "with lora: of the frozen base under the adapters, which is the teacher")
+                                          "with lora: of the frozen base under the adapters, which is the teacher",
+                               choices=tuple(TEACHER_DTYPES))
     gradient_checkpointing: bool = field(False, "recompute decoder layers in the student's backward (activation memory / layers)")
-    rollout_batch_size: int | None = field(None, "rows sampled (and held-out rows scored) per batch; None = all local rows at once")
-    seed: int = field(0, "seed of prompts and rollouts")
-    log_every: int = field(1, "steps between metric rows")
-    eval_every: int = field(50, "steps between held-out metrics (KL to teacher and diversity on unseen prompts)")
-    heldout_prompts: int = field(16, "number of held-out prompts")
-    checkpoint_every: int = field(50, "steps between checkpoints")
-    keep_last: int = field(2, "checkpoints kept")
-    threads: int = field(2, "torch CPU threads")
+    rollout_batch_size: int | None = field(None, "rows sampled (and held-out rows scored) per batch; None = all local rows at once",
+                                           min=1)
+    seed: int = field(0, "seed of prompts and rollouts", min=0, max=MAX_SEED, fixed=True)
+    log_every: int = field(1, "steps between metric rows", min=1)
+    eval_every: int = field(50, "steps between held-out metrics (KL to teacher and diversity on unseen prompts)", min=1)
+    heldout_prompts: int = field(16, "number of held-out prompts", min=1)
+    checkpoint_every: int = field(50, "steps between checkpoints", min=1)
+    keep_last: int = field(2, "checkpoints kept", min=1)
+    threads: int = field(2, "torch CPU threads", min=1)
     device: str = field("auto", "auto | cpu | cuda")
     tensorboard: bool = field(True, "also write TensorBoard events")
     export: str | None = field(None, "where the finished student is exported (hub-ready model dir); None = OUT/final")
+    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
     fsdp: bool = field(False, "shard the student's weights, grads and AdamW state over the processes (FSDP2 via "
                               "accelerate; for musicgen-large full finetunes on >= 2 GPUs); see musicgen_cfg/training/fsdp.py")
     lora: LoraSettings | None = field(None, "train LoRA adapters (peft) instead of all weights: a section of the "
                                       "lora.* keys below (YAML mapping or --lora.KEY VALUE); none = full finetune")
 
     def __post_init__(self):
-        if self.beta < 0:
-            raise UserError(f"beta must be >= 0 (it weights a reward to maximise), got {self.beta}")
         if self.beta > 0 and self.generations < 2:
             raise UserError(f"the diversity reward needs generations >= 2 per prompt when beta > 0, got {self.generations}")
         if self.beta > 0 and self.baseline == "loo" and self.generations < 3:
             raise UserError("baseline 'loo' needs generations >= 3 (the pairwise reward of 2 siblings is shared)")
         if self.embedder == "none" and self.beta > 0:
             raise UserError("beta > 0 needs a reward embedder; embedder 'none' is only allowed with beta = 0")
-        if self.divergence not in DIVERGENCES:
-            raise UserError(f"unknown divergence {self.divergence!r}; choose {', '.join(DIVERGENCES)}")
-        if self.data not in DATA_SOURCES:
-            raise UserError(f"unknown data source {self.data!r}; choose {', '.join(DATA_SOURCES)}")
-        if self.baseline not in BASELINES:
-            raise UserError(f"unknown baseline {self.baseline!r}; choose {', '.join(BASELINES)}")
         parse_gate_spec(self.reward_gate)
-        if not 0 < self.jsd_weight < 1:
-            raise UserError(f"jsd_weight must be in (0, 1), got {self.jsd_weight}")
-        if not 0 <= self.teacher_fraction <= 1:
-            raise UserError(f"teacher_fraction must be in [0, 1], got {self.teacher_fraction}")
-        if self.guidance_scale is not None and self.guidance_scale < 0:
-            raise UserError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        for name in ("prompts_per_step", "generations", "num_frames", "steps", "grad_accum", "log_every",
-                     "eval_every", "checkpoint_every", "keep_last", "threads", "heldout_prompts"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.rollout_batch_size is not None and self.rollout_batch_size < 1:
-            raise UserError(f"rollout_batch_size must be >= 1 (or none), got {self.rollout_batch_size}")
-        if self.teacher_dtype not in TEACHER_DTYPES:
-            raise UserError(f"unknown teacher_dtype {self.teacher_dtype!r}; choose {', '.join(TEACHER_DTYPES)}")
-        if not 0 <= self.lr_floor <= 1:
-            raise UserError(f"lr_floor must be in [0, 1] (a fraction of lr), got {self.lr_floor}")
-        if not self.temperature > 0:
-            raise UserError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise UserError(f"top_k must be >= 1, or 0 / none for the full distribution, got {self.top_k}")
         if self.top_k == 0:  # 0 = off, as for generate, the app and transformers
             self.top_k = None
         off_policy = [name for name, on in (("top_k", self.top_k is not None), ("temperature", self.temperature != 1.0),
@@ -153,24 +137,38 @@ class DistillConfig:
         if self.beta > 0 and off_policy:
             raise UserError(f"beta > 0 needs rollouts from the untruncated student at temperature 1 (REINFORCE scores "
                             f"that policy); remove {', '.join(off_policy)} or set beta 0")
+        if self.beta > 0 and self.lora is not None and self.lora.dropout > 0:
+            raise UserError("lora.dropout > 0 with beta > 0 is refused: REINFORCE would score a dropout-perturbed "
+                            "policy, not the one that sampled the rollouts; set lora.dropout 0 or beta 0")
         split_rows(self, processes=1)
-        if not self.lr > 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
+        for key in ("out", "export"):
+            check_output_path(getattr(self, key), key, self.rebuild_shipped)
+        if self.lora is not None:
+            check_output_path(self.lora.export_adapter, "lora.export_adapter", self.rebuild_shipped)
         if self.fsdp and self.lora is not None:
             raise UserError("fsdp with lora is not supported: the adapters and their optimizer state are small and the "
                             "frozen base is shared with the teacher, so run LoRA under plain DDP (fsdp: false)")
 
 
-TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 def split_rows(config: DistillConfig, processes: int) -> tuple[int, int]:
     """(prompts per process, rows per micro-batch): P prompts split evenly over the processes (a prompt's
     G siblings stay together for the reward), each process's rows evenly into grad_accum micro-batches.
-    An uneven split is refused: equal parts are what makes every sequence weigh the same."""
+    An uneven split is refused: equal parts are what makes every sequence weigh the same. Advantages are
+    computed per process (rl.diversity.advantages over the local prompts), so the settings that read
+    other prompts' rewards (baseline batch_mean, normalize_advantages) are refused under more than one
+    process, where they would give another gradient than one process; batch_mean needs 2 local prompts."""
     P, G, k = config.prompts_per_step, config.generations, config.grad_accum
     if P % processes:
         raise UserError(f"prompts_per_step {P} is not divisible by {processes} processes")
+    batch_wide = [name for name, on in (("baseline batch_mean", config.baseline == "batch_mean"),
+                                        ("normalize_advantages", config.normalize_advantages)) if on]
+    if config.beta > 0 and processes > 1 and batch_wide:
+        raise UserError(f"{' and '.join(batch_wide)} use the whole batch's rewards, but advantages are computed per "
+                        f"process: not supported under {processes} processes (use baseline loo, or one process)")
+    if config.beta > 0 and config.baseline == "batch_mean" and P // processes < 2:
+        raise UserError(f"baseline 'batch_mean' needs prompts_per_step >= 2 per process (its baseline is the other "
+                        f"prompts' rewards), got {P // processes}")
     local_rows = P // processes * G
     if local_rows % k:
         raise UserError(f"grad_accum {k} does not divide the {local_rows} rows (prompts_per_step x generations / "
@@ -376,6 +374,8 @@ class Distiller:
         metrics = self.accumulate_gradients(step)
         began = time.perf_counter()
         grad_norm = self.accelerator.clip_grad_norm_(self.student.lm.parameters(), self.config.grad_clip)
+        check_finite(step + 1, {"reward": metrics.get("reward_mean", 0.0), "KL": metrics["kl"],
+                                "REINFORCE term": metrics["pg"], "gradient norm": grad_norm})
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -500,7 +500,7 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
     fsdp.configure(accelerator, fsdp_plugin)
     run_dir = Path(config.out)
     main_process = accelerator.is_main_process
-    checkpoint = resume_point(run_dir, resume, clean=main_process)
+    checkpoint = resume_point(run_dir, resume, clean=main_process, config=config)
     distiller = Distiller(config, accelerator)
     provenance = {"beta": config.beta, "teacher_guidance_scale": distiller.gamma, "base_model": config.model,
                   "base_sha256": distiller.base_sha256}

@@ -12,6 +12,7 @@ HF_HUB_OFFLINE); the decoder weights move into our compact `MusicgenLM` unchange
 
 import importlib
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from musicgen_cfg.checkpoint import (
     CHECKPOINT_PREFIX,
     WEIGHTS_NAME,
     atomic_directory,
+    check_finite_weights,
     checkpoints,
     final_export_dir,
     load_state,
@@ -156,7 +158,38 @@ class MusicGen:
 
 def is_symbolic_config(config: dict) -> bool:
     """Whether a checkpoint's config.json is a default-world model (symbolic codec, MiniLM text encoder)."""
-    return config.get("musicgen_cfg", {}).get("codec") == "symbolic"
+    block = config.get("musicgen_cfg", {})
+    return isinstance(block, dict) and block.get("codec") == "symbolic"
+
+
+# The decoder sizes a symbolic checkpoint's config.json must give, each a positive int.
+DECODER_SIZES = ("vocab_size", "num_codebooks", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
+                 "max_position_embeddings")
+
+
+def check_model_config(config: dict, where) -> None:
+    """A checkpoint's config.json (foreign input) has the structure loading relies on, else one UserError:
+    our `musicgen_cfg` block is a mapping whose recorded teacher gamma is a finite number >= 0, and a
+    symbolic model's `decoder` a mapping with positive int sizes and heads dividing the width."""
+    block = config.get("musicgen_cfg", {})
+    if not isinstance(block, dict):
+        raise UserError(f"checkpoint {where}: config.json's 'musicgen_cfg' must be a mapping")
+    gamma = block.get("guidance_scale")
+    if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float))
+                              or not math.isfinite(gamma) or gamma < 0):
+        raise UserError(f"checkpoint {where}: its recorded guidance_scale must be a finite number >= 0, got {gamma!r}")
+    if not is_symbolic_config(config):
+        return
+    decoder = config.get("decoder")
+    if not isinstance(decoder, dict):
+        raise UserError(f"checkpoint {where}: config.json has no 'decoder' mapping")
+    for key in DECODER_SIZES:
+        value = decoder.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"checkpoint {where}: config.json's decoder.{key} must be a positive int, got {value!r}")
+    if decoder["hidden_size"] % decoder["num_attention_heads"]:
+        raise UserError(f"checkpoint {where}: decoder.hidden_size {decoder['hidden_size']} is not divisible by "
+                        f"num_attention_heads {decoder['num_attention_heads']}")
 
 
 def looks_like_hub_id(spec: str) -> bool:
@@ -253,7 +286,8 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
     source = resolve_spec(spec)
     path = Path(source)
     if path.is_dir():
-        config = read_json(path / "config.json")
+        config = read_json(path / "config.json", f"checkpoint {path}")
+        check_model_config(config, path)
         if is_symbolic_config(config):
             return _load_symbolic(path, config).to(device, dtype)
         open_checkpoint(path, str(path))  # safetensors weights, intact headers: checked before transformers reads
@@ -295,6 +329,7 @@ def _load_transformers(source: str) -> MusicGen:
     lm = MusicgenLM(hf.decoder.config, hf.text_encoder.config.d_model if hasattr(hf.text_encoder.config, "d_model")
                     else hf.text_encoder.config.hidden_size)
     state = {k: v for k, v in hf.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
+    check_finite_weights(hf.state_dict(), f"checkpoint {source}")  # text and audio encoders too
     _load_lm_state(lm, state, source)
     text_encoder = TextEncoder(hf.text_encoder, tokenizer, name=source)
     return MusicGen(lm.eval(), text_encoder, EncodecCodec(hf.audio_encoder), hf.config.to_dict(), source,

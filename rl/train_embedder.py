@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import warmup_cosine
+from musicgen_cfg.training.run import check_finite, warmup_cosine
 from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample, save_embedder
 from rl.train_embedder_options import EmbedderTrainArgs, EmbedderTrainConfig
 
@@ -160,6 +160,7 @@ def train(
             loss = semi_hard_triplet_loss(za, zb, config.margin)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        check_finite(step, {f"{config.loss} loss": loss}, model.parameters())
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())

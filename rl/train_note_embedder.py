@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import warmup_cosine
+from musicgen_cfg.training.run import check_finite, warmup_cosine
 from rl.note_embedder import NoteEmbedder, NoteEmbedderConfig, detect_onsets
 
 TEMPO_RANGE_BPM = (60.0, 190.0)
@@ -141,6 +141,7 @@ def train_transcriber(model: NoteEmbedder, train_data, heldout: dict, steps: int
                 + F.binary_cross_entropy_with_logits(sounding_logits, soundings[rows]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        check_finite(step, {"onset + sounding loss": loss}, model.transcriber.parameters())
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())

@@ -62,15 +62,15 @@ dataset_current() {
 import hashlib, json, pathlib, sys
 path = pathlib.Path("musicgen_cfg/assets/default/dataset.npz")
 manifest = json.loads(path.with_suffix(".json").read_text())
-sys.exit(0 if manifest["command"] == "musicgen-cfg corpus build"
+sys.exit(0 if manifest["command"] == "musicgen-cfg corpus build --rebuild-shipped"
          and manifest["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() else 1)
 PY
 }
 if want data && ! dataset_current; then
   say "data: all 14 collections ($WORKERS parsing processes; parsed pieces cached in .cache/corpus)"
-  logged corpus mg corpus build --workers "$WORKERS"
+  logged corpus mg corpus build --workers "$WORKERS" --rebuild-shipped
 fi
-grep -q '"command": "musicgen-cfg corpus build"' "$ASSETS/dataset.json" \
+grep -q '"command": "musicgen-cfg corpus build --rebuild-shipped"' "$ASSETS/dataset.json" \
   || { echo "$ASSETS/dataset.json is not the full 14-collection build: run the data stage"; exit 1; }
 
 pids=()
@@ -84,20 +84,22 @@ fi
 if want embedders && [ "$RETRAIN_JUDGES" = 1 ] && ! trained_on_dataset "$ASSETS/scorer"; then
   say "embedders: the judges' scorer on the new dataset (CPU)"
   logged scorer mg judges train-scorer --out "$ASSETS/scorer" --steps 1000 --batch-size 128 --pairs 8000 --transpose 6 --lr 0.002 \
-    --weight-decay 0.01 --warmup-steps 50 --eval-every 200 --seed 0 --threads "$CPU_THREADS" &
+    --weight-decay 0.01 --warmup-steps 50 --eval-every 200 --seed 0 --threads "$CPU_THREADS" --rebuild-shipped &
   pids+=($!)
 fi
 if want base; then
   say "base: configs/gpu/base.yaml"
-  logged base mg pretrain --config configs/gpu/base.yaml $(resume_flag runs/gpu/base)
+  logged base mg pretrain --config configs/gpu/base.yaml --export "$ASSETS/base" --rebuild-shipped true $(resume_flag runs/gpu/base)
   say "   val_loss by step: $(awk -F, 'NR==1{for(i=1;i<=NF;i++)if($i=="val_loss")c=i} NR>1&&c&&$c!=""{printf "%s:%s ",$1,$c}' runs/gpu/base/metrics.csv)"
 fi
 for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid"; done
 
 if want betas; then
   say "betas: theta_q, theta_d (seed 0, shipped) and the 6 other beta x seed runs, in parallel"
-  logged quality mg train --config configs/gpu/quality.yaml $(resume_flag runs/gpu/quality) & q=$!
-  logged diversity mg train --config configs/gpu/diversity.yaml $(resume_flag runs/gpu/diversity) & d=$!
+  logged quality mg train --config configs/gpu/quality.yaml --export "$ASSETS/quality" --rebuild-shipped true \
+    $(resume_flag runs/gpu/quality) & q=$!
+  logged diversity mg train --config configs/gpu/diversity.yaml --export "$ASSETS/diversity" --rebuild-shipped true \
+    $(resume_flag runs/gpu/diversity) & d=$!
   logged betas mg reproduce --config configs/gpu/reproduce.yaml --sweeps false
   wait "$q"; wait "$d"
 fi

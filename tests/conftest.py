@@ -8,7 +8,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-torch.set_num_threads(1)  # tiny models gain nothing from threads; avoids oversubscription
+# Tiny models gain nothing from threads, and one avoids oversubscription; `make test-numerics` sets
+# MUSICGEN_CFG_TEST_THREADS=2 to run the numerics-sensitive tests under another thread count.
+THREADS = int(os.environ.get("MUSICGEN_CFG_TEST_THREADS", "1"))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)
@@ -16,7 +19,7 @@ def one_thread():
     """`train` and `pretrain` set torch's thread count from their config (2 by default): later tests must
     not inherit it (the blocking of a CPU matmul, so its last bits, depend on the thread count)."""
     yield
-    torch.set_num_threads(1)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from musicgen_cfg.config import REQUIRED, field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.prompts import MAX_SEED
 
 WORLDS = ("auto", "default", "real")
 JUDGES_SPEC = "judges"
@@ -28,8 +29,8 @@ class EvaluateConfig:
     clap: str | None = field(None, "CLAP model (dir or hub id): text-audio score and CLAP diversity of real runs")
     judges_scorer: str | None = field(None, "default world: the judges' scorer directory; None = the shipped one")
     world: str = field("auto", "auto (from the run's model config) | default (symbolic codec) | real")
-    bootstrap: int = field(1000, "bootstrap resamples over prompts for the 95% CIs")
-    seed: int = field(0, "bootstrap seed")
+    bootstrap: int = field(1000, "bootstrap resamples over prompts for the 95% CIs", min=1, max=100_000)
+    seed: int = field(0, "bootstrap seed", min=0, max=MAX_SEED)
     reward_gate: str = field("data", "degenerate-clip gate of the diversity measures (rl/reward.py): data | data:Q | none")
     reference_dir: str | None = field(None, "real MusicGen: folder of reference audio (wav/flac/ogg) for FAD and KAD")
 
@@ -39,8 +40,6 @@ class EvaluateConfig:
         parse_gate_spec(self.reward_gate)
         if self.world not in WORLDS:
             raise UserError(f"--world must be one of {', '.join(WORLDS)}, got {self.world!r}")
-        if self.bootstrap < 1:
-            raise UserError(f"--bootstrap must be >= 1, got {self.bootstrap}")
         if self.reward_embedder == JUDGES_SPEC:
             raise UserError("the judges are the held-out embedder; the reward embedder is the one training used")
 

@@ -254,14 +254,12 @@ class SweepArgs(SweepConfig):
     out: Path = field(REQUIRED, "output directory (replaced atomically)")
     dataset: Path | None = field(None, "dataset .npz (default: the shipped one)")
     scorer: Path | None = field(None, "scorer directory (default: the shipped one)")
-    threads: int = field(1, "torch CPU threads")
+    threads: int = field(1, "torch CPU threads", min=1)
 
 
 def run(args: SweepArgs) -> int:
     import torch
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     config = SweepConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)})
     result = run_sweep(config, Path(args.out), args.dataset, args.scorer,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from musicgen_cfg.config import DTYPE_HELP, REQUIRED, field
+from musicgen_cfg.config import DTYPE_HELP, REQUIRED, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.prompts import MAX_PROMPT_CHARS, MAX_SEED, read_prompts, validate_prompts
 
@@ -42,25 +42,15 @@ MAX_DURATION_S = 600.0  # hard cap; the model's position table usually allows le
 @dataclass
 class GenerateConfig:
     model: str = field("default", "default[-quality|-diversity], checkpoint dir, training run dir or hub id")
-    num_samples: int = field(1, f"samples per prompt, 1 to {MAX_NUM_SAMPLES}")
-    duration: float = field(8.0, f"seconds per sample, at most the model's context (checked after loading) and {MAX_DURATION_S:g}")
-    seed: int = field(0, f"base seed, 0 to {MAX_SEED}: item seed = seed + prompt_index * num_samples + sample_index "
-                         "(item seeds must stay within that range)")
-    batch_size: int = field(32, "rows sampled together")
-    audio_format: str = field("wav", "audio file format", flag="--format", choices=["wav", "flac"])
+    num_samples: int = field(1, "samples per prompt", min=1, max=MAX_NUM_SAMPLES)
+    duration: float = field(8.0, "seconds per sample, at most the model's context (checked after loading)",
+                            gt=0.0, max=MAX_DURATION_S)
+    seed: int = field(0, "base seed: item seed = seed + prompt_index * num_samples + sample_index "
+                         "(item seeds must stay within the range)", min=0, max=MAX_SEED)
+    batch_size: int = field(32, "rows sampled together", min=1)
+    audio_format: str = field("wav", "audio file format", flag="--format", choices=("wav", "flac"))
     device: str = field("auto", "auto (cuda when available), cpu, cuda, cuda:N or mps")
 
-    def __post_init__(self):
-        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
-            raise UserError(f"--num-samples must be between 1 and {MAX_NUM_SAMPLES}, got {self.num_samples}")
-        if not 0 < self.duration <= MAX_DURATION_S:
-            raise UserError(f"--duration must be in (0, {MAX_DURATION_S:g}] seconds, got {self.duration}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.audio_format not in ("wav", "flac"):
-            raise UserError(f"--format must be wav or flac, got {self.audio_format!r}")
 
 
 def check_seed_room(config: GenerateConfig, prompts: list[str]) -> None:
@@ -89,19 +79,20 @@ def model_provenance(model) -> dict:
     }
 
 
-def record_generation(manifest, out_dir: Path, name: str, output, *, prompt_index: int, sample_index: int,
+def record_generation(manifest, out_dir: Path, name: str, output, *, seq: int, prompt_index: int, sample_index: int,
                       provenance: dict, settings: dict, wall_time_s: float, **extra) -> dict:
     """Write one generated item (audio `name` + its codes `name.codes.npy`) and its manifest line; return the line.
 
-    The one record type of generated files (`generate` and the demo): `provenance` is model_provenance's
-    fields (model: a loadable spec whose config and codec the weights use), `settings` the sampling
-    settings with the gamma used and the duration; `extra` adds writer-specific fields (the demo's
-    run, role, picture, endpoints)."""
+    The one record type of generated files (`generate` and the demo): `seq` its place in the order the
+    writer made them (next_seq; `created` has one-second resolution and cannot order them), `provenance`
+    is model_provenance's fields (model: a loadable spec whose config and codec the weights use),
+    `settings` the sampling settings with the gamma used and the duration; `extra` adds writer-specific
+    fields (the demo's run, role, picture, endpoints)."""
     import soundfile as sf
 
     sf.write(out_dir / name, np.clip(output.audio, -1, 1), output.sample_rate)
     np.save(out_dir / f"{name}.codes.npy", output.codes.numpy().astype(np.int16))  # for code-level judges
-    entry = {"file": name, "codes_file": f"{name}.codes.npy", "prompt": output.prompt, "prompt_index": prompt_index,
+    entry = {"seq": seq, "file": name, "codes_file": f"{name}.codes.npy", "prompt": output.prompt, "prompt_index": prompt_index,
              "sample_index": sample_index, "seed": output.seed, **provenance, "sampling": settings,
              "num_frames": int(output.codes.shape[-1]), "sample_rate": output.sample_rate, "render": output.render,
              "wall_time_s": round(wall_time_s, 4), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
@@ -109,18 +100,39 @@ def record_generation(manifest, out_dir: Path, name: str, output, *, prompt_inde
     return entry
 
 
+# What every reader of a manifest line relies on (resume, the demo's prompt index, evaluate's own checks).
+MANIFEST_KEYS = ("file", "prompt", "seed", "model_sha256", "sampling")
+
+
 def load_manifest(out_dir: Path) -> list[dict]:
+    """The records of OUT/manifest.jsonl (foreign input once written): a line that is not UTF-8 JSON, not an
+    object, or lacks one of MANIFEST_KEYS is one UserError naming the file and line."""
     path = out_dir / MANIFEST
     if not path.is_file():
         return []
     entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; move the file away to start over") from None
+    for number, line in enumerate(lines, 1):
         if line.strip():
             try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
+                entry = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
                 raise UserError(f"{path}:{number} is not valid JSON; move the file away to start over") from None
+            missing = [key for key in MANIFEST_KEYS if key not in entry] if isinstance(entry, dict) else None
+            if missing != []:
+                what = f"lacks {missing[0]!r}" if missing else "is not a JSON object"
+                raise UserError(f"{path}:{number} {what}: not a generation record; move the file away to start over")
+            entries.append(entry)
     return entries
+
+
+def next_seq(entries) -> int:
+    """The `seq` of the next record after `entries` (manifest lines, of one or several manifests): one past
+    the largest, so records written later sort later. Lines without one (older manifests) count as 0."""
+    return 1 + max((e["seq"] for e in entries if isinstance(e, dict) and isinstance(e.get("seq"), int)), default=0)
 
 
 def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: SamplingConfig, out_dir: Path,
@@ -131,8 +143,9 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
     check_seed_room(config, validate_prompts(prompts))
     provenance = model_provenance(model)
     settings = {**asdict(sampling), "duration": config.duration}
-    done = {}
-    for entry in load_manifest(out_dir):
+    done, entries = {}, load_manifest(out_dir)
+    seq = next_seq(entries)
+    for entry in entries:
         if (out_dir / entry["file"]).is_file():
             done[(entry["prompt"], entry["seed"], entry["model_sha256"], json.dumps(entry["sampling"], sort_keys=True))] = entry
     items = [(i, j, p, config.seed + i * config.num_samples + j) for i, p in enumerate(prompts) for j in range(config.num_samples)]
@@ -151,8 +164,10 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
                 manifest = open(out_dir / MANIFEST, "a")
             for (i, j, prompt, seed), out in zip(chunk, outputs):
                 name = f"{i:04d}_{j:02d}_{slug(prompt)}_s{seed}.{config.audio_format}"
-                done[key(prompt, seed)] = record_generation(manifest, out_dir, name, out, prompt_index=i, sample_index=j,
-                                                            provenance=provenance, settings=settings, wall_time_s=wall)
+                done[key(prompt, seed)] = record_generation(manifest, out_dir, name, out, seq=seq, prompt_index=i,
+                                                            sample_index=j, provenance=provenance, settings=settings,
+                                                            wall_time_s=wall)
+                seq += 1
             manifest.flush()
             if progress is not None:
                 progress(min(start + config.batch_size, len(todo)), len(todo))
@@ -171,21 +186,19 @@ class GenerateArgs(GenerateConfig):
     prompt: tuple[str, ...] | None = field(
         None, f"a text prompt (repeat for several; at most {MAX_PROMPT_CHARS} characters each)", action="append")
     prompts_file: str | None = field(None, "UTF-8 .txt (one prompt per line) or .jsonl ({'prompt': ...})")
-    guidance_scale: float | None = field(None, "CFG gamma (1 = no CFG, one pass); default: 1")
-    temperature: float = field(1.0, "sampling temperature")
-    top_k: int = field(250, "keep the k most likely tokens per codebook (0 = off)")
-    top_p: float = field(1.0, "nucleus sampling mass (1 = off)")
+    guidance_scale: float | None = field(None, "CFG gamma (1 = no CFG, one pass); default: 1", min=0.0)
+    temperature: float = field(1.0, "sampling temperature", gt=0.0)
+    top_k: int = field(250, "keep the k most likely tokens per codebook (0 = off)", min=0)
+    top_p: float = field(1.0, "nucleus sampling mass (1 = off)", gt=0.0, max=1.0)
     dtype: str = field("auto", DTYPE_HELP)
     out: str = field(REQUIRED, "output directory (created; a file or unwritable place is refused)")
 
     def __post_init__(self):
-        super().__post_init__()
         if (self.prompt is None) == (self.prompts_file is None):
             raise UserError("give the prompts with --prompt (repeatable) or --prompts-file, one of the two")
 
 
 def main(args: GenerateArgs) -> int:
-    from musicgen_cfg.checkpoint import check_output_directory
     from musicgen_cfg.model import load_model, pick_device, pick_dtype
     from musicgen_cfg.sampler import SamplingConfig
 
@@ -194,7 +207,7 @@ def main(args: GenerateArgs) -> int:
     sampling = SamplingConfig(guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     check_seed_room(args, prompts)
-    check_output_directory(args.out)
+    check_output_path(args.out)
     device = pick_device(args.device)
     model = load_model(args.model, device=device, dtype=pick_dtype(args.dtype, device))
     max_seconds = _max_duration(model, prompts)

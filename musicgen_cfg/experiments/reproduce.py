@@ -46,6 +46,7 @@ import numpy as np
 from musicgen_cfg.checkpoint import write_json
 from musicgen_cfg.config import field, load_config
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.prompts import MAX_SEED
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILIES = {  # marker, legend label
@@ -69,12 +70,12 @@ class ReproduceConfig:
     quality_model: str = field("default-quality", "beta = 0 model theta_q (model spec or checkpoint dir)")
     diversity_model: str = field("default-diversity", "beta = 15 model theta_d (model spec or checkpoint dir)")
     prompts: str = field("default", "'default' = captions of the default corpus test split, or a .txt/.jsonl file")
-    num_prompts: int = field(64, "held-out prompts per point")
-    num_samples: int = field(4, "samples per prompt (>= 2: diversity is measured among them)")
-    duration: float = field(8.0, "seconds per sample")
-    seed: int = field(0, "seed of prompt selection, captions, generation and bootstrap")
-    batch_size: int = field(32, "generation batch size")
-    top_k: int | None = field(250, "sampling top-k of every point (0 or None = full distribution)")
+    num_prompts: int = field(64, "held-out prompts per point", min=1)
+    num_samples: int = field(4, "samples per prompt (>= 2: diversity is measured among them)", min=2)
+    duration: float = field(8.0, "seconds per sample", gt=0.0)
+    seed: int = field(0, "seed of prompt selection, captions, generation and bootstrap", min=0, max=MAX_SEED)
+    batch_size: int = field(32, "generation batch size", min=1)
+    top_k: int | None = field(250, "sampling top-k of every point (0 or None = full distribution)", min=0)
     guidance_scales: tuple[float, ...] = field((1.0, 1.25, 1.5, 2.0, 3.0, 5.0), "CFG gammas of the base model")
     cfg_reference: float | None = field(None, "the CFG gamma the claims compare with; None = the base model's "
                                               "recorded teacher gamma (3 for real MusicGen)")
@@ -83,7 +84,7 @@ class ReproduceConfig:
     train: bool = field(False, "train the missing intermediate-beta models (slow on CPU)")
     train_config: str = field("configs/diversity.yaml", "distillation config for the intermediate betas (beta, model, "
                                                         "embedder, out, export, threads, device are set here)")
-    lambdas: tuple[float, ...] = field((0.0, 0.25, 0.5, 0.75, 1.0), "LERP lambdas between quality and diversity models")
+    lambdas: tuple[float, ...] = field((0.0, 0.25, 0.5, 0.75, 1.0), "LERP lambdas between quality and diversity models", min=0.0, max=1.0)
     seeds: tuple[int, ...] = field((0,), "training seeds of every trained model (and LERP pair); a point pools its "
                                         "seeds: mean and 95% bootstrap CI over seeds and prompts")
     train_endpoints: bool = field(False, "also train beta = 0 (quality_train_config) and beta = 15 (train_config) from "
@@ -92,16 +93,16 @@ class ReproduceConfig:
     sweeps: bool = field(True, "run the sweeps; false = only train the missing models (no merges, no generation)")
     quality_train_config: str = field("configs/quality.yaml", "distillation config of beta = 0 when train_endpoints")
     jobs: int = field(1, "trainings / generations / evaluations at once: > 1 runs them as parallel `musicgen-cfg "
-                         "train` / `generate` / `evaluate` processes (each with `threads` threads)")
+                         "train` / `generate` / `evaluate` processes (each with `threads` threads)", min=1)
     reward_embedder: str = field("default", "diversity embedder used in training: default | DIR | clap:<dir-or-id>")
     heldout_embedder: str | None = field(None, "held-out diversity embedder (None: judges / encodec-emb of the run's codec)")
     clap: str | None = field(None, "CLAP dir or hub id (real MusicGen: quality score and held-out embedder)")
     judges_scorer: str | None = field(None, "default world: the judges' scorer directory; None = the shipped one")
     world: str = field("auto", "auto | default | real (see musicgen-cfg evaluate)")
-    bootstrap: int = field(1000, "bootstrap resamples for the CIs")
-    smooth_tolerance: float = field(0.1, "claim 4: largest step against the trend, as a fraction of the family's range")
+    bootstrap: int = field(1000, "bootstrap resamples for the CIs", min=1, max=100_000)
+    smooth_tolerance: float = field(0.1, "claim 4: largest step against the trend, as a fraction of the family's range", min=0.0, max=1.0)
     device: str = field("auto", "auto | cpu | cuda")
-    threads: int = field(2, "torch CPU threads")
+    threads: int = field(2, "torch CPU threads", min=1)
 
     def __post_init__(self):
         for name in ("guidance_scales", "temperatures", "betas", "lambdas"):
@@ -111,19 +112,11 @@ class ReproduceConfig:
                 setattr(self, name, tuple(float(v) for v in values if str(v).strip() != ""))
             except ValueError:
                 raise UserError(f"config key {name!r}: expected comma-separated numbers, got {values!r}") from None
-        if self.num_prompts < 1:
-            raise UserError(f"num_prompts must be >= 1, got {self.num_prompts}")
-        if self.num_samples < 2:
-            raise UserError(f"num_samples must be >= 2 (diversity is measured among a prompt's samples), got {self.num_samples}")
         if not self.guidance_scales:
             raise UserError("guidance_scales must list at least one gamma (the CFG front)")
-        if any(not 0 <= lam <= 1 for lam in self.lambdas):
-            raise UserError(f"lambdas must lie in [0, 1], got {self.lambdas}")
         if any(not QUALITY_BETA < b < DIVERSITY_BETA for b in self.betas):
             raise UserError(f"intermediate betas must lie strictly between {QUALITY_BETA:g} and {DIVERSITY_BETA:g} "
                             f"(the quality and diversity models), got {self.betas}")
-        if not 0 <= self.smooth_tolerance <= 1:
-            raise UserError(f"smooth_tolerance must lie in [0, 1], got {self.smooth_tolerance}")
         seeds = self.seeds.split(",") if isinstance(self.seeds, str) else self.seeds
         try:
             self.seeds = tuple(int(str(v)) for v in seeds if str(v).strip() != "")
@@ -131,8 +124,6 @@ class ReproduceConfig:
             raise UserError(f"config key 'seeds': expected comma-separated integers, got {seeds!r}") from None
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise UserError(f"seeds must be distinct non-negative integers (at least one), got {self.seeds}")
-        if self.jobs < 1:
-            raise UserError(f"jobs must be >= 1, got {self.jobs}")
 
 
 # -------------------------------------------------------------------------------------- geometry

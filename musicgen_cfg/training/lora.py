@@ -50,21 +50,16 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 @dataclass(frozen=True)
 class LoraSettings:
-    rank: int = field(16, "adapter rank r")
-    alpha: float = field(32.0, "adapter scale numerator: the update is (alpha / r) B A")
-    dropout: float = field(0.0, "dropout on the adapters' input in the student's scoring pass (rollouts and the teacher never drop)")
+    rank: int = field(16, "adapter rank r", min=1)
+    alpha: float = field(32.0, "adapter scale numerator: the update is (alpha / r) B A", gt=0.0)
+    dropout: float = field(0.0, "dropout on the adapters' input in the student's scoring pass (rollouts and the teacher never drop)",
+                           min=0.0, lt=1.0)
     target_modules: tuple[str, ...] = field(
         DEFAULT_TARGETS, "Linear layers that get adapters, by name or name suffix: q_proj k_proj v_proj out_proj "
         "(self_attn and encoder_attn), fc1, fc2, lm_heads.0..K-1, enc_to_dec_proj")
     export_adapter: str | None = field(None, "also write the trained adapter (peft format) to this directory at export")
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise UserError(f"lora.rank must be >= 1, got {self.rank}")
-        if not self.alpha > 0:
-            raise UserError(f"lora.alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"lora.dropout must be in [0, 1), got {self.dropout}")
         if not self.target_modules:
             raise UserError("lora.target_modules is empty: name at least one Linear layer (e.g. q_proj)")
         for name in self.target_modules:

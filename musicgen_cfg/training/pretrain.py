@@ -7,8 +7,9 @@ Teacher-forced cross-entropy over all 4 codebooks (delay pattern undone by scori
 per-sample condition dropout so that the model also learns the unconditional distribution that
 classifier-free guidance needs. Captions are re-drawn from paraphrase templates each time, each
 attribute (style, instrument, key, meter, texture, tempo) left out with its own probability
-(`caption_drop_*`, captions.CaptionDropout), and segments are transposed (the caption's key follows). With --export the final weights are written
-as a shipped checkpoint with a manifest (command, config, dataset hash, weights sha256).
+(`caption_drop_*`, captions.CaptionDropout), and segments are transposed (the caption's key follows). The final
+weights are written to OUT/final (or --export) as a checkpoint with a manifest (command, config, dataset hash,
+weights sha256); into the shipped musicgen_cfg/assets/ only with --rebuild-shipped true (make gpu-recipe).
 """
 
 import random
@@ -23,13 +24,15 @@ from tqdm import tqdm
 from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import drop_condition
-from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, write_json
-from musicgen_cfg.config import field
+from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, final_export_dir, write_json
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import machine
+from musicgen_cfg.prompts import MAX_SEED
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,
+    check_finite,
     load_checkpoint,
     resume_point,
     save_checkpoint,
@@ -41,52 +44,46 @@ from musicgen_cfg.training.run import (
 @dataclass
 class PretrainConfig:
     out: str = field("runs/default-base", "run directory (checkpoints, metrics.csv, tensorboard)")
-    dataset: str | None = field(None, "dataset .npz; default: the shipped musicgen_cfg/assets/default/dataset.npz")
-    hidden_size: int = field(256, "decoder width")
-    num_layers: int = field(4, "decoder layers")
-    num_heads: int = field(4, "attention heads")
-    ffn_dim: int = field(1024, "MLP width")
-    max_positions: int = field(1024, "longest sequence in decoder steps (frames + 3)")
-    dropout: float = field(0.1, "residual dropout")
-    steps: int = field(3000, "optimizer steps")
-    batch_size: int = field(32, "segments per step")
-    lr: float = field(1e-3, "peak learning rate (AdamW)")
-    warmup: int = field(200, "linear warm-up steps")
-    weight_decay: float = field(0.01, "AdamW weight decay")
-    grad_clip: float = field(1.0, "max global grad norm")
-    cond_dropout: float = field(0.2, "probability of replacing a caption by the null condition (for CFG)")
+    dataset: str | None = field(None, "dataset .npz; default: the shipped musicgen_cfg/assets/default/dataset.npz", fixed=True)
+    hidden_size: int = field(256, "decoder width", min=1, fixed=True)
+    num_layers: int = field(4, "decoder layers", min=1, fixed=True)
+    num_heads: int = field(4, "attention heads", min=1, fixed=True)
+    ffn_dim: int = field(1024, "MLP width", min=1, fixed=True)
+    max_positions: int = field(1024, "longest sequence in decoder steps (frames + 3)", min=1)
+    dropout: float = field(0.1, "residual dropout", min=0.0, lt=1.0, fixed=True)
+    steps: int = field(3000, "optimizer steps", min=1)
+    batch_size: int = field(32, "segments per step", min=1, fixed=True)
+    lr: float = field(1e-3, "peak learning rate (AdamW)", gt=0.0, max=1.0, fixed=True)
+    warmup: int = field(200, "linear warm-up steps", min=0, fixed=True)
+    weight_decay: float = field(0.01, "AdamW weight decay", min=0.0, fixed=True)
+    grad_clip: float = field(1.0, "max global grad norm; inf = no clipping", gt=0.0, finite=False, fixed=True)
+    cond_dropout: float = field(0.2, "probability of replacing a caption by the null condition (for CFG)", min=0.0, lt=1.0, fixed=True)
     caption_drop_style: float = field(0.0, "probability that a caption leaves out the style / dance-form name")
     caption_drop_instrument: float = field(0.0, "probability that a caption leaves out the instrument")
     caption_drop_key: float = field(0.15, "probability that a caption leaves out the key")
     caption_drop_meter: float = field(0.5, "probability that a caption leaves out the meter")
     caption_drop_texture: float = field(0.5, "probability that a caption leaves out the texture (number of parts)")
     caption_drop_tempo: float = field(0.1, "probability that a caption leaves out the tempo")
-    transpose: int = field(5, "random transposition range in semitones (caption key follows)")
-    style_balance: float = field(0.5, "segment sampling: style share ∝ count^(1 - style_balance); 0 = as in the data, 1 = all styles equal")
-    guidance_scale: float = field(3.0, "teacher CFG gamma recorded in the model config (set from the gamma sweep)")
-    seed: int = field(0, "seed for init, data order, dropout")
-    log_every: int = field(10, "steps between metric rows")
-    eval_every: int = field(250, "steps between validation losses")
-    eval_segments: int = field(256, "validation segments per evaluation")
-    checkpoint_every: int = field(250, "steps between checkpoints")
-    keep_last: int = field(2, "checkpoints kept")
-    threads: int = field(2, "torch CPU threads")
+    transpose: int = field(5, "random transposition range in semitones (caption key follows)", min=0)
+    style_balance: float = field(0.5, "segment sampling: style share ∝ count^(1 - style_balance); 0 = as in the data, 1 = all styles equal",
+                                 min=0.0, max=1.0)
+    guidance_scale: float = field(3.0, "teacher CFG gamma recorded in the model config (set from the gamma sweep)", min=0.0, fixed=True)
+    seed: int = field(0, "seed for init, data order, dropout", min=0, max=MAX_SEED, fixed=True)
+    log_every: int = field(10, "steps between metric rows", min=1)
+    eval_every: int = field(250, "steps between validation losses", min=1)
+    eval_segments: int = field(256, "validation segments per evaluation", min=1)
+    checkpoint_every: int = field(250, "steps between checkpoints", min=1)
+    keep_last: int = field(2, "checkpoints kept", min=1)
+    threads: int = field(2, "torch CPU threads", min=1)
     device: str = field("auto", "auto | cpu | cuda")
-    export: str | None = field(None, "write the final model here as a shipped checkpoint with manifest.json")
+    export: str | None = field(None, "where the final model is written as a checkpoint with manifest.json; None = OUT/final")
+    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "steps", "batch_size", "warmup",
-                     "log_every", "eval_every", "checkpoint_every", "keep_last", "threads", "eval_segments"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        for key in ("out", "export"):
+            check_output_path(getattr(self, key), key, self.rebuild_shipped)
         if self.hidden_size % self.num_heads:
             raise UserError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if not 0 <= self.cond_dropout < 1:
-            raise UserError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
-        if not self.lr > 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.style_balance <= 1:
-            raise UserError(f"style_balance must be in [0, 1], got {self.style_balance}")
         try:
             self.caption_dropout()
         except ValueError as err:
@@ -182,7 +179,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     run_dir = Path(config.out)
-    checkpoint = resume_point(run_dir, resume)
+    checkpoint = resume_point(run_dir, resume, config=config)
     train = load_dataset("train", config.dataset, augment_semitones=config.transpose)
     cum_weights = style_cumulative_weights(train, config.style_balance)
     val = load_dataset("val", config.dataset)
@@ -217,6 +214,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.lm.parameters(), config.grad_clip)
+        check_finite(step + 1, {"cross-entropy": loss, "gradient norm": grad_norm})
         optimizer.step()
         scheduler.step()
         elapsed += time.perf_counter() - began
@@ -231,14 +229,13 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         if done % config.checkpoint_every == 0 or done == config.steps:
             save_checkpoint(run_dir, done, model, optimizer, scheduler, generator, data_rng,
                             {"elapsed_s": elapsed}, config.keep_last)
-    if config.export:
-        export(model, config, run_dir, command, elapsed, Path(config.dataset) if config.dataset else DEFAULT_PATH)
+    export(model, config, run_dir, command, elapsed, Path(config.dataset) if config.dataset else DEFAULT_PATH)
     return run_dir
 
 
 def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: float, dataset_path: Path):
     """Write the shipped checkpoint + manifest.json (how to rebuild it, what it was trained on)."""
-    with atomic_directory(config.export) as tmp:
+    with atomic_directory(final_export_dir(run_dir, config.export)) as tmp:
         model.write_files(tmp)
         write_json({
             "artifact": "default base model (theta_0)",

@@ -10,6 +10,7 @@ Checkpoints are written atomically and only the last `keep_last` are kept.
 
 import csv
 import dataclasses
+import json
 import math
 import random
 import shutil
@@ -55,12 +56,13 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], f
                 optimizer.state[param] = state
 
 
-def resume_point(run_dir: str | Path, resume: bool, clean: bool = True) -> Path | None:
+def resume_point(run_dir: str | Path, resume: bool, clean: bool = True, config=None) -> Path | None:
     """The checkpoint a run continues from (None: a fresh run), checked before the run writes anything.
 
     A fresh run refuses a directory that already holds checkpoints; --resume refuses one without any,
-    and a latest checkpoint with a missing, truncated or corrupt file. `clean` (the writing process
-    only): first remove what saves killed mid-write left behind (remove_stale_temporaries)."""
+    a latest checkpoint with a missing, truncated or corrupt file, and (given the run's `config`) a
+    changed fixed setting (check_resume_config). `clean` (the writing process only): first remove what
+    saves killed mid-write left behind (remove_stale_temporaries)."""
     run_dir = Path(run_dir)
     if clean and run_dir.is_dir():
         remove_stale_temporaries(run_dir)
@@ -73,6 +75,8 @@ def resume_point(run_dir: str | Path, resume: bool, clean: bool = True) -> Path 
         raise UserError(f"--resume: {run_dir} holds no {CHECKPOINT_PREFIX}* to continue from "
                         f"(run without --resume to start a new run)")
     check_checkpoint(found[-1])
+    if config is not None:
+        check_resume_config(run_dir, config)
     return found[-1]
 
 
@@ -210,6 +214,40 @@ class MetricsLog:
             keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerows(keep)
+
+
+def check_finite(step: int, terms: dict[str, float | torch.Tensor], parameters=None) -> None:
+    """Stop a run whose loss, one of its terms or its gradient is NaN or inf: one line naming the step and
+    the first such term (in the order given: a non-finite reward makes the REINFORCE term and the gradient
+    non-finite too, so the cause comes first). `parameters`: also check the norm of their gradients.
+
+    Called after backward and before optimizer.step() (every training loop: distillation, pretrain, the
+    embedder, the scorer): the weights are still those of the last good step and no checkpoint of this step
+    exists, so the latest checkpoint stays the last good one and `--resume` restarts from it. Under DDP the
+    gradients are all-reduced, so every process sees a non-finite gradient and stops at the same step."""
+    if parameters is not None:
+        terms = {**terms, "gradient norm": torch.nn.utils.get_total_norm(
+            [p.grad for p in parameters if p.grad is not None])}
+    for name, value in terms.items():
+        value = torch.as_tensor(value).detach()
+        if not bool(torch.isfinite(value).all()):
+            shown = value[~torch.isfinite(value)].flatten()[0].item()
+            raise UserError(f"step {step}: the {name} is {shown} (not finite); stopped before the update, so the "
+                            f"latest checkpoint is the last good one (lower the lr or check the inputs)")
+
+
+def check_resume_config(run_dir: Path, config) -> None:
+    """--resume with a `fixed` setting (config.field) other than the one the run was trained with is refused:
+    the checkpoint's weights were not trained that way, and the manifest would say they were. Compared with
+    run.json (written at every start); settings that do not change the result (steps, threads, out, ...) may."""
+    path = Path(run_dir) / "run.json"
+    recorded = read_json(path, "--resume").get("config") if path.is_file() else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    now = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as JSON lists, like run.json
+    for f in dataclasses.fields(config):
+        if f.metadata.get("fixed") and f.name in recorded and recorded[f.name] != now[f.name]:
+            raise UserError(f"--resume: {f.name} is {now[f.name]!r} but the run in {run_dir} was trained with "
+                            f"{recorded[f.name]!r}; resume with the run's value or start a new --out")
 
 
 def write_run_info(run_dir: Path, config, command: str):

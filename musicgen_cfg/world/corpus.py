@@ -1,9 +1,11 @@
 """The default world's dataset: music21's bundled public-domain scores -> 4-voice 16th-note segments.
 
-Build (rewrites musicgen_cfg/assets/default/dataset.npz + dataset.json; parsed pieces are cached per piece
-under .cache/corpus/, so a rerun or an interrupted build resumes where it stopped):
+Build (writes --out PATH + its .json manifest; the default, the shipped musicgen_cfg/assets/default/dataset.npz,
+only with --rebuild-shipped; parsed pieces are cached per piece under .cache/corpus/, so a rerun or an
+interrupted build resumes where it stopped):
 
-    musicgen-cfg corpus build [--out PATH] [--collections NAME ...] [--limit-per-collection N] [--workers N]
+    musicgen-cfg corpus build --out PATH [--collections NAME ...] [--limit-per-collection N] [--workers N]
+    musicgen-cfg corpus build --rebuild-shipped [--workers N]     # the shipped dataset (make gpu-recipe)
 
 All 14 collections take about an hour of parsing on one (busy) core; `--workers N` parses in N processes
 (the same file, byte for byte).
@@ -30,11 +32,12 @@ import re
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.world import symbolic
 
@@ -86,16 +89,21 @@ _FORMS = ("slip jig", "jig", "reel", "hornpipe", "strathspey", "polka", "waltz",
           "clog", "schottische", "mazurka", "quickstep", "set dance", "air", "song")
 
 
+MAX_WORKERS = 128  # parsing processes: each holds a music21 parser; 100000 once spawned hundreds in seconds
+
+
 @dataclass
 class BuildConfig:
     """Options of `musicgen-cfg corpus build`."""
 
-    out: Path = field(default=DEFAULT_PATH, metadata={"help": "dataset .npz to write (manifest .json beside it)"})
-    collections: tuple[str, ...] = field(default=tuple(COLLECTIONS), metadata={"help": "collections to include"})
-    limit_per_collection: int = field(default=0, metadata={"help": "at most this many pieces per collection (0 = all)"})
-    cache_dir: Path = field(default=DEFAULT_CACHE, metadata={"help": "per-piece parse cache"})
-    corpus_root: Path | None = field(default=None, metadata={"help": "music21 corpus folder (default: the installed one)"})
-    workers: int = field(default=1, metadata={"help": "parsing processes (the output does not depend on it)"})
+    out: Path = field(DEFAULT_PATH, "dataset .npz to write (manifest .json beside it); the default, the shipped "
+                                    "dataset, only with --rebuild-shipped")
+    collections: tuple[str, ...] = field(tuple(COLLECTIONS), "collections to include")
+    limit_per_collection: int = field(0, "at most this many pieces per collection (0 = all)", min=0)
+    cache_dir: Path = field(DEFAULT_CACHE, "per-piece parse cache")
+    corpus_root: Path | None = field(None, "music21 corpus folder (default: the installed one)")
+    workers: int = field(1, "parsing processes (the output does not depend on it)", min=1, max=MAX_WORKERS)
+    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
 
     def __post_init__(self):
         self.out, self.cache_dir = Path(self.out), Path(self.cache_dir)
@@ -104,12 +112,9 @@ class BuildConfig:
             raise UserError(f"unknown collection {unknown[0]!r}; choose from {', '.join(COLLECTIONS)}")
         if not self.collections:
             raise UserError("no collections given")
-        if self.limit_per_collection < 0:
-            raise UserError(f"--limit-per-collection must be >= 0, got {self.limit_per_collection}")
-        if self.workers < 1:
-            raise UserError(f"--workers must be >= 1, got {self.workers}")
         if self.out.suffix != ".npz":
             raise UserError(f"--out must end in .npz, got {self.out}")
+        check_output_path(self.out.parent, "--out's folder", self.rebuild_shipped)
         if self.corpus_root is None:
             import music21
 
@@ -477,6 +482,8 @@ def rebuild_command(config: BuildConfig) -> str:
         parts += ["--collections", *config.collections]
     if config.limit_per_collection:
         parts += ["--limit-per-collection", str(config.limit_per_collection)]
+    if config.rebuild_shipped:
+        parts += ["--rebuild-shipped"]
     return " ".join(parts)
 
 

@@ -45,7 +45,7 @@ from musicgen_cfg.checkpoint import (
 )
 from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import warmup_cosine
+from musicgen_cfg.training.run import check_finite, warmup_cosine
 from musicgen_cfg.world import symbolic
 from musicgen_cfg.world.text_judge_options import DEFAULT_DIR, ScorerTrainArgs, ScorerTrainConfig
 
@@ -284,6 +284,7 @@ def train(model: ContrastiveScorer, pairs: Pairs, sentences: torch.Tensor, heldo
         loss = clip_loss(model.text(sentences[batch]), model.music(pairs.batch(batch, rng)), model.logit_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        check_finite(step, {"contrastive loss": loss}, model.parameters())
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
@@ -307,15 +308,13 @@ def rebuild_command(args: ScorerTrainArgs, config: ScorerTrainConfig) -> str:
     out = Path(args.out).resolve()
     shown_out = out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out
     return shlex.join(["musicgen-cfg", "judges", "train-scorer", "--out", str(shown_out), *options,
-                       "--threads", str(args.threads)])
+                       "--threads", str(args.threads), *(["--rebuild-shipped"] if args.rebuild_shipped else [])])
 
 
 def run_train(args: ScorerTrainArgs) -> int:
     from musicgen_cfg.conditioning import minilm_text_encoder
     from musicgen_cfg.world.corpus import DEFAULT_PATH, load_dataset
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)  # the machines are shared: one core unless asked otherwise
     config = ScorerTrainConfig(**{name: getattr(args, name) for name in ScorerTrainConfig.__dataclass_fields__})
     dataset_path = Path(args.dataset) if args.dataset is not None else DEFAULT_PATH

@@ -9,8 +9,9 @@ musicgen_cfg/world/text_judge.py is the scorer and its training (and imports tor
 from dataclasses import dataclass
 from pathlib import Path
 
-from musicgen_cfg.config import field
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.prompts import MAX_SEED
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default" / "scorer"
 
@@ -19,32 +20,31 @@ DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default" / "s
 class ScorerTrainConfig:
     """Options of `musicgen-cfg judges train-scorer`."""
 
-    steps: int = field(1000, "optimizer steps")
-    batch_size: int = field(128, "(caption, segment) pairs per step; the other pairs are the negatives")
-    pairs: int = field(8000, "training captions (each encoded once by MiniLM, the costly part)")
-    transpose: int = field(6, "random transposition of a training piece, in semitones either way")
-    lr: float = field(2e-3, "peak AdamW learning rate (linear warmup, cosine decay)")
-    weight_decay: float = field(0.01, "AdamW weight decay")
-    warmup_steps: int = field(50, "linear warmup steps")
-    eval_every: int = field(200, "steps between held-out evaluations")
-    seed: int = field(0, "seed for the pairs, initialisation and batches")
+    steps: int = field(1000, "optimizer steps", min=1)
+    batch_size: int = field(128, "(caption, segment) pairs per step; the other pairs are the negatives", min=2)
+    pairs: int = field(8000, "training captions (each encoded once by MiniLM, the costly part)", min=1)
+    transpose: int = field(6, "random transposition of a training piece, in semitones either way", min=0)
+    lr: float = field(2e-3, "peak AdamW learning rate (linear warmup, cosine decay)", gt=0.0, max=1.0)
+    weight_decay: float = field(0.01, "AdamW weight decay", min=0.0)
+    warmup_steps: int = field(50, "linear warmup steps", min=0)
+    eval_every: int = field(200, "steps between held-out evaluations", min=1)
+    seed: int = field(0, "seed for the pairs, initialisation and batches", min=0, max=MAX_SEED)
 
     def __post_init__(self):
-        for name in ("steps", "pairs", "eval_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 2 <= self.batch_size <= self.pairs:
-            raise UserError(f"--batch-size must be in 2..pairs ({self.pairs}), got {self.batch_size}")
-        if self.transpose < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise UserError("--transpose, --warmup-steps and --weight-decay must be >= 0")
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.batch_size > self.pairs:
+            raise UserError(f"--batch-size must be at most --pairs ({self.pairs}), got {self.batch_size}")
 
 
 @dataclass(kw_only=True)
 class ScorerTrainArgs(ScorerTrainConfig):
     """Options of `musicgen-cfg judges train-scorer`: the optimisation, the data and the output."""
 
-    out: Path = field(DEFAULT_DIR, "output directory (replaced atomically)")
+    out: Path = field(Path("runs/scorer"), "output directory (replaced atomically); the shipped scorer "
+                      "(musicgen_cfg/assets/default/scorer) only with --rebuild-shipped")
     dataset: Path | None = field(None, "dataset .npz (default: the shipped one)")
-    threads: int = field(1, "torch CPU threads")
+    threads: int = field(1, "torch CPU threads", min=1)
+    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_output_path(self.out, "--out", self.rebuild_shipped)

@@ -75,11 +75,13 @@ def served_tensor(engine, name=PARAMETER) -> torch.Tensor:
 
 
 def manifest_entries(engine) -> list[dict]:
-    """Every manifest line of the one session (one client = one session), oldest first, with its folder."""
+    """Every manifest line of the one session (one client = one session), oldest first (by seq: `created` has
+    one-second resolution), with its folder."""
     (session,) = engine.out_root.glob("session-*")
     entries = [{**json.loads(line), "folder": manifest.parent} for manifest in session.glob("*/manifest.jsonl")
                for line in manifest.read_text().splitlines()]
-    return sorted(entries, key=lambda e: (e["created"], e["run"], e["sample_index"]))
+    assert len({e["seq"] for e in entries}) == len(entries)  # distinct across the session's folders
+    return sorted(entries, key=lambda e: e["seq"])
 
 
 def test_generate_change_lambda_generate_again(served, endpoints):
@@ -222,6 +224,7 @@ def test_shown_diversity_is_the_gated_reward(served):
 
 @pytest.mark.parametrize("override, message", [
     ({"lam": 1.5}, "lambda must be between 0 (quality) and 1 (diversity), got 1.5"),
+    ({"lam": 10**400}, "lambda must be a finite number"),
     ({"variations": 0}, "the number of variations must be between 1 and 8, got 0"),
     ({"variations": 2.5}, "the number of variations must be a whole number"),
     ({"variations": "many"}, "the number of variations must be a number, got 'many'"),

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 from musicgen_cfg.cli import main
+from musicgen_cfg.config import load_config
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.experiments.evaluate import (
     Evaluator,
@@ -456,7 +457,7 @@ def test_reproduce_train_commands_per_beta_and_seed(tmp_path):
     with pytest.raises(UserError, match="seeds must be distinct"):
         ReproduceConfig(seeds=(1, 1))
     with pytest.raises(UserError, match="jobs must be >= 1"):
-        ReproduceConfig(jobs=0)
+        load_config(ReproduceConfig, None, ["--jobs", "0"])  # bounds are checked where values arrive
 
 
 def test_reproduce_skips_missing_models_and_checks_its_config(tiny_dir, clap_dir, reward_dir, tmp_path):
@@ -479,6 +480,6 @@ def test_reproduce_skips_missing_models_and_checks_its_config(tiny_dir, clap_dir
     with pytest.raises(UserError, match="not in guidance_scales"):
         reproduce(ReproduceConfig(**{**config.__dict__, "guidance_scales": (1.0, 2.0)}), log=logs.append)
     with pytest.raises(UserError, match="num_samples must be >= 2"):
-        ReproduceConfig(num_samples=1)
+        load_config(ReproduceConfig, None, ["--num-samples", "1"])
     with pytest.raises(UserError, match="guidance_scales"):
         ReproduceConfig(guidance_scales="1,x")

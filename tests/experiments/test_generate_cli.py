@@ -22,7 +22,7 @@ def test_generate_writes_playable_wavs_and_manifest_and_resumes(tiny_dir, tmp_pa
     code, _ = run(capsys, *args)
     assert code == 0
     entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [e["seed"] for e in entries] == [5, 6, 7, 8]
+    assert [e["seed"] for e in entries] == [5, 6, 7, 8] and [e["seq"] for e in entries] == [1, 2, 3, 4]
     for e in entries:
         audio, rate = sf.read(out / e["file"])
         assert rate == e["sample_rate"] and len(audio) > 0 and abs(audio).max() <= 1
@@ -34,12 +34,13 @@ def test_generate_writes_playable_wavs_and_manifest_and_resumes(tiny_dir, tmp_pa
     run(capsys, *args)
     regenerated = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
     assert regenerated["file"] == entries[1]["file"] and (out / entries[1]["file"]).is_file()
+    assert regenerated["seq"] == 5  # a resumed run's records sort after the earlier ones
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--duration", "0"], "duration"),
     (["--duration", "500"], "too long"),
-    (["--guidance-scale", "-1"], "guidance scale"),
+    (["--guidance-scale", "-1"], "--guidance-scale"),
     (["--top-k", "-1"], "top-k"),
     (["--top-p", "1.5"], "top-p"),
 ])
@@ -98,13 +99,13 @@ def _write(path, data: bytes):
     (lambda d: ["--prompt", ""], "prompt 1 is empty"),
     (lambda d: ["--prompt", "a jig", "--prompt", " \t "], "prompt 2 is empty"),
     (lambda d: ["--prompt", "x" * 2001], "at most 2000 are allowed"),
-    (lambda d: ["--prompt", "x", "--num-samples", "1000000"], "--num-samples must be between 1 and 1000"),
+    (lambda d: ["--prompt", "x", "--num-samples", "1000000"], "--num-samples must be in [1, 1000]"),
     (lambda d: ["--prompt", "x", "--duration", "1e9"], "--duration must be in (0, 600]"),
-    (lambda d: ["--prompt", "x", "--guidance-scale", "inf"], "guidance scale must be a finite number"),
-    (lambda d: ["--prompt", "x", "--guidance-scale", "nan"], "guidance scale must be a finite number"),
-    (lambda d: ["--prompt", "x", "--temperature", "inf"], "temperature must be a finite number"),
-    (lambda d: ["--prompt", "x", "--seed", str(2**70)], "--seed must be between 0 and 2147483647"),
-    (lambda d: ["--prompt", "x", "--seed", "-1"], "--seed must be between 0 and"),
+    (lambda d: ["--prompt", "x", "--guidance-scale", "inf"], "--guidance-scale must be a finite number"),
+    (lambda d: ["--prompt", "x", "--guidance-scale", "nan"], "--guidance-scale must be a finite number"),
+    (lambda d: ["--prompt", "x", "--temperature", "inf"], "--temperature must be a finite number"),
+    (lambda d: ["--prompt", "x", "--seed", str(2**70)], "--seed must be in [0, 2147483647]"),
+    (lambda d: ["--prompt", "x", "--seed", "-1"], "--seed must be in [0, "),
     (lambda d: ["--prompt", "x", "--prompt", "y", "--seed", str(2**31 - 1)], "leaves no room for 2 items"),
     (lambda d: ["--prompt", "x", "--device", "tpu9"], "unknown device 'tpu9'"),
     (lambda d: ["--prompt", "x", "--device", "cuda:99"], "device 'cuda:99' requested but"),
@@ -190,3 +191,20 @@ def test_load_model_dtype_converts_the_lm_only(tiny_dir):
     assert model.lm.dtype == torch.bfloat16
     assert next(model.text_encoder.encoder.parameters()).dtype == torch.float32
     assert pick_dtype("auto", "cpu") == torch.float32 and pick_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{}\n", "manifest.jsonl:1 lacks 'file'"),
+    (b"[]\n", "manifest.jsonl:1 is not a JSON object"),
+    (b'"a"\n5\n', "manifest.jsonl:1 is not a JSON object"),
+    (b"{oops\n", "manifest.jsonl:1 is not valid JSON"),
+    ("caf\xe9\n".encode("latin-1"), "manifest.jsonl is not UTF-8 text"),
+])
+def test_a_malformed_existing_manifest_is_one_line(content, message, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_bytes(content)
+    code, captured = run(capsys, "generate", "--model", str(tiny_dir), "--prompt", "x", "--duration", "0.2",
+                         "--guidance-scale", "3", "--out", str(out))
+    assert code == 2 and message in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert (out / "manifest.jsonl").read_bytes() == content  # nothing appended to a file it cannot read

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from musicgen_cfg.cli import main
+from musicgen_cfg.config import load_config
 from musicgen_cfg.distillation import DistillConfig, distillation_loss, token_divergence
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.scoring import score
@@ -130,5 +131,36 @@ def test_config_validation_direct():
 
 def test_top_k_zero_is_off_as_everywhere():
     assert DistillConfig(top_k=0).top_k is None and DistillConfig(top_k=5).top_k == 5
-    with pytest.raises(UserError, match="top_k must be >= 1, or 0 / none"):
-        DistillConfig(top_k=-1)
+    with pytest.raises(UserError, match="top_k must be >= 0"):
+        load_config(DistillConfig, None, ["--top-k", "-1"])  # bounds are checked where values arrive
+
+
+# --- the audit: settings whose gradient depends on the process split, or that score another policy ------
+
+@pytest.mark.parametrize("overrides, processes, message", [
+    (["--baseline", "batch_mean"], 2, "baseline batch_mean use the whole batch's rewards"),
+    (["--normalize-advantages", "true"], 2, "normalize_advantages use the whole batch's rewards"),
+    (["--baseline", "batch_mean", "--prompts-per-step", "1"], 1, "needs prompts_per_step >= 2 per process"),
+    (["--lora.dropout", "0.1"], 1, "lora.dropout > 0 with beta > 0 is refused"),
+    (["--baseline", "batch_mean", "--beta", "0", "--embedder", "none"], 2, None),  # no advantages at beta = 0
+    (["--normalize-advantages", "true"], 1, None),
+])
+def test_settings_that_depend_on_the_process_split_or_perturb_the_scored_policy_are_refused(overrides, processes,
+                                                                                           message):
+    from musicgen_cfg.distillation import split_rows
+
+    def build():
+        config = load_config(DistillConfig, None, ["--beta", "15", "--prompts-per-step", "4", *overrides])
+        return split_rows(config, processes)
+
+    if message is None:
+        assert build()
+    else:
+        with pytest.raises(UserError, match=message):
+            build()
+
+
+def test_batch_mean_with_one_prompt_per_process_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--beta", "15", "--baseline", "batch_mean", "--prompts-per-step", "1", "--out", str(out)]) == 2
+    assert "needs prompts_per_step >= 2 per process" in capsys.readouterr().err and not out.exists()

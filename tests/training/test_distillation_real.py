@@ -167,13 +167,14 @@ def test_policy_gradient_is_not_degenerate_on_a_tiny_real_model(tiny_dir, local_
     ({"data": "teacher"}, "remove data=teacher"),
     ({"data": "mixed", "top_k": 10}, "remove top_k, data=mixed"),
     ({"grad_accum": 5}, "grad_accum 5 does not divide the 32 rows"),
-    ({"teacher_dtype": "float16"}, "unknown teacher_dtype"),
+    ({"teacher_dtype": "float16"}, "teacher_dtype must be one of float32, bfloat16"),
     ({"lr_floor": 1.5}, "lr_floor must be in [0, 1]"),
     ({"rollout_batch_size": 0}, "rollout_batch_size must be >= 1"),
 ])
 def test_off_policy_and_uneven_configs_are_refused(override, message):
+    overrides = [token for key, value in {"beta": 15.0, **override}.items() for token in (f"--{key}", str(value))]
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        DistillConfig(**{"beta": 15.0, **override})
+        load_config(DistillConfig, None, overrides)
 
 
 def test_off_policy_sampling_is_allowed_without_the_reward():

@@ -63,8 +63,17 @@ def randomize_adapters(lm: torch.nn.Module, seed: int = 0):
                 parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
 
 
+# peft's disabled-adapter forward is another code path than the plain MusicgenLM: the same math, but nothing
+# promises the same float32 kernels (a batch of another shape alone picks another GEMM blocking: a 4-row CFG
+# batch against a 2-row one differs by 7e-6 on logits of size 17 on an AVX-512 Xeon). 1e-4 is 15x that, and
+# 1e-3 below what the adapters change (asserted just before), so it still tells "no adapters" from "adapters".
+TEACHER_ATOL = 1e-4
+
+
 @pytest.mark.parametrize("spec", ["tiny", "default"])
 def test_teacher_is_the_base_without_adapters_and_equals_a_separately_loaded_model(spec, tiny_dir):
+    """Teacher against a separately loaded base: the same module class on the same inputs, so bit for bit;
+    peft's disabled adapters against the teacher: other code paths, so within TEACHER_ATOL."""
     spec = str(tiny_dir) if spec == "tiny" else spec
     student, reference = load_model(spec), load_model(spec)  # reference: the frozen teacher loaded on its own
     teacher = lora.add_adapters(student, LoraSettings(rank=4, target_modules=("q_proj", "v_proj", "fc1")))
@@ -87,7 +96,8 @@ def test_teacher_is_the_base_without_adapters_and_equals_a_separately_loaded_mod
     assert not torch.allclose(adapted, ours.logits, atol=1e-3)  # the adapters do change the student
     for _, layer in lora._lora_layers(student.lm):  # peft's own "adapters disabled" is the same function
         layer.enable_adapters(False)
-    assert torch.equal(score(student.lm, codes, cond).logits, ours.logits)
+    plain = score(teacher.lm, codes, cond).logits  # the same 2-row batch (ours.logits came from a 4-row CFG batch)
+    torch.testing.assert_close(score(student.lm, codes, cond).logits, plain, rtol=0, atol=TEACHER_ATOL)
 
 
 def test_unknown_target_module_is_one_user_error(tiny_model):

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from musicgen_cfg import cli
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.world import corpus, symbolic
 
@@ -41,8 +42,9 @@ def test_parallel_parsing_writes_the_same_file(small_build, tmp_path):
     assert corpus.build(parallel, log=log.append)["sha256"] == manifests[0]["sha256"]
     assert parallel.out.read_bytes() == configs[0].out.read_bytes()
     assert "--workers" not in manifests[0]["command"]  # the rebuild command does not depend on it
-    with pytest.raises(UserError, match="--workers must be >= 1"):
-        corpus.BuildConfig(out=tmp_path / "d.npz", workers=0)
+    for workers, bounds in (("0", r"\[1, 128\], got 0"), ("100000", r"\[1, 128\], got 100000")):  # checked at parse
+        with pytest.raises(UserError, match="--workers must be in " + bounds):
+            cli.parse(["corpus", "build", "--out", str(tmp_path / "d.npz"), "--workers", workers])
 
 
 def test_loader_shapes_and_metadata(small_build):
@@ -127,8 +129,8 @@ def test_style_balanced_weights(small_build):
 def test_bad_options_raise_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown collection 'nope'"):
         corpus.BuildConfig(out=tmp_path / "d.npz", collections=("nope",))
-    with pytest.raises(UserError, match="limit"):
-        corpus.BuildConfig(out=tmp_path / "d.npz", limit_per_collection=-1)
+    with pytest.raises(UserError, match="--limit-per-collection must be >= 0"):
+        cli.parse(["corpus", "build", "--out", str(tmp_path / "d.npz"), "--limit-per-collection", "-1"])
     with pytest.raises(UserError, match="split"):
         corpus.load_dataset("dev", tmp_path / "d.npz")
     with pytest.raises(UserError, match="not found"):
