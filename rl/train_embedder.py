@@ -1,7 +1,9 @@
-"""Train the contrastive music embedder that scores diversity (`musicgen-cfg embedder train`).
+"""Train a music embedder for the diversity reward (`musicgen-cfg embedder train`).
 
-    musicgen-cfg embedder train --audio-dir DIR --out DIR [--steps N --batch-size B --chunk-seconds S ...]
-    musicgen-cfg embedder train --model default --out musicgen_cfg/assets/default/embedder
+    musicgen-cfg embedder train --audio-dir DIR --out DIR [--steps N --batch-size B --chunk-seconds S ...]   # contrastive
+    musicgen-cfg embedder train --model default --out DIR      # the note embedder (rl/train_note_embedder.py)
+
+This module is the contrastive one (`--kind contrastive`, the default with --audio-dir) and the command.
 
 As in the paper, the embedder learns "same music" vs "different music", not text: the positives of a
 clip are two non-overlapping chunks of it, the negatives are the other clips of the batch (InfoNCE, or
@@ -285,6 +287,8 @@ def rebuild_command(args: EmbedderTrainArgs, config: EmbedderTrainConfig) -> str
     for name, value in asdict(config).items():
         options += [f"--{name.replace('_', '-')}", str(value)]
     options += ["--threads", str(args.threads)]  # results are reproducible per thread count
+    if args.rebuild_shipped:
+        options += ["--rebuild-shipped", "true"]
     return shlex.join(["musicgen-cfg", "embedder", "train", *source, "--out", str(args.out), *options])
 
 
@@ -331,8 +335,6 @@ def audio_dir_data(model: ContrastiveMusicEmbedder, config: EmbedderTrainConfig,
 
 
 def run_train(args: EmbedderTrainArgs) -> int:
-    if args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)  # the machines are shared: one core unless asked otherwise
     config = EmbedderTrainConfig(
         **{name: getattr(args, name) for name in EmbedderTrainConfig.__dataclass_fields__}

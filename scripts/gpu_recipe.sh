@@ -76,9 +76,9 @@ grep -q '"command": "musicgen-cfg corpus build --rebuild-shipped"' "$ASSETS/data
 pids=()
 if want embedders && ! trained_on_dataset "$ASSETS/embedder"; then
   say "embedders: the reward embedder on the new dataset (CPU)"
-  logged embedder mg embedder train --model default --out "$ASSETS/embedder" --steps 800 --batch-size 32 --chunk-seconds 2.0 \
-    --lr 0.001 --weight-decay 0.0001 --warmup-steps 50 --loss infonce --temperature 0.1 --margin 0.2 --heldout 128 \
-    --same-group-batches 0.5 --clips 3000 --clip-seconds 8.0 --eval-every 100 --seed 0 --threads "$CPU_THREADS" &
+  logged embedder mg embedder train --model default --out "$ASSETS/embedder" --kind notes --steps 1500 --batch-size 8 \
+    --chunk-seconds 2.0 --lr 0.003 --weight-decay 0.0001 --warmup-steps 50 --heldout 128 --clips 1500 --clip-seconds 4.0 \
+    --eval-every 250 --seed 0 --threads "$CPU_THREADS" --rebuild-shipped true &
   pids+=($!)
 fi
 if want embedders && [ "$RETRAIN_JUDGES" = 1 ] && ! trained_on_dataset "$ASSETS/scorer"; then

@@ -79,9 +79,9 @@ def test_the_public_api_names_the_core():
         musicgen_cfg.corpus  # noqa: B018  (the world is not part of the core's API)
 
 
-def test_repeated_flags_keep_each_value_whole():
+def test_repeated_flags_keep_each_value_whole(tmp_path):
     """A repeated --prompt is a list of prompts: commas and blanks inside one are the user's text."""
     _, args = cli.parse(["generate", "--prompt", "a jig, fast", "--prompt", "", "--out", "outputs/x"])
     assert args.prompt == ("a jig, fast", "")
-    _, build = cli.parse(["corpus", "build", "--collections", "oneills", "ryans"])
+    _, build = cli.parse(["corpus", "build", "--collections", "oneills", "ryans", "--out", str(tmp_path / "d.npz")])
     assert build.collections == ("oneills", "ryans")

@@ -227,10 +227,15 @@ def test_cli_trains_on_the_default_world(tmp_path):
 def test_cli_rejects_bad_input(tmp_path):
     with pytest.raises(UserError, match="no .wav or .flac"):
         _run_cli(["embedder", "train", "--audio-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    base = ["embedder", "train", "--model", "default", "--out", str(tmp_path / "o")]
     with pytest.raises(UserError, match="batch-size"):
-        EmbedderTrainConfig(batch_size=1)
-    with pytest.raises(UserError, match="--loss"):
-        EmbedderTrainConfig(loss="contrastive")
+        _run_cli([*base, "--batch-size", "1"])
+    with pytest.raises(UserError, match="--kind notes learns from rendered scores"):
+        _run_cli(["embedder", "train", "--audio-dir", str(tmp_path), "--kind", "notes", "--out", str(tmp_path / "o")])
+    with pytest.raises(UserError, match="shipped assets"):
+        _run_cli(["embedder", "train", "--model", "default", "--out", "musicgen_cfg/assets/default/embedder"])
+    with pytest.raises(UserError, match="clip-seconds"):
+        EmbedderTrainConfig(clip_seconds=3.0, chunk_seconds=2.0)
 
 
 def _tiny_clap_dir(tmp_path, fusion: bool):
