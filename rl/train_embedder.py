@@ -17,7 +17,6 @@ random instrument and tempo, so the embedder sees both the timbre and the notes.
 """
 
 import hashlib
-import math
 import random
 import shlex
 import time
@@ -237,7 +236,7 @@ def render_default_world(
     notes do, as for the sibling generations the diversity reward compares. Crops with fewer than one
     note onset per two beats are skipped: mostly silent audio says nothing about the music.
     """
-    from musicgen_cfg.world.captions import INSTRUMENTS
+    from musicgen_cfg.world.captions import random_render_prompt
     from musicgen_cfg.world.codec import SymbolicCodec
     from musicgen_cfg.world.corpus import load_dataset
 
@@ -247,11 +246,7 @@ def render_default_world(
     for _ in range(50 * count):
         if len(mels) == count:
             break
-        if prompt is None:
-            bpm = math.exp(rng.uniform(*map(math.log, TEMPO_RANGE_BPM)))
-            clip_prompt = f"{rng.choice(sorted(INSTRUMENTS))} at {bpm:.0f} bpm"
-        else:
-            clip_prompt = prompt
+        clip_prompt = random_render_prompt(rng, TEMPO_RANGE_BPM) if prompt is None else prompt
         codes = dataset.codes([rng.randrange(len(dataset))])[0]  # uint8 [4, SEGMENT_FRAMES]; no metadata needed
         frames = min(codes.shape[1], codec.frames_for_duration(clip_seconds, clip_prompt))
         start = rng.randrange(codes.shape[1] - frames + 1)

@@ -57,7 +57,7 @@ def render_clips(split: str, count: int, clip_seconds: float, seed: int, config:
     prompt=None: a random instrument, tempo (log-uniform in TEMPO_RANGE_BPM) and transposition per clip;
     a fixed prompt: that instrument and tempo, no transposition. Crops with fewer than 4 onsets are redrawn.
     """
-    from musicgen_cfg.world.captions import INSTRUMENTS, render_settings
+    from musicgen_cfg.world.captions import random_render_prompt, render_settings
     from musicgen_cfg.world.codec import SymbolicCodec, frame_seconds
     from musicgen_cfg.world.corpus import load_dataset
 
@@ -69,11 +69,7 @@ def render_clips(split: str, count: int, clip_seconds: float, seed: int, config:
     for _ in range(50 * count):
         if len(waves) == count:
             break
-        if prompt is None:
-            bpm = math.exp(rng.uniform(*map(math.log, TEMPO_RANGE_BPM)))
-            clip_prompt = f"{rng.choice(sorted(INSTRUMENTS))} at {bpm:.0f} bpm"
-        else:
-            clip_prompt = prompt
+        clip_prompt = random_render_prompt(rng, TEMPO_RANGE_BPM) if prompt is None else prompt
         index = rng.randrange(len(dataset))
         transpose = dataset.random_transpose(index, rng) if prompt is None else 0
         codes, _ = dataset.get(index, transpose)

@@ -22,6 +22,7 @@ each attribute on its own, not only through the style that usually comes with it
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -205,6 +206,12 @@ def compose_caption(meta: dict, rng: random.Random, dropout: CaptionDropout = Ca
     else:
         render_bpm = named_tempo(name) or DEFAULT_BPM
     return Caption(text, RenderSettings(instrument, render_bpm))
+
+
+def random_render_prompt(rng: random.Random, tempo_range_bpm: tuple[float, float]) -> str:
+    """'<instrument> at <N> bpm' with a uniform instrument and a log-uniform tempo (embedder training clips)."""
+    bpm = math.exp(rng.uniform(*map(math.log, tempo_range_bpm)))
+    return f"{rng.choice(sorted(INSTRUMENTS))} at {bpm:.0f} bpm"
 
 
 def caption_for(meta: dict, rng: random.Random, dropout: CaptionDropout = CaptionDropout()) -> str:
