@@ -37,6 +37,11 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.jsonl"
 MAX_NUM_SAMPLES = 1000  # per prompt
 MAX_DURATION_S = 600.0  # hard cap; the model's position table usually allows less (checked after loading)
+# The largest request one run takes (generate, and each point of reproduce): items = prompts x samples, and
+# seconds of audio = items x duration. 20,000 prompts x 1,000 samples was accepted once and spent 3.3 GB on the
+# item list alone before writing a file; a bigger job is several runs (each resumable) over parts of the prompts.
+MAX_ITEMS = 100_000
+MAX_AUDIO_S = 1_000_000.0  # about 280 hours: 64 GB of MusicGen's 16-bit 32 kHz WAV
 
 
 @dataclass
@@ -53,8 +58,22 @@ class GenerateConfig:
 
 
 
-def check_seed_room(config: GenerateConfig, prompts: list[str]) -> None:
-    """Item seeds run from config.seed to seed + items - 1; all must stay within MAX_SEED."""
+def check_request_size(num_prompts: int, num_samples: int, duration: float) -> None:
+    """THE bound of a run's size (MAX_ITEMS, MAX_AUDIO_S), checked before any model loads: a request too big
+    to finish is refused in one line instead of filling memory and disk."""
+    items = num_prompts * num_samples
+    if items > MAX_ITEMS:
+        raise UserError(f"{num_prompts} prompts x {num_samples} samples = {items} items; at most {MAX_ITEMS} in one "
+                        f"run: split the prompts over several runs")
+    if items * duration > MAX_AUDIO_S:
+        raise UserError(f"{items} items x {duration:g} s = {items * duration:g} s of audio; at most {MAX_AUDIO_S:g} s "
+                        f"in one run: split the prompts over several runs")
+
+
+def check_request(config: GenerateConfig, prompts: list[str]) -> None:
+    """The request fits one run (check_request_size), and its item seeds, seed to seed + items - 1, all stay
+    within MAX_SEED."""
+    check_request_size(len(prompts), config.num_samples, config.duration)
     last_seed = config.seed + len(prompts) * config.num_samples - 1
     if last_seed > MAX_SEED:
         raise UserError(f"--seed {config.seed} leaves no room for {len(prompts) * config.num_samples} items: the last "
@@ -140,7 +159,7 @@ def run_generation(model, prompts: list[str], config: GenerateConfig, sampling: 
     """Generate all (prompt, sample) items not already done; append their manifest entries; return all entries.
 
     Nothing is created before the first item is generated: a run that fails first leaves no empty manifest."""
-    check_seed_room(config, validate_prompts(prompts))
+    check_request(config, validate_prompts(prompts))
     provenance = model_provenance(model)
     settings = {**asdict(sampling), "duration": config.duration}
     done, entries = {}, load_manifest(out_dir)
@@ -206,7 +225,7 @@ def main(args: GenerateArgs) -> int:
     prompts = validate_prompts(list(args.prompt) if args.prompt else read_prompts(args.prompts_file))
     sampling = SamplingConfig(guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    check_seed_room(args, prompts)
+    check_request(args, prompts)
     check_output_path(args.out)
     device = pick_device(args.device)
     model = load_model(args.model, device=device, dtype=pick_dtype(args.dtype, device))

@@ -46,6 +46,7 @@ import numpy as np
 from musicgen_cfg.checkpoint import write_json
 from musicgen_cfg.config import field, load_config
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.experiments.generate import MAX_DURATION_S, MAX_NUM_SAMPLES, check_request_size
 from musicgen_cfg.prompts import MAX_SEED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +72,9 @@ class ReproduceConfig:
     diversity_model: str = field("default-diversity", "beta = 15 model theta_d (model spec or checkpoint dir)")
     prompts: str = field("default", "'default' = captions of the default corpus test split, or a .txt/.jsonl file")
     num_prompts: int = field(64, "held-out prompts per point", min=1)
-    num_samples: int = field(4, "samples per prompt (>= 2: diversity is measured among them)", min=2)
-    duration: float = field(8.0, "seconds per sample", gt=0.0)
+    num_samples: int = field(4, "samples per prompt (>= 2: diversity is measured among them)", min=2,
+                             max=MAX_NUM_SAMPLES)
+    duration: float = field(8.0, "seconds per sample", gt=0.0, max=MAX_DURATION_S)
     seed: int = field(0, "seed of prompt selection, captions, generation and bootstrap", min=0, max=MAX_SEED)
     batch_size: int = field(32, "generation batch size", min=1)
     top_k: int | None = field(250, "sampling top-k of every point (0 or None = full distribution)", min=0)
@@ -112,6 +114,7 @@ class ReproduceConfig:
                 setattr(self, name, tuple(float(v) for v in values if str(v).strip() != ""))
             except ValueError:
                 raise UserError(f"config key {name!r}: expected comma-separated numbers, got {values!r}") from None
+        check_request_size(self.num_prompts, self.num_samples, self.duration)  # each point is one such run
         if not self.guidance_scales:
             raise UserError("guidance_scales must list at least one gamma (the CFG front)")
         if any(not QUALITY_BETA < b < DIVERSITY_BETA for b in self.betas):

@@ -208,3 +208,36 @@ def test_a_malformed_existing_manifest_is_one_line(content, message, tiny_dir, t
                          "--guidance-scale", "3", "--out", str(out))
     assert code == 2 and message in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
     assert (out / "manifest.jsonl").read_bytes() == content  # nothing appended to a file it cannot read
+
+
+def _prompts_file(directory, count: int) -> str:
+    return _write(directory / f"prompts-{count}.txt", "".join(f"prompt {i}\n" for i in range(count)).encode())
+
+
+@pytest.mark.parametrize("command, case, message", [
+    ("generate", lambda d: ["--prompts-file", _prompts_file(d, 20_000), "--num-samples", "1000"],
+     "20000 prompts x 1000 samples = 20000000 items; at most 100000 in one run"),
+    ("generate", lambda d: ["--prompts-file", _prompts_file(d, 101), "--num-samples", "1000"],
+     "101 prompts x 1000 samples = 101000 items"),
+    ("generate", lambda d: ["--prompts-file", _prompts_file(d, 2000), "--duration", "600"],
+     "2000 items x 600 s = 1.2e+06 s of audio; at most 1e+06 s in one run"),
+    ("reproduce", lambda d: ["--num-prompts", "20000", "--num-samples", "1000"],
+     "20000 prompts x 1000 samples = 20000000 items"),
+    ("reproduce", lambda d: ["--num-prompts", "100000", "--num-samples", "2", "--duration", "8"],
+     "200000 items"),
+    ("reproduce", lambda d: ["--num-prompts", "1000", "--num-samples", "4", "--duration", "600"],
+     "4000 items x 600 s = 2.4e+06 s of audio"),
+    ("reproduce", lambda d: ["--num-samples", "1001"], "num_samples must be in [2, 1000]"),
+    ("reproduce", lambda d: ["--duration", "1e9"], "duration must be in (0, 600]"),
+])
+def test_a_request_beyond_the_run_bounds_is_one_line_before_any_model_load(command, case, message, tiny_dir, tmp_path,
+                                                                         capsys, monkeypatch):
+    """Resource bounds (generate.check_request_size): a run too big to finish is refused before it costs a load."""
+    import musicgen_cfg.model
+
+    monkeypatch.setattr(musicgen_cfg.model, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    model = ["--model", str(tiny_dir)] if command == "generate" else []
+    code, captured = run(capsys, command, *model, *case(tmp_path), "--out", str(out))
+    assert code == 2 and captured.err.startswith("error: ") and message in captured.err, captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and not out.exists()
