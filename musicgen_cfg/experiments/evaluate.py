@@ -153,13 +153,29 @@ def read_entries(run_dir: Path) -> list[dict]:
     return entries
 
 
-def read_samples(run_dir: Path, entries: list[dict]) -> dict[int, list[Sample]]:
-    """Audio and codes of the entries, grouped by prompt index."""
-    groups = defaultdict(list)
+def read_samples(run_dir: Path, entries: list[dict], world: str) -> dict[int, list[Sample]]:
+    """Audio and codes of the entries, grouped by prompt index. Every codes file has the world's codebooks
+    (the default world's symbolic codec; a real run: those of its first file)."""
+    groups, shape = defaultdict(list), None
+    if world == "default":
+        from musicgen_cfg.world.codec import SymbolicCodec
+
+        shape = (SymbolicCodec.num_codebooks, SymbolicCodec.cardinality)
     for entry in entries:
-        groups[entry["prompt_index"]].append(Sample(entry, _read_audio(run_dir / entry["file"]),
-                                                    _read_codes(run_dir / entry["codes_file"])))
+        codes = _read_codes(run_dir / entry["codes_file"], shape)
+        shape = shape or (codes.shape[0], None)
+        groups[entry["prompt_index"]].append(Sample(entry, _read_audio(run_dir / entry["file"]), codes))
     return dict(sorted(groups.items()))
+
+
+def read_cached(path: Path) -> dict | None:
+    """A previous metrics.json, or None when there is none to trust: evaluate wrote it, but it lies in the
+    user's folder, so one that is not UTF-8 JSON or not an object (a list) is recomputed and replaced."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return previous if isinstance(previous, dict) else None
 
 
 def check_entry(entry, where: str):
@@ -175,13 +191,27 @@ def check_entry(entry, where: str):
         raise UserError(f"{where}: malformed entry, sampling has no numeric 'guidance_scale'")
 
 
-def _read_codes(path: Path) -> np.ndarray:
+def _read_codes(path: Path, shape: tuple[int, int | None] | None = None) -> np.ndarray:
+    """Codes [K, T] of one file (foreign input: any .npy may sit there), as int64. One UserError for a file
+    that is no array, not [codebooks, frames], has no codes, holds no integers (float codes would be cast
+    silently), negative codes, or, with `shape` = (K, cardinality or None), other than K codebooks or a code
+    >= the cardinality: such codes would be judged as music or fail deep inside a judge."""
     try:
         codes = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read codes file {path}: {str(err).splitlines()[0]}") from None
-    if codes.ndim != 2:
-        raise UserError(f"codes file {path} has shape {list(codes.shape)}, expected [codebooks, frames]")
+    except (OSError, ValueError, EOFError) as err:
+        raise UserError(f"cannot read codes file {path}: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
+    if not isinstance(codes, np.ndarray) or codes.ndim != 2:
+        raise UserError(f"codes file {path} has shape {list(np.shape(codes))}, expected [codebooks, frames]")
+    if codes.dtype.kind not in "iu":
+        raise UserError(f"codes file {path} holds {codes.dtype} values, expected integer codes")
+    if 0 in codes.shape:
+        raise UserError(f"codes file {path} has {codes.shape[0]} codebooks x {codes.shape[1]} frames: no codes")
+    if shape is not None and codes.shape[0] != shape[0]:
+        raise UserError(f"codes file {path} has {codes.shape[0]} codebooks; this run's model has {shape[0]}")
+    high = shape[1] if shape is not None else None
+    if codes.min() < 0 or (high is not None and codes.max() >= high):
+        raise UserError(f"codes file {path} holds codes outside [0, {high})" if high is not None
+                        else f"codes file {path} holds negative codes")
     return codes.astype(np.int64)
 
 
@@ -298,6 +328,9 @@ class Evaluator:
         if world == "default" and self.config.reference_dir:
             raise UserError("--reference-dir is for real-MusicGen runs (the default world's distribution_distance "
                             "compares with its own test data)")
+        if world == "default" and self.config.clap:
+            raise UserError("--clap scores real-MusicGen runs (the default world's quality is the judges'); "
+                            "leave it out for this run")
         used = {}
         reward = self.reward_spec(world)
         if reward is not None:
@@ -335,14 +368,13 @@ class Evaluator:
             "version": EVALUATION_VERSION, "manifest": file_sha256(run_dir / MANIFEST), "components": components,
             "bootstrap": self.config.bootstrap, "seed": self.config.seed}, sort_keys=True).encode()).hexdigest()
         cached = run_dir / METRICS_JSON
-        if not force and cached.is_file():
-            try:
-                previous = json.loads(cached.read_text())
-            except json.JSONDecodeError:
-                previous = {}
-            if previous.get("cache_key") == key:
-                return previous
-        groups = read_samples(run_dir, entries)
+        for name in (METRICS_JSON, METRICS_CSV):  # refused before the work, not when writing its result
+            if (run_dir / name).exists() and not (run_dir / name).is_file():
+                raise UserError(f"{run_dir / name} is not a file (evaluate writes its results there); move it away")
+        previous = None if force else read_cached(cached)
+        if previous is not None and previous.get("cache_key") == key:
+            return previous
+        groups = read_samples(run_dir, entries, world)
         per_prompt, whole_set = self._metrics(groups, world, components, first["model"])
         counts = sorted({len(samples) for samples in groups.values()})
         result = {

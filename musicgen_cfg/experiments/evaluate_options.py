@@ -6,6 +6,7 @@ musicgen_cfg/experiments/evaluate.py runs the evaluation (and imports torch, the
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from musicgen_cfg.config import REQUIRED, field
 from musicgen_cfg.errors import UserError
@@ -40,6 +41,11 @@ class EvaluateConfig:
         parse_gate_spec(self.reward_gate)
         if self.world not in WORLDS:
             raise UserError(f"--world must be one of {', '.join(WORLDS)}, got {self.world!r}")
+        if self.clap is not None:
+            from musicgen_cfg.model import looks_like_hub_id  # torch, like rl/ above
+
+            if not Path(self.clap).expanduser().is_dir() and not looks_like_hub_id(self.clap):
+                raise UserError(f"--clap {self.clap}: no such directory, and not a hub id (owner/name)")
         if self.reward_embedder == JUDGES_SPEC:
             raise UserError("the judges are the held-out embedder; the reward embedder is the one training used")
 

@@ -322,6 +322,69 @@ def test_bad_settings_give_one_clear_line(tiny_run, reward_dir, capsys):
                                                         "--heldout-embedder", "judges")
 
 
+def _save_codes(run, array):
+    np.save(run / "0.wav.codes.npy", array)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda run: _save_codes(run, np.zeros((8, 16), np.int16)), "has 8 codebooks; this run's model has 4"),
+    (lambda run: _save_codes(run, np.zeros((4, 0), np.int16)), "has 4 codebooks x 0 frames: no codes"),
+    (lambda run: _save_codes(run, np.zeros((0, 16), np.int16)), "has 0 codebooks x 16 frames: no codes"),
+    (lambda run: _save_codes(run, np.full((4, 16), 2.5, np.float32)), "holds float32 values, expected integer codes"),
+    (lambda run: _save_codes(run, np.full((4, 16), 10**4, np.int16)), "holds codes outside [0, "),
+    (lambda run: _save_codes(run, np.full((4, 16), -1, np.int16)), "holds codes outside [0, "),
+    (lambda run: _save_codes(run, np.zeros((1, 4, 16), np.int16)), "has shape [1, 4, 16], expected [codebooks, frames]"),
+    (lambda run: (run / "0.wav.codes.npy").write_bytes(b"not an array"), "cannot read codes file"),
+    (lambda run: (run / "0.wav.codes.npy").write_bytes(b""), "cannot read codes file"),
+])
+def test_malformed_codes_files_are_one_line(corrupt, message, tmp_path, reward_dir):
+    """Codes files are foreign input: each defect is refused where evaluate reads them (_read_codes)."""
+    run = tmp_path / "run"
+    write_default_world_run(run, tmp_path / "model")
+    corrupt(run)
+    config = EvaluateConfig(reward_embedder=str(reward_dir), heldout_embedder="judges", bootstrap=10)
+    with pytest.raises(UserError) as error:
+        Evaluator(config, judges=FakeJudges()).evaluate(run)
+    assert message in str(error.value) and len(str(error.value).splitlines()) == 1
+    assert not (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("cached, refused", [
+    (lambda path: path.write_text("[]"), None),
+    (lambda path: path.write_text('"a string"'), None),
+    (lambda path: path.write_bytes("caf\xe9".encode("latin-1")), None),
+    (lambda path: path.write_text("[" * 100_000), None),
+    (lambda path: path.mkdir(), "metrics.json is not a file"),
+    (lambda path: (path.parent / "metrics.csv").mkdir(), "metrics.csv is not a file"),
+])
+def test_a_cached_metrics_file_that_is_not_an_object_is_recomputed_and_a_folder_refused(cached, refused, tmp_path,
+                                                                                        reward_dir):
+    run = tmp_path / "run"
+    write_default_world_run(run, tmp_path / "model")
+    cached(run / "metrics.json")
+    evaluator = Evaluator(EvaluateConfig(reward_embedder=str(reward_dir), heldout_embedder="judges", bootstrap=10),
+                          judges=FakeJudges())
+    if refused is None:
+        result = evaluator.evaluate(run)
+        assert json.loads((run / "metrics.json").read_text())["cache_key"] == result["cache_key"]
+    else:
+        with pytest.raises(UserError, match=refused):
+            evaluator.evaluate(run)
+
+
+@pytest.mark.parametrize("clap, message", [
+    (lambda clap_dir: "/nonexistent", "--clap /nonexistent: no such directory, and not a hub id"),
+    (lambda clap_dir: "./no/such/clap", "no such directory"),
+    (lambda clap_dir: str(clap_dir / "config.json"), "no such directory"),
+    (lambda clap_dir: str(clap_dir), "--clap scores real-MusicGen runs"),  # the default world would not use it
+])
+def test_a_clap_evaluate_would_not_use_is_refused(clap, message, clap_dir, tmp_path, reward_dir, capsys):
+    run = tmp_path / "run"
+    write_default_world_run(run, tmp_path / "model")
+    assert message in _one_line_error(capsys, run, "--reward-embedder", reward_dir, "--clap", clap(clap_dir))
+    assert not (run / "metrics.json").exists()
+
+
 # ------------------------------------------------------------------------------------------ pipeline
 
 def test_reproduce_end_to_end_on_tiny_models(tiny_dir, clap_dir, reward_dir, tmp_path):
@@ -479,7 +542,7 @@ def test_reproduce_skips_missing_models_and_checks_its_config(tiny_dir, clap_dir
     assert not (tmp_path / "r2" / "runs").exists()  # nothing generated before the check
     with pytest.raises(UserError, match="not in guidance_scales"):
         reproduce(ReproduceConfig(**{**config.__dict__, "guidance_scales": (1.0, 2.0)}), log=logs.append)
-    with pytest.raises(UserError, match="num_samples must be >= 2"):
+    with pytest.raises(UserError, match=r"num_samples must be in \[2, 1000\]"):
         load_config(ReproduceConfig, None, ["--num-samples", "1"])
     with pytest.raises(UserError, match="guidance_scales"):
         ReproduceConfig(guidance_scales="1,x")
