@@ -59,15 +59,36 @@ def _user_errors(call):
 
 
 class _Blocks(gr.Blocks):
-    """gr.Blocks whose too-few-inputs check answers in one line: Gradio's own is a multi-line ValueError,
-    which launch(show_error=False) hides from the client as {"error": null}."""
+    """gr.Blocks whose input checks answer in one line: Gradio's too-few-inputs check is a multi-line
+    ValueError, which launch(show_error=False) hides from the client as {"error": null}; and a text input
+    (the prompt) that is not a string is refused here, on the raw request, because gr.Textbox turns any
+    JSON value into text (5, ['a'] and {'a': 1} would be generated as prompts)."""
 
     def validate_inputs(self, block_fn, inputs):
+        where = f"/{block_fn.api_name or block_fn.name}"
         if len(inputs) < len(block_fn.inputs):
             names = [getattr(block, "label", None) or "?" for block in block_fn.inputs]
-            raise gr.Error(f"/{block_fn.api_name or block_fn.name} takes {len(names)} inputs ({', '.join(names)}), "
-                           f"got {len(inputs)}", print_exception=False)
+            raise gr.Error(f"{where} takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}",
+                           print_exception=False)
+        for block, value in zip(block_fn.inputs, inputs):
+            if isinstance(block, gr.Textbox) and value is not None and not isinstance(value, str):
+                raise gr.Error(f"{where}: {block.label or 'a text input'} must be a string, got "
+                               f"{type(value).__name__} {str(value)[:40]}", print_exception=False)
         super().validate_inputs(block_fn, inputs)
+
+
+def _unknown_endpoint_handler(blocks: gr.Blocks):
+    """A FastAPI handler that answers a call of an API name the app does not serve with 404 and one line
+    naming the ones it does (Gradio raises FnIndexInferError there, which reaches the client as HTTP 500)."""
+    from fastapi.responses import JSONResponse
+
+    def handler(request, err):
+        served = ", ".join(f"/{fn.api_name}" for fn in blocks.fns.values()
+                           if fn.api_name and fn.api_visibility == "public")
+        name = request.path_params.get("api_name", "?")
+        return JSONResponse({"error": f"no endpoint /{name}: this app serves {served}"}, status_code=404)
+
+    return handler
 
 
 def _endpoint_line(label: str, provenance: dict) -> str:
@@ -341,11 +362,14 @@ def launch(engine: Engine, host: str, port: int | None, share: bool = False, inb
     blocks.close()); otherwise it serves until Ctrl-C."""
     blocks = build_app(engine)
     blocks.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    from gradio.route_utils import FnIndexInferError
+
     try:
         # quiet: Gradio's banner tells users to edit launch() for a share link; our line names --share.
         blocks.launch(server_name=host, server_port=port, share=share, inbrowser=inbrowser, prevent_thread_lock=True,
                       allowed_paths=[str(engine.out_root)], show_error=False, ssr_mode=False, css=CSS,
-                      footer_links=["api"], quiet=True)
+                      footer_links=["api"], quiet=True,
+                      app_kwargs={"exception_handlers": {FnIndexInferError: _unknown_endpoint_handler(blocks)}})
     except OSError as err:
         reason = str(err).splitlines()[0].split(". ")[0]  # Gradio goes on about launch() arguments
         raise UserError(f"cannot serve on {host}:{port or 'a port from 7860'}: {reason}") from None

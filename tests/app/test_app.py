@@ -230,6 +230,10 @@ def test_shown_diversity_is_the_gated_reward(served):
     ({"variations": "many"}, "the number of variations must be a number, got 'many'"),
     ({"prompt": "   "}, "the prompt is empty"),
     ({"prompt": "x" * 301}, "the prompt has 301 characters; at most 300 are allowed"),
+    ({"prompt": 5}, "/generate: prompt must be a string, got int 5"),  # gr.Textbox would make these text
+    ({"prompt": ["a"]}, "/generate: prompt must be a string, got list ['a']"),
+    ({"prompt": {"a": 1}}, "/generate: prompt must be a string, got dict {'a': 1}"),
+    ({"prompt": True}, "/generate: prompt must be a string, got bool True"),
     ({"duration": 1e6}, "duration must be between 0.5 and 30 s, got 1e+06"),
     ({"temperature": 0}, "temperature must be in (0, 2]"),
     ({"top_k": 100000}, "top-k must be between 0 (off) and 64"),
@@ -258,6 +262,23 @@ def test_raw_rest_call_with_too_few_inputs_gets_one_line(served, data):
     payload = json.loads(stream.split("data:", 1)[1].strip().splitlines()[0])
     assert payload["error"] == (f"/generate takes 8 inputs (prompt, lam, variations, duration, seed, temperature, "
                                 f"top_k, compare), got {len(data)}")
+
+
+@pytest.mark.parametrize("route", ["call/nope", "run/nope", "call/generate_typo", "api/nope"])
+def test_an_unknown_endpoint_is_a_404_in_one_line(served, route):
+    import urllib.error
+    import urllib.request
+
+    _, client = served
+    request = urllib.request.Request(f"{client.src.rstrip('/')}/gradio_api/{route}",
+                                     data=json.dumps({"data": ["a calm folk song"]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request)
+    assert error.value.code == 404
+    name = route.split("/")[1]
+    assert json.loads(error.value.read()) == {
+        "error": f"no endpoint /{name}: this app serves /generate, /measure, /set_lambda, /info"}
 
 
 def test_top_k_zero_is_off_in_the_app_as_in_generate(served):
