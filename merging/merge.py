@@ -498,7 +498,15 @@ def sweep_checkpoints(
     destinations = [out / sweep_dir_name(lam) for lam in lams]
     for destination in destinations:
         _check_destination(destination, sources, overwrite)
-    return [_write_merged(sources, recipe, dest, max_shard_bytes) for recipe, dest in zip(recipes, destinations)]
+    created = not out.exists()
+    try:
+        return [_write_merged(sources, recipe, dest, max_shard_bytes) for recipe, dest in zip(recipes, destinations)]
+    except BaseException:
+        # Input tensors are checked as they stream in (a NaN one fails the first merge): a sweep that fails
+        # there leaves no empty OUT behind; merges finished before a later failure stay, each complete.
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,3 +162,42 @@ def test_non_finite_weights_are_refused_at_load(command, nan_model, tiny_dir, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "non-finite values (NaN or inf)" in err[0], err
     assert not (tmp_path / "m").exists() and not (tmp_path / "g").exists()
+
+
+def _poisoned(tiny_dir, directory, poison):
+    """A copy of the tiny checkpoint whose floating tensors `poison(name, tensor)` rewrites in place."""
+    import shutil
+
+    shutil.copytree(tiny_dir, directory)
+    state = load_file(str(directory / "model.safetensors"))
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            poison(name, tensor)
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+ALL_NAN = lambda name, tensor: tensor.fill_(NAN)  # noqa: E731
+LAST_INF = lambda name, tensor: tensor.view(-1)[-1:].fill_(-float("inf")) if name.endswith("lm_heads.0.weight") else None  # noqa: E731,E501
+
+
+@pytest.mark.parametrize("poison, which, options", [
+    (ALL_NAN, "second", ["--lam", "0.5"]),
+    (ALL_NAN, "first", ["--lam", "0.5"]),
+    (ALL_NAN, "second", ["--lam", "0"]),  # weight 0 on the NaN model: 0 * NaN is still NaN
+    (ALL_NAN, "second", ["--sweep", "0,1"]),
+    (ALL_NAN, "second", ["--lam", "0.5", "--method", "slerp"]),
+    (ALL_NAN, "base", ["--method", "task_arithmetic", "--weights", "0.5,0.5"]),
+    (LAST_INF, "second", ["--lam", "0.5"]),
+])
+def test_merge_refuses_a_non_finite_model_in_one_line_and_writes_nothing(poison, which, options, tiny_dir, tmp_path,
+                                                                         capsys):
+    bad = str(_poisoned(tiny_dir, tmp_path / "bad", poison))
+    good = str(tiny_dir)
+    models = {"first": [bad, good], "second": [good, bad], "base": [good, good]}[which]
+    base = ["--base", bad] if which == "base" else []
+    out = tmp_path / "merged"
+    assert main(["merge", "--models", *models, *base, *options, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite values (NaN or inf); refusing to load it" in err[0], err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
