@@ -177,8 +177,13 @@ def _poisoned(tiny_dir, directory, poison):
     return directory
 
 
-ALL_NAN = lambda name, tensor: tensor.fill_(NAN)  # noqa: E731
-LAST_INF = lambda name, tensor: tensor.view(-1)[-1:].fill_(-float("inf")) if name.endswith("lm_heads.0.weight") else None  # noqa: E731,E501
+def ALL_NAN(name, tensor):  # noqa: N802 (a case's name)
+    tensor.fill_(NAN)
+
+
+def LAST_INF(name, tensor):  # noqa: N802 (one -inf, in the last head only)
+    if name.endswith("lm_heads.0.weight"):
+        tensor.view(-1)[-1] = -float("inf")
 
 
 @pytest.mark.parametrize("poison, which, options", [
