@@ -283,7 +283,7 @@ def rebuild_command(args: EmbedderTrainArgs, config: EmbedderTrainConfig) -> str
         options += [f"--{name.replace('_', '-')}", str(value)]
     options += ["--threads", str(args.threads)]  # results are reproducible per thread count
     if args.rebuild_shipped:
-        options += ["--rebuild-shipped", "true"]
+        options += ["--rebuild-shipped"]
     return shlex.join(["musicgen-cfg", "embedder", "train", *source, "--out", str(args.out), *options])
 
 

@@ -78,7 +78,7 @@ if want embedders && ! trained_on_dataset "$ASSETS/embedder"; then
   say "embedders: the reward embedder on the new dataset (CPU)"
   logged embedder mg embedder train --model default --out "$ASSETS/embedder" --kind notes --steps 1500 --batch-size 8 \
     --chunk-seconds 2.0 --lr 0.003 --weight-decay 0.0001 --warmup-steps 50 --heldout 128 --clips 1500 --clip-seconds 4.0 \
-    --eval-every 250 --seed 0 --threads "$CPU_THREADS" --rebuild-shipped true &
+    --eval-every 250 --seed 0 --threads "$CPU_THREADS" --rebuild-shipped &
   pids+=($!)
 fi
 if want embedders && [ "$RETRAIN_JUDGES" = 1 ] && ! trained_on_dataset "$ASSETS/scorer"; then

@@ -291,3 +291,14 @@ def test_shipped_default_embedder_tells_different_music_apart():
     same_piece = pairwise_diversity(vectors).mean()  # two passages of one segment
     different = pairwise_diversity(torch.stack([vectors[:10, 0], vectors[10:, 0]], dim=1)).mean()
     assert different > same_piece + 0.2, (same_piece, different)
+
+
+def test_the_rebuild_command_of_the_shipped_embedder_parses_as_the_same_options():
+    from musicgen_cfg import cli
+    from rl.train_embedder import rebuild_command
+
+    argv = ["embedder", "train", "--model", "default", "--out", "musicgen_cfg/assets/default/embedder", "--rebuild-shipped"]
+    _, args = cli.parse(argv)
+    config = EmbedderTrainConfig(**{name: getattr(args, name) for name in EmbedderTrainConfig.__dataclass_fields__})
+    _, again = cli.parse(shlex.split(rebuild_command(args, config))[1:])
+    assert again == args and again.rebuild_shipped and again.kind == "notes"
