@@ -86,7 +86,9 @@ def test_key_accuracy_high_on_cadences_low_on_random_notes(judges):
 def test_realism_zero_for_real_segments_large_for_caricatures(judges, test_split):
     indices, prompts = choose_prompts(test_split, 60, seed=1)
     real = judges.score(test_split.codes(indices), prompts)
-    assert np.median(real["realism_distance"]) == 0.0 and real["realism_distance"].mean() < 0.3
+    # Each of the 7 features' range is the style's central 90 %, so a real segment lies inside all of them
+    # about half the time (0.9 ** 7 = 0.48 if they were independent) and is never far outside.
+    assert (real["realism_distance"] == 0).mean() >= 0.4 and real["realism_distance"].mean() < 0.3
     repeated = np.zeros((len(prompts), 4, 128), np.uint8)
     repeated[:, 0] = symbolic.pitch_to_token(67)  # one pitch, a new onset every 16th
     caricature = judges.score(repeated, prompts)
