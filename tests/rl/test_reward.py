@@ -63,9 +63,15 @@ def test_a_prompts_rewards_do_not_depend_on_its_batch_or_the_process_split(segme
     split = [diversity_rewards(codes[:G], prompts[:G], G, codec, embedder, gate).rewards,
              diversity_rewards(codes[G:], prompts[G:], G, codec, embedder, gate).rewards]
     assert torch.equal(torch.cat(split), batched)
-    # What the trainer did before: decode the whole batch at once, padding the fast rows with silence.
-    padded = embedder.embed(codec.decode(codes, prompts), codec.sample_rate).view(len(PROMPTS), G, -1)
-    assert not torch.allclose(pairwise_diversity(padded)[0], batched[0], atol=1e-3)
+    # What the trainer did before: decode the whole batch at once, padding the fast rows with silence. The note
+    # embedder hears no notes in the padding, a spectrogram embedder does: that is what per-prompt decoding prevents.
+    from rl.embedders import ContrastiveMusicEmbedder
+
+    torch.manual_seed(0)
+    spectral_net = ContrastiveMusicEmbedder().eval()
+    per_prompt = diversity_rewards(codes, prompts, G, codec, spectral_net, gate).rewards
+    padded = spectral_net.embed(codec.decode(codes, prompts), codec.sample_rate).view(len(PROMPTS), G, -1)
+    assert not torch.allclose(pairwise_diversity(padded)[0], per_prompt[0], atol=1e-3)
 
 
 def test_rows_of_one_group_must_share_their_prompt(segments, embedder):
