@@ -189,7 +189,6 @@ def note_statistics(frames: np.ndarray, midi: np.ndarray, config: NoteEmbedderCo
         if i == len(frames) or frames[i] - frames[i - 1] > 1:
             groups.append(np.arange(start, i))
             start = i
-    groups = [g for g in groups if len(g)]
     intervals = []
     for previous, current in zip(groups, groups[1:]):
         before = midi[previous]

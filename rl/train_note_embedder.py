@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -182,7 +183,7 @@ def train_from_config(config) -> tuple[NoteEmbedder, dict]:
                  "transpose_semitones": TRANSPOSE_SEMITONES, "train_clips": len(train_waves),
                  "instruments": sorted({p.split(" at ")[0] for p in prompts}), "same_prompt_heldout_prompt": fixed_prompt,
                  "heldout_clips": {name: len(w) for name, (w, _) in heldout.items()}, "prepare_seconds": prepare_seconds},
-        "embedder_config": model.config.__dict__,
+        "embedder_config": asdict(model.config),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": metrics["train_seconds"],
         "final_loss": sum(recent) / len(recent),
