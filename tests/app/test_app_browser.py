@@ -52,7 +52,9 @@ def test_page_generates_three_variations_after_moving_the_slider(served, tmp_pat
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(url, wait_until="networkidle")
+            # Not "networkidle": Gradio keeps a heartbeat stream open for as long as the page lives.
+            page.goto(url, wait_until="load")
+            expect(page.locator("#prompt textarea")).to_be_visible(timeout=30_000)
             page.locator("#prompt textarea").fill("a calm folk song on the piano")
             # Click at 80% of the lam track (the position is taken relative to the element when it is
             # stable, so a late layout shift cannot move the target); pointerup fires the slider's
