@@ -13,6 +13,7 @@ weights sha256); into the shipped musicgen_cfg/assets/ only with --rebuild-shipp
 """
 
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -248,5 +249,6 @@ def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: 
             "parameters": sum(p.numel() for p in model.lm.parameters()),
             "train_seconds": round(elapsed, 1),
             "trained_on": machine(next(model.lm.parameters()).device.type, config.threads),
-            "final_metrics_csv": str(run_dir / "metrics.csv"),
+            "metrics_csv": "metrics.csv",  # the training and validation curve, shipped beside the weights
         }, tmp / "manifest.json")
+        shutil.copyfile(run_dir / "metrics.csv", tmp / "metrics.csv")

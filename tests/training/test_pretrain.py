@@ -80,5 +80,7 @@ def test_a_tiny_pretrain_run_resumes_and_exports_a_model_with_its_provenance(tmp
     assert manifest["dataset_sha256"] == file_sha256(DEFAULT_PATH) and manifest["config"]["steps"] == 2
     assert manifest["rebuild_command"].startswith("musicgen-cfg pretrain")
     assert manifest["trained_on"]["torch"] == torch.__version__ and manifest["train_seconds"] > 0
+    curve = (tmp_path / "base" / "metrics.csv").read_text().splitlines()  # the curve ships with the weights
+    assert manifest["metrics_csv"] == "metrics.csv" and len(curve) == 3 and "val_loss" in curve[0].split(",")
     model = load_model(str(tmp_path / "base"))
     assert model.generate(["a jig"], [0], 1.0, SamplingConfig())[0].codes.shape[0] == 4

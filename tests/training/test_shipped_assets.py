@@ -73,3 +73,8 @@ def test_corpus_build_writes_the_shipped_dataset_only_when_told():
         cli.parse(["corpus", "build"])  # its default --out is the shipped dataset
     config = cli.parse(["corpus", "build", "--rebuild-shipped"])[1]
     assert rebuild_command(config) == "musicgen-cfg corpus build --rebuild-shipped"  # what the GPU recipe checks
+
+
+def test_all_shipped_binaries_together_stay_within_80_mb():
+    """The design card's budget: every file the package ships (models, embedders, scorer, dataset) <= 80 MB."""
+    assert sum(p.stat().st_size for p in SHIPPED_ASSETS.rglob("*") if p.is_file()) <= 80_000_000
