@@ -66,9 +66,10 @@ class SweepConfig:
         self.gammas = tuple(sorted(self.gammas))
 
 
-def choose_prompts(test, count: int, seed: int) -> tuple[np.ndarray, list[str]]:
+def choose_prompts(test, count: int, seed: int, dropout=None) -> tuple[np.ndarray, list[str]]:
     """`count` test segments, style-balanced (round robin over styles, seeded order within each; a style
-    that runs out drops out), and one seeded caption each -> (indices int [count], prompts)."""
+    that runs out drops out), and one seeded caption each -> (indices int [count], prompts).
+    dropout: the captions' per-attribute dropout (captions.CaptionDropout; None = the default)."""
     rng = random.Random(seed)
     queues = []
     for style in sorted(set(test.styles.tolist())):
@@ -82,7 +83,7 @@ def choose_prompts(test, count: int, seed: int) -> tuple[np.ndarray, list[str]]:
         for queue in queues:
             if queue and len(chosen) < count:
                 chosen.append(queue.pop())
-    return np.array(chosen), [test.sample_caption(i, rng) for i in chosen]
+    return np.array(chosen), [test.sample_caption(i, rng, dropout=dropout) for i in chosen]
 
 
 def generate(model, prompts: list[str], config: SweepConfig, gamma: float) -> np.ndarray:
@@ -106,7 +107,7 @@ def summarise(scores: dict[str, np.ndarray], prompts_per_sample: int, styles: li
     COLUMNS, and per-style means of STYLE_COLUMNS. styles: the style of each prompt."""
     summary = {}
     for name in COLUMNS:
-        per_prompt = _per_prompt(scores[name], prompts_per_sample)
+        per_prompt = per_prompt_means(scores[name], prompts_per_sample)
         valid = per_prompt[~np.isnan(per_prompt)]
         summary[name] = float(valid.mean()) if len(valid) else None
         summary[f"{name}_se"] = float(valid.std(ddof=1) / np.sqrt(len(valid))) if len(valid) > 1 else None
@@ -114,11 +115,11 @@ def summarise(scores: dict[str, np.ndarray], prompts_per_sample: int, styles: li
     for style in sorted(set(styles)):
         rows = np.array([s == style for s in styles])
         summary["by_style"][style] = {
-            name: _nanmean(_per_prompt(scores[name], prompts_per_sample)[rows]) for name in STYLE_COLUMNS}
+            name: _nanmean(per_prompt_means(scores[name], prompts_per_sample)[rows]) for name in STYLE_COLUMNS}
     return summary
 
 
-def _per_prompt(values: np.ndarray, samples: int) -> np.ndarray:
+def per_prompt_means(values: np.ndarray, samples: int) -> np.ndarray:
     """float [P * samples] (prompt-major) -> prompt means [P], NaN where every sample is NaN."""
     grouped = values.reshape(-1, samples)
     counts = (~np.isnan(grouped)).sum(1)
@@ -230,7 +231,7 @@ def run_sweep(config: SweepConfig, out: Path, dataset_path=None, scorer_dir=None
         scores = judges.score(codes, sample_prompts)
         embeddings = torch.from_numpy(judges.embed_codes(codes)).view(len(prompts), config.samples, -1)
         diversity[gamma] = pairwise_diversity(embeddings).mean(1).numpy().astype(float)
-        quality[gamma] = _per_prompt(scores["quality"], config.samples)
+        quality[gamma] = per_prompt_means(scores["quality"], config.samples)
         row = {**summarise(scores, config.samples, styles), "fad": judges.distribution_distance(codes, sample_prompts),
                "diversity": float(diversity[gamma].mean()),
                "diversity_se": float(diversity[gamma].std(ddof=1) / np.sqrt(len(prompts))) if len(prompts) > 1 else None,
