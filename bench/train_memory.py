@@ -101,16 +101,17 @@ def decoder_parameters(shape: Shape) -> int:
         return sum(p.numel() for p in MusicgenLM(config, shape.text_hidden).parameters())
 
 
-def tower_parameters() -> int:
-    """T5-base encoder + EnCodec 32 kHz (MusicGen's configs, from their published hyper-parameters), on meta."""
-    from transformers import EncodecConfig, EncodecModel, T5Config, T5EncoderModel
+def tower_parameters(config=None) -> int:
+    """T5 encoder + EnCodec parameters of a MusicgenConfig, counted on meta; default MusicGen's: T5-base and
+    EnCodec 32 kHz (musicgen_cfg.tiny's T5_BASE and ENCODEC_32KHZ, their published hyper-parameters)."""
+    from transformers import EncodecModel, T5EncoderModel
 
-    t5 = T5Config(d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, vocab_size=32128)
-    encodec = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=64, hidden_size=128,
-                            upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, num_lstm_layers=2,
-                            target_bandwidths=[2.2], use_causal_conv=False)
+    from musicgen_cfg.tiny import ENCODEC_32KHZ, T5_BASE, musicgen_config
+
+    config = config or musicgen_config(vocab_size=2048, text=T5_BASE, audio=ENCODEC_32KHZ)
     with torch.device("meta"):
-        return sum(p.numel() for m in (T5EncoderModel(t5), EncodecModel(encodec)) for p in m.parameters())
+        towers = (T5EncoderModel(config.text_encoder), EncodecModel(config.audio_encoder))
+        return sum(p.numel() for m in towers for p in m.parameters())
 
 
 def clap_parameters() -> int:
