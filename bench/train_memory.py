@@ -20,6 +20,9 @@ T frames, S = T + K - 1 decoder steps, m rows per micro-batch, r rows per rollou
              towers   4 x (T5 encoder + EnCodec parameters), one copy shared by student and teacher,
                       + 4 x the reward embedder's parameters when beta > 0 (CLAP: a full ClapModel)
   rollout    KV cache 2 L r S D x 2 bytes (bf16) + cross-attention K/V 2 L r S_text D x 2
+             fused copies (the sampler's per request, KVCache in musicgen_cfg/lm.py): q/k/v stacked per layer
+                      and the K heads in the compute dtype (bf16), 2 (3 L D^2 + K V D), + the K embedding
+                      tables in the weights' dtype, K (V + 1) D x 4 (LoRA: x teacher bytes, the base's dtype)
   scoring    teacher logits kept for the loss   2 x 4 m K T V   (conditional and CFG, fp32)
              logits chain saved for backward     c x 4 m K T V   c = 4 (student logits, log-softmax, its
                                                                  exp, log-ratio) + 1 with beta > 0
@@ -150,6 +153,19 @@ class Run:
                    config.gradient_checkpointing, 2 if config.teacher_dtype == "bfloat16" else 4, lora)
 
 
+def kv_cache(shape: Shape, rows: int, steps: int, text_tokens: int, element_bytes: int = 2) -> int:
+    """Bytes of the sampler's KVCache: self-attention K and V over `steps`, cross-attention K and V over the text."""
+    return 2 * shape.layers * rows * (steps + text_tokens) * shape.hidden * element_bytes
+
+
+def fused_copies(shape: Shape, weight_bytes: int = 4, compute_bytes: int = 2) -> int:
+    """Bytes of the fused weights KVCache derives per request (musicgen_cfg/lm.py): q/k/v stacked per layer
+    [3D, D] and the K heads [K V, D], cast to the compute dtype, and the K embedding tables [K (V + 1), D] in
+    the weights' dtype."""
+    D, K, V = shape.hidden, shape.codebooks, shape.vocab
+    return (3 * shape.layers * D * D + K * V * D) * compute_bytes + K * (V + 1) * D * weight_bytes
+
+
 def estimate(shape: Shape, run: Run, n: int, towers: int, embedder: int = 0) -> dict[str, float]:
     """The formula of the module docstring: bytes per term, plus 'static', 'rollout', 'scoring', 'peak'."""
     D, F, L, K, V = shape.hidden, shape.ffn, shape.layers, shape.codebooks, shape.vocab
@@ -161,7 +177,8 @@ def estimate(shape: Shape, run: Run, n: int, towers: int, embedder: int = 0) -> 
         "student": 4 * n + 16 * lora_parameters(shape) if run.lora else 16 * n,
         "teacher": 0 if run.lora else run.teacher_bytes * n,
         "towers": 4 * towers + (4 * embedder if run.beta_positive else 0),
-        "kv_cache": 2 * L * r * S * D * 2 + 2 * L * r * run.text_tokens * D * 2,
+        "kv_cache": kv_cache(shape, r, S, run.text_tokens),
+        "fused_copies": fused_copies(shape, run.teacher_bytes if run.lora else 4),
         "teacher_logits": 2 * logits,
         "logits_chain": (5 if run.beta_positive else 4) * logits,
         "logits_backward": 2 * logits,
@@ -171,7 +188,7 @@ def estimate(shape: Shape, run: Run, n: int, towers: int, embedder: int = 0) -> 
         "optimizer": 4 * lora_parameters(shape) if run.lora else 4 * n,
     }
     terms["static"] = terms["student"] + terms["teacher"] + terms["towers"]
-    terms["rollout"] = terms["kv_cache"]
+    terms["rollout"] = terms["kv_cache"] + terms["fused_copies"]
     terms["scoring"] = sum(terms[k] for k in ("teacher_logits", "logits_chain", "logits_backward", "activations",
                                               "heads", "weight_casts"))
     terms["peak"] = terms["static"] + max(terms["rollout"], terms["scoring"], terms["optimizer"])
@@ -274,6 +291,7 @@ def cpu_check(workdir: Path) -> dict:
     with distiller.autocast():
         cache = KVCache(lm, cond, run.frames + shape.codebooks - 1)
     measured["kv_cache"] = tensor_bytes([*cache.keys, *cache.values, *(t for kv in cache.cross for t in kv)])
+    measured["fused_copies"] = tensor_bytes([cache.embed_table, *cache.qkv, cache.heads])
     formula_kv = estimate(shape, Run(**{**asdict(run), "text_tokens": cond.hidden.shape[1]}), n, towers)["kv_cache"]
     distiller.optimizer.zero_grad(set_to_none=True)
     rows = [{"term": k, "measured_bytes": measured[k], "formula_bytes": formula_kv if k == "kv_cache" else formula[k],
