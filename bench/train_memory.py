@@ -197,27 +197,34 @@ def estimate(shape: Shape, run: Run, n: int, towers: int, embedder: int = 0) -> 
 
 # ------------------------------------------------------------------------------------------ measuring
 
-def write_checkpoint(shape: Shape, workdir: Path, device: str) -> tuple[str, str, str]:
-    """Random-weight checkpoint of the shape (tiny text/audio towers), a random embedder and prompts."""
+def write_checkpoint(shape: Shape, workdir: Path, device: str) -> str:
+    """Random-weight checkpoint of the shape (tiny text/audio towers)."""
     from musicgen_cfg.tiny import save_tiny_musicgen
-    from rl.embedders import ContrastiveMusicEmbedder
 
-    model = save_tiny_musicgen(workdir / shape.name, hidden_size=shape.hidden, num_layers=shape.layers,
-                               num_heads=shape.heads, vocab_size=shape.vocab, ffn_dim=shape.ffn,
-                               text_hidden_size=shape.text_hidden, device=device)
-    ContrastiveMusicEmbedder().save(workdir / "embedder")
-    (workdir / "prompts.txt").write_text("\n".join(f"a jazz song with piano number {i}" for i in range(64)))
-    return str(model), str(workdir / "embedder"), str(workdir / "prompts.txt")
+    return str(save_tiny_musicgen(workdir / shape.name, hidden_size=shape.hidden, num_layers=shape.layers,
+                                  num_heads=shape.heads, vocab_size=shape.vocab, ffn_dim=shape.ffn,
+                                  text_hidden_size=shape.text_hidden, device=device))
 
 
 def distiller_for(shape: Shape, config_name: str, workdir: Path, device: str, overrides: list[str]) -> Distiller:
+    return distiller_on(write_checkpoint(shape, workdir, device), config_name, workdir, device, overrides)
+
+
+def distiller_on(model: str, config_name: str, workdir: Path, device: str, overrides: list[str]) -> Distiller:
+    """A Distiller of configs/<config_name> + overrides on the checkpoint `model`, with prompts and, where the
+    config names a CLAP reward embedder (not downloadable offline), a random contrastive one written to workdir."""
     from accelerate import Accelerator
 
-    model, embedder, prompts = write_checkpoint(shape, workdir, device)
+    from rl.embedders import ContrastiveMusicEmbedder
+
+    ContrastiveMusicEmbedder().save(workdir / "embedder")
+    (workdir / "prompts.txt").write_text("\n".join(f"a jazz song with piano number {i}" for i in range(64)))
     path = ROOT / "configs" / config_name
-    reward = ["--embedder", embedder] if load_config(DistillConfig, path).embedder.startswith("clap:") else []
-    config = load_config(DistillConfig, path, ["--model", model, "--prompts", prompts, "--device", device, *reward,
-                                               "--out", str(workdir / "run"), "--tensorboard", "false", *overrides])
+    reward = (["--embedder", str(workdir / "embedder")]
+              if load_config(DistillConfig, path).embedder.startswith("clap:") else [])
+    config = load_config(DistillConfig, path, ["--model", model, "--prompts", str(workdir / "prompts.txt"),
+                                               "--device", device, *reward, "--out", str(workdir / "run"),
+                                               "--tensorboard", "false", *overrides])
     return Distiller(config, Accelerator(cpu=device == "cpu", mixed_precision="no"))
 
 
