@@ -3,7 +3,7 @@ format, random weights, built offline from configs) through the project's real p
 each stage's peak RSS and wall time next to the memory formula's prediction.
 
     make real-shape                                         # = .venv/bin/python bench/real_shape.py --preset large
-    .venv/bin/python bench/real_shape.py --preset tiny      # the machinery on tiny shapes (~2 min)
+    .venv/bin/python bench/real_shape.py --preset tiny      # the machinery on tiny shapes (~3 min)
     .venv/bin/python bench/real_shape.py --preset small --stages generate export --ram-gb 16
 
 Presets: tiny (train_memory's CPU-check decoder, the tiny towers of musicgen_cfg/tiny.py) and small / medium /
@@ -384,7 +384,7 @@ def table(report: dict) -> str:
     """The markdown table of a report's rows."""
     lines = [f"Preset {report['preset']}, --ram-gb {report['ram_gb']:g} (runtime allowance "
              f"{report['runtime_gb']:.2f} GB), {report['machine']['cpu']}, load average "
-             f"{report['machine']['load_average_at_start'][0]:.1f} at the start, torch {report['versions']['torch']}, "
+             f"{report['machine']['load_average_at_start'][0]:.1f} at the start, {report['threads']} thread(s), torch {report['versions']['torch']}, "
              f"transformers {report['versions']['transformers']}. Predicted: estimated; the rest: {measured_where()}.",
              "", "| stage | preset | status | predicted GB | peak RSS GB | RSS after imports GB | peak - imports GB "
              "| / predicted | wall s | notes |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
