@@ -51,6 +51,13 @@ gpu-recipe: setup
 gpu-check: setup
 	$(BIN)/python bench/gpu_check.py
 
+# Real-shape rehearsal on the CPU (issue 22): published MusicGen sizes with random weights, each stage's peak RSS
+# next to the memory formula -> bench/results/real_shape.json + .md; not part of `make test` (bench/README.md)
+REAL_SHAPE_PRESET ?= large
+.PHONY: real-shape
+real-shape: setup
+	$(BIN)/python bench/real_shape.py --preset $(REAL_SHAPE_PRESET)
+
 lint: setup
 	$(BIN)/ruff check musicgen_cfg rl merging app tests bench
 

@@ -73,10 +73,12 @@ SAMPLER_GOALS = {
 }
 
 
-def run_stage(stage: Stage) -> dict:
-    """Run one stage as its own process group under its timeout; its record (its JSON only if written now)."""
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log = LOGS / f"{stage.name}.log"
+def run_stage(stage: Stage, logs: Path | None = None) -> dict:
+    """Run one stage as its own process group under its timeout; its record (its JSON only if written now).
+    Its output goes to `logs` (default LOGS)/<name>.log."""
+    logs = logs or LOGS
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{stage.name}.log"
     started = time.time()
     with log.open("w") as handle:
         process = subprocess.Popen([sys.executable, *stage.argv], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,

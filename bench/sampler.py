@@ -60,7 +60,7 @@ from musicgen_cfg.conditioning import TextEncoder  # noqa: E402
 from musicgen_cfg.lm import MusicgenLM  # noqa: E402
 from musicgen_cfg.model import _load_lm_state  # noqa: E402
 from musicgen_cfg.sampler import SamplingConfig, sample  # noqa: E402
-from musicgen_cfg.tiny import tiny_musicgen  # noqa: E402
+from musicgen_cfg.tiny import T5_BASE, tiny_musicgen  # noqa: E402
 
 GUIDANCE = 3.0
 TOP_K = 250
@@ -77,8 +77,7 @@ TINY = dict(hidden_size=128, num_layers=2, num_heads=4, vocab_size=2048, num_cod
             ffn_dim=512, max_positions=2048)
 # musicgen-small shapes (random weights); T5-base-shaped text encoder; a small EnCodec (not timed).
 SMALL = dict(hidden_size=1024, num_layers=24, num_heads=16, ffn_dim=4096, vocab_size=2048, num_codebooks=4,
-             max_positions=2048, text_hidden_size=768,
-             text=dict(d_model=768, num_layers=12, num_heads=12, d_ff=3072, d_kv=64, vocab_size=32128))
+             max_positions=2048, text_hidden_size=768, text=T5_BASE)
 
 
 # ----------------------------------------------------------------------------------------------- models

@@ -20,6 +20,9 @@ T frames, S = T + K - 1 decoder steps, m rows per micro-batch, r rows per rollou
              towers   4 x (T5 encoder + EnCodec parameters), one copy shared by student and teacher,
                       + 4 x the reward embedder's parameters when beta > 0 (CLAP: a full ClapModel)
   rollout    KV cache 2 L r S D x 2 bytes (bf16) + cross-attention K/V 2 L r S_text D x 2
+             fused copies (the sampler's per request, KVCache in musicgen_cfg/lm.py): q/k/v stacked per layer
+                      and the K heads in the compute dtype (bf16), 2 (3 L D^2 + K V D), + the K embedding
+                      tables in the weights' dtype, K (V + 1) D x 4 (LoRA: x teacher bytes, the base's dtype)
   scoring    teacher logits kept for the loss   2 x 4 m K T V   (conditional and CFG, fp32)
              logits chain saved for backward     c x 4 m K T V   c = 4 (student logits, log-softmax, its
                                                                  exp, log-ratio) + 1 with beta > 0
@@ -101,16 +104,17 @@ def decoder_parameters(shape: Shape) -> int:
         return sum(p.numel() for p in MusicgenLM(config, shape.text_hidden).parameters())
 
 
-def tower_parameters() -> int:
-    """T5-base encoder + EnCodec 32 kHz (MusicGen's configs, from their published hyper-parameters), on meta."""
-    from transformers import EncodecConfig, EncodecModel, T5Config, T5EncoderModel
+def tower_parameters(config=None) -> int:
+    """T5 encoder + EnCodec parameters of a MusicgenConfig, counted on meta; default MusicGen's: T5-base and
+    EnCodec 32 kHz (musicgen_cfg.tiny's T5_BASE and ENCODEC_32KHZ, their published hyper-parameters)."""
+    from transformers import EncodecModel, T5EncoderModel
 
-    t5 = T5Config(d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, vocab_size=32128)
-    encodec = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=64, hidden_size=128,
-                            upsampling_ratios=[8, 5, 4, 4], codebook_size=2048, num_lstm_layers=2,
-                            target_bandwidths=[2.2], use_causal_conv=False)
+    from musicgen_cfg.tiny import ENCODEC_32KHZ, T5_BASE, musicgen_config
+
+    config = config or musicgen_config(vocab_size=2048, text=T5_BASE, audio=ENCODEC_32KHZ)
     with torch.device("meta"):
-        return sum(p.numel() for m in (T5EncoderModel(t5), EncodecModel(encodec)) for p in m.parameters())
+        towers = (T5EncoderModel(config.text_encoder), EncodecModel(config.audio_encoder))
+        return sum(p.numel() for m in towers for p in m.parameters())
 
 
 def clap_parameters() -> int:
@@ -149,6 +153,19 @@ class Run:
                    config.gradient_checkpointing, 2 if config.teacher_dtype == "bfloat16" else 4, lora)
 
 
+def kv_cache(shape: Shape, rows: int, steps: int, text_tokens: int, element_bytes: int = 2) -> int:
+    """Bytes of the sampler's KVCache: self-attention K and V over `steps`, cross-attention K and V over the text."""
+    return 2 * shape.layers * rows * (steps + text_tokens) * shape.hidden * element_bytes
+
+
+def fused_copies(shape: Shape, weight_bytes: int = 4, compute_bytes: int = 2) -> int:
+    """Bytes of the fused weights KVCache derives per request (musicgen_cfg/lm.py): q/k/v stacked per layer
+    [3D, D] and the K heads [K V, D], cast to the compute dtype, and the K embedding tables [K (V + 1), D] in
+    the weights' dtype."""
+    D, K, V = shape.hidden, shape.codebooks, shape.vocab
+    return (3 * shape.layers * D * D + K * V * D) * compute_bytes + K * (V + 1) * D * weight_bytes
+
+
 def estimate(shape: Shape, run: Run, n: int, towers: int, embedder: int = 0) -> dict[str, float]:
     """The formula of the module docstring: bytes per term, plus 'static', 'rollout', 'scoring', 'peak'."""
     D, F, L, K, V = shape.hidden, shape.ffn, shape.layers, shape.codebooks, shape.vocab
@@ -160,7 +177,8 @@ def estimate(shape: Shape, run: Run, n: int, towers: int, embedder: int = 0) -> 
         "student": 4 * n + 16 * lora_parameters(shape) if run.lora else 16 * n,
         "teacher": 0 if run.lora else run.teacher_bytes * n,
         "towers": 4 * towers + (4 * embedder if run.beta_positive else 0),
-        "kv_cache": 2 * L * r * S * D * 2 + 2 * L * r * run.text_tokens * D * 2,
+        "kv_cache": kv_cache(shape, r, S, run.text_tokens),
+        "fused_copies": fused_copies(shape, run.teacher_bytes if run.lora else 4),
         "teacher_logits": 2 * logits,
         "logits_chain": (5 if run.beta_positive else 4) * logits,
         "logits_backward": 2 * logits,
@@ -170,7 +188,7 @@ def estimate(shape: Shape, run: Run, n: int, towers: int, embedder: int = 0) -> 
         "optimizer": 4 * lora_parameters(shape) if run.lora else 4 * n,
     }
     terms["static"] = terms["student"] + terms["teacher"] + terms["towers"]
-    terms["rollout"] = terms["kv_cache"]
+    terms["rollout"] = terms["kv_cache"] + terms["fused_copies"]
     terms["scoring"] = sum(terms[k] for k in ("teacher_logits", "logits_chain", "logits_backward", "activations",
                                               "heads", "weight_casts"))
     terms["peak"] = terms["static"] + max(terms["rollout"], terms["scoring"], terms["optimizer"])
@@ -179,27 +197,34 @@ def estimate(shape: Shape, run: Run, n: int, towers: int, embedder: int = 0) -> 
 
 # ------------------------------------------------------------------------------------------ measuring
 
-def write_checkpoint(shape: Shape, workdir: Path, device: str) -> tuple[str, str, str]:
-    """Random-weight checkpoint of the shape (tiny text/audio towers), a random embedder and prompts."""
+def write_checkpoint(shape: Shape, workdir: Path, device: str) -> str:
+    """Random-weight checkpoint of the shape (tiny text/audio towers)."""
     from musicgen_cfg.tiny import save_tiny_musicgen
-    from rl.embedders import ContrastiveMusicEmbedder
 
-    model = save_tiny_musicgen(workdir / shape.name, hidden_size=shape.hidden, num_layers=shape.layers,
-                               num_heads=shape.heads, vocab_size=shape.vocab, ffn_dim=shape.ffn,
-                               text_hidden_size=shape.text_hidden, device=device)
-    ContrastiveMusicEmbedder().save(workdir / "embedder")
-    (workdir / "prompts.txt").write_text("\n".join(f"a jazz song with piano number {i}" for i in range(64)))
-    return str(model), str(workdir / "embedder"), str(workdir / "prompts.txt")
+    return str(save_tiny_musicgen(workdir / shape.name, hidden_size=shape.hidden, num_layers=shape.layers,
+                                  num_heads=shape.heads, vocab_size=shape.vocab, ffn_dim=shape.ffn,
+                                  text_hidden_size=shape.text_hidden, device=device))
 
 
 def distiller_for(shape: Shape, config_name: str, workdir: Path, device: str, overrides: list[str]) -> Distiller:
+    return distiller_on(write_checkpoint(shape, workdir, device), config_name, workdir, device, overrides)
+
+
+def distiller_on(model: str, config_name: str, workdir: Path, device: str, overrides: list[str]) -> Distiller:
+    """A Distiller of configs/<config_name> + overrides on the checkpoint `model`, with prompts and, where the
+    config names a CLAP reward embedder (not downloadable offline), a random contrastive one written to workdir."""
     from accelerate import Accelerator
 
-    model, embedder, prompts = write_checkpoint(shape, workdir, device)
+    from rl.embedders import ContrastiveMusicEmbedder
+
+    ContrastiveMusicEmbedder().save(workdir / "embedder")
+    (workdir / "prompts.txt").write_text("\n".join(f"a jazz song with piano number {i}" for i in range(64)))
     path = ROOT / "configs" / config_name
-    reward = ["--embedder", embedder] if load_config(DistillConfig, path).embedder.startswith("clap:") else []
-    config = load_config(DistillConfig, path, ["--model", model, "--prompts", prompts, "--device", device, *reward,
-                                               "--out", str(workdir / "run"), "--tensorboard", "false", *overrides])
+    reward = (["--embedder", str(workdir / "embedder")]
+              if load_config(DistillConfig, path).embedder.startswith("clap:") else [])
+    config = load_config(DistillConfig, path, ["--model", model, "--prompts", str(workdir / "prompts.txt"),
+                                               "--device", device, *reward, "--out", str(workdir / "run"),
+                                               "--tensorboard", "false", *overrides])
     return Distiller(config, Accelerator(cpu=device == "cpu", mixed_precision="no"))
 
 
@@ -273,6 +298,7 @@ def cpu_check(workdir: Path) -> dict:
     with distiller.autocast():
         cache = KVCache(lm, cond, run.frames + shape.codebooks - 1)
     measured["kv_cache"] = tensor_bytes([*cache.keys, *cache.values, *(t for kv in cache.cross for t in kv)])
+    measured["fused_copies"] = tensor_bytes([cache.embed_table, *cache.qkv, cache.heads])
     formula_kv = estimate(shape, Run(**{**asdict(run), "text_tokens": cond.hidden.shape[1]}), n, towers)["kv_cache"]
     distiller.optimizer.zero_grad(set_to_none=True)
     rows = [{"term": k, "measured_bytes": measured[k], "formula_bytes": formula_kv if k == "kv_cache" else formula[k],

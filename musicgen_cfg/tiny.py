@@ -30,38 +30,51 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_musicgen(
-    seed: int = 0, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, vocab_size: int = 64,
-    num_codebooks: int = 4, text_hidden_size: int = 48, ffn_dim: int | None = None, max_positions: int = 2048,
-    text: dict | None = None, device: str | torch.device = "cpu",
+# The towers of facebook/musicgen-small / medium / large (their published configs): `text=` / `audio=` overrides.
+T5_BASE = dict(d_model=768, d_ff=3072, num_layers=12, num_heads=12, d_kv=64, vocab_size=32128)
+ENCODEC_32KHZ = dict(sampling_rate=32000, audio_channels=1, num_filters=64, hidden_size=128, codebook_dim=128,
+                     upsampling_ratios=[8, 5, 4, 4], num_lstm_layers=2, num_residual_layers=1, use_causal_conv=False)
+
+
+def musicgen_config(
+    hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, vocab_size: int = 64, num_codebooks: int = 4,
+    text_hidden_size: int = 48, ffn_dim: int | None = None, max_positions: int = 2048, text: dict | None = None,
+    audio: dict | None = None,
 ):
-    """(MusicgenForConditionalGeneration with random weights, tokenizer); EnCodec at 16 kHz, 50 frames/s, 4 codebooks.
+    """transformers' MusicgenConfig: the tiny towers (T5 of width 48, EnCodec at 16 kHz, 50 frames/s) and a decoder
+    of the given sizes.
 
-    `text` overrides the T5 config (e.g. T5-base shapes for benchmarks; the word-level tokenizer's
-    ids stay valid for any vocabulary of at least len(TINY_WORDS)); the model is built on `device`.
+    `text` overrides the T5 config (T5_BASE: MusicGen's; the word-level tokenizer's ids stay valid for any
+    vocabulary of at least len(TINY_WORDS)), `audio` the EnCodec config (ENCODEC_32KHZ: MusicGen's); EnCodec's
+    codebooks are always `vocab_size` wide and as many as `num_codebooks`.
     """
-    from transformers import (
-        EncodecConfig,
-        MusicgenConfig,
-        MusicgenDecoderConfig,
-        MusicgenForConditionalGeneration,
-        T5Config,
-    )
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
-    torch.manual_seed(seed)
     text_config = T5Config(**{**dict(vocab_size=len(TINY_WORDS), d_model=text_hidden_size, d_kv=12, d_ff=64,
                                      num_layers=1, num_heads=4, pad_token_id=0, eos_token_id=1,
                                      decoder_start_token_id=0), **(text or {})})
+    codec = {**dict(sampling_rate=16000, audio_channels=1, num_filters=4, hidden_size=16, upsampling_ratios=[8, 5, 4, 2],
+                    codebook_dim=16, num_lstm_layers=1, num_residual_layers=1), **(audio or {})}
     # EnCodec's quantizer count is bandwidth / (frame rate x bits per code): ask for exactly K codebooks.
-    bandwidth = num_codebooks * 50 * math.log2(vocab_size) / 1000
-    audio = EncodecConfig(target_bandwidths=[bandwidth], sampling_rate=16000, audio_channels=1, num_filters=4,
-                          hidden_size=16, codebook_size=vocab_size, upsampling_ratios=[8, 5, 4, 2], codebook_dim=16,
-                          num_lstm_layers=1, num_residual_layers=1)
+    frame_rate = codec["sampling_rate"] / math.prod(codec["upsampling_ratios"])
+    bandwidth = num_codebooks * frame_rate * math.log2(vocab_size) / 1000
+    audio_config = EncodecConfig(target_bandwidths=[bandwidth], codebook_size=vocab_size, **codec)
     decoder = MusicgenDecoderConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
                                     num_attention_heads=num_heads, ffn_dim=ffn_dim or 4 * hidden_size,
                                     num_codebooks=num_codebooks, max_position_embeddings=max_positions,
                                     pad_token_id=vocab_size, bos_token_id=vocab_size, dropout=0.0)
-    config = MusicgenConfig(text_encoder=text_config.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    return MusicgenConfig(text_encoder=text_config.to_dict(), audio_encoder=audio_config.to_dict(),
+                          decoder=decoder.to_dict())
+
+
+def tiny_musicgen(seed: int = 0, device: str | torch.device = "cpu", **sizes):
+    """(MusicgenForConditionalGeneration with random weights, tokenizer) of `musicgen_config(**sizes)`, built on
+    `device`, with random EnCodec codebooks (randomize_codebooks)."""
+    from transformers import MusicgenForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = musicgen_config(**sizes)
+    vocab_size = config.decoder.vocab_size
     with torch.device(device):
         model = MusicgenForConditionalGeneration(config).eval()
     randomize_codebooks(model.audio_encoder, seed)

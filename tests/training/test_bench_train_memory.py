@@ -1,5 +1,5 @@
-"""bench/train_memory.py's formula: parameter counts, the terms' scaling, and the static and KV-cache terms
-against the tensors of a real Distiller on a tiny checkpoint (the benchmark checks the rest on CPU)."""
+"""bench/train_memory.py's formula: parameter counts, the terms' scaling, and the static, KV-cache and fused-copy
+terms against the tensors of a real Distiller on a tiny checkpoint (the benchmark checks the rest on CPU)."""
 
 from dataclasses import replace
 
@@ -35,7 +35,7 @@ def test_formula_terms_scale_as_stated():
     assert half["scoring"] == pytest.approx(base["scoring"] / 2, rel=0.05)  # per-row terms dominate
 
 
-def test_static_and_kv_cache_terms_are_the_tensors_of_a_real_distiller(tiny_dir, tmp_path):
+def test_static_kv_cache_and_fused_copy_terms_are_the_tensors_of_a_real_distiller(tiny_dir, tmp_path):
     from musicgen_cfg.lm import KVCache
 
     (tmp_path / "prompts.txt").write_text("sad piano\na joyful jig\n")
@@ -64,6 +64,9 @@ def test_static_and_kv_cache_terms_are_the_tensors_of_a_real_distiller(tiny_dir,
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cache = KVCache(lm, cond, run.frames + shape.codebooks - 1)
     assert nbytes([*cache.keys, *cache.values, *(t for kv in cache.cross for t in kv)]) == formula["kv_cache"]
+    # the sampler's per-request fused weights (bf16 q/k/v and heads, fp32 embedding tables): the rollout's other term
+    assert nbytes([cache.embed_table, *cache.qkv, cache.heads]) == formula["fused_copies"] > 0
+    assert formula["rollout"] == formula["kv_cache"] + formula["fused_copies"]
 
 
 def test_the_lora_measurement_trains_the_adapters_the_formula_counts(tiny_dir, tmp_path):

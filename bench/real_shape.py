@@ -1,0 +1,492 @@
+"""A real-shape rehearsal on the CPU (issue 22, item 1): MusicGen checkpoints at the published sizes (transformers
+format, random weights, built offline from configs) through the project's real paths, one stage per child process,
+each stage's peak RSS and wall time next to the memory formula's prediction.
+
+    make real-shape                                         # = .venv/bin/python bench/real_shape.py --preset large
+    .venv/bin/python bench/real_shape.py --preset tiny      # the machinery on tiny shapes (~3 min)
+    .venv/bin/python bench/real_shape.py --preset small --stages generate export --ram-gb 16
+
+Presets: tiny (train_memory's CPU-check decoder, the tiny towers of musicgen_cfg/tiny.py) and small / medium /
+large (facebook/musicgen-*: train_memory.SHAPES decoders, T5-base text encoder, 32 kHz EnCodec: tiny.T5_BASE,
+tiny.ENCODEC_32KHZ). Each preset has two checkpoints, seeds 0 and 1, the quality and diversity endpoints, in
+--workdir/<preset>/ (deleted after the preset's last stage unless --keep).
+
+Stages (STAGES, in this order; each builds its preset's checkpoints first when they are missing):
+  build       tiny.save_tiny_musicgen of both endpoints (EnCodec codebooks randomised: transformers zeroes them)
+  generate    model.load_model + MusicGen.generate: 2 s at the checkpoint's CFG (gamma 3: cond + null rows), top-k 250
+  train_full  one Distiller.train_step, configs/SHAPE_CONFIGS[preset] (bf16 autocast, gradient checkpointing, bf16
+              teacher), P = 2 x G = 3, 50 frames, grad_accum 2; a random contrastive embedder stands in for CLAP
+  train_lora  the same with configs/musicgen_large_lora.yaml (rank-16 LoRA on a bf16 base)
+  export      export.export_model of the loaded quality endpoint; records whether it is sharded
+  merge       merging.merge.merge_checkpoints of the two endpoints at lam 0.5 (streamed)
+  live_merge  app.engine.Engine.load (both endpoints, LiveMerge), then LiveMerge.set_lambda timed
+  engine      Engine.load and one request (1 variation, 2 s, lam 0.5)
+
+The prediction of a stage is the largest of its terms (bytes; N decoder parameters, W = 4 N, Tw = 4 x the T5
+encoder and EnCodec parameters; KV cache and fused copies: train_memory.kv_cache and fused_copies, fp32):
+  build       W + Tw                     transformers' model (save_pretrained writes from its tensors)
+  load        2 W + Tw                   model.load_model holds transformers' decoder and our MusicgenLM at once
+  generate    load; sample W + Tw + KV cache (2 rows) + fused copies
+  train_*     load; step: train_memory.estimate's peak for the same shapes and run
+  export      load; write 2 (W + Tw)     save_tensors clones every tensor before writing
+  merge       MAX_SHARD_BYTES + 3 x the largest tensor (one output shard, two inputs and their merge)
+  live_merge  endpoints 4 W + 2 Tw       Engine.load: both endpoints loaded, LiveMerge's two copies
+  engine      endpoints; serve 3 W + Tw + KV cache (1 row) + fused copies
+A stage fits when its prediction (and its preset's build) plus the runtime (this process's RSS and a probe child's
+peak RSS after the imports) stays within --ram-gb (default this machine's RAM). One that does not is recorded as
+"does not fit in N GB" with its prediction, and runs at the largest published size below that fits (its row says
+`instead_of`).
+
+Measured in each stage's child: peak RSS (getrusage ru_maxrss), RSS after its imports, wall time of the stage's work.
+Writes bench/results/real_shape.json and real_shape.md (--out), rewritten atomically after every stage; children's
+logs go to --workdir/logs. Bad input (unknown preset or stage): one line, exit status 2.
+"""
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here
+
+from bench.gpu_check import Stage, run_stage  # noqa: E402
+from bench.train_memory import (  # noqa: E402
+    CHECK_SHAPE,
+    GB,
+    SHAPE_CONFIGS,
+    SHAPES,
+    Run,
+    decoder_parameters,
+    estimate,
+    fused_copies,
+    kv_cache,
+    tower_parameters,
+)
+
+STAGES = ("build", "generate", "train_full", "train_lora", "export", "merge", "live_merge", "engine")
+SIZES = ("small", "medium", "large")  # the published ones, smallest first: where a stage that does not fit goes
+PRESETS = {"tiny": CHECK_SHAPE, **{name: SHAPES[name] for name in SIZES}}
+ENDPOINTS = ("quality", "diversity")  # the checkpoints of seed 0 and 1
+PROMPT = "a calm jazz song with piano and bass"
+DURATION_S = 2.0
+TOP_K = 250
+LAMBDAS = (0.5, 0.2, 0.8)  # set_lambda's timed moves
+TRAIN_CONFIGS = {"train_full": None, "train_lora": "musicgen_large_lora.yaml"}  # None: SHAPE_CONFIGS[preset]
+TRAIN_OVERRIDES = ["--prompts-per-step", "2", "--generations", "3", "--num-frames", "50", "--grad-accum", "2",
+                   "--heldout-prompts", "1"]
+OUT = ROOT / "bench" / "results" / "real_shape.json"
+CHILD = "import sys; from bench.real_shape import child; child(*sys.argv[1:])"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage block would bury it: bad input is one line, status 2
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ----------------------------------------------------------------------------------------------- shapes
+
+def checkpoint_sizes(preset: str) -> dict:
+    """tiny.musicgen_config / save_tiny_musicgen keywords of a preset."""
+    from musicgen_cfg.tiny import ENCODEC_32KHZ, T5_BASE
+
+    shape = PRESETS[preset]
+    sizes = dict(hidden_size=shape.hidden, num_layers=shape.layers, num_heads=shape.heads, ffn_dim=shape.ffn,
+                 vocab_size=shape.vocab, num_codebooks=shape.codebooks, text_hidden_size=shape.text_hidden)
+    return sizes if preset == "tiny" else {**sizes, "text": T5_BASE, "audio": ENCODEC_32KHZ}
+
+
+@dataclass(frozen=True)
+class Layout:
+    decoder: int  # N
+    towers: int  # T5 encoder + EnCodec parameters
+    largest_tensor_bytes: int
+    frame_rate: int
+
+
+@functools.cache
+def layout(preset: str) -> Layout:
+    """The preset's parameter counts and largest checkpoint tensor, from its config on the meta device."""
+    import torch
+    from transformers import MusicgenForConditionalGeneration
+
+    from musicgen_cfg.tiny import musicgen_config
+
+    config = musicgen_config(**checkpoint_sizes(preset))
+    with torch.device("meta"):
+        state = MusicgenForConditionalGeneration(config).state_dict()
+    return Layout(decoder_parameters(PRESETS[preset]), tower_parameters(config),
+                  max(t.numel() * t.element_size() for t in state.values()), config.audio_encoder.frame_rate)
+
+
+def train_config(stage: str, preset: str) -> str:
+    """The configs/ file of a train stage (run with TRAIN_OVERRIDES)."""
+    return TRAIN_CONFIGS[stage] or SHAPE_CONFIGS.get(preset, "musicgen_small_diversity.yaml")
+
+
+def predicted(stage: str, preset: str) -> dict[str, float]:
+    """The stage's prediction in bytes by term (module docstring)."""
+    shape, lay = PRESETS[preset], layout(preset)
+    W, Tw = 4 * lay.decoder, 4 * lay.towers
+    steps = round(DURATION_S * lay.frame_rate) + shape.codebooks - 1
+
+    def request(rows):  # the sampler's per-request memory in fp32
+        return fused_copies(shape, 4, 4) + kv_cache(shape, rows, steps, Run.text_tokens, 4)
+
+    load = 2 * W + Tw
+    endpoints = 4 * W + 2 * Tw
+    if stage == "build":
+        return {"model": W + Tw}
+    if stage == "generate":
+        return {"load": load, "sample": W + Tw + request(2)}
+    if stage in TRAIN_CONFIGS:
+        return {"load": load, "step": train_estimate(stage, preset)["peak"]}
+    if stage == "export":
+        return {"load": load, "write": 2 * (W + Tw)}
+    if stage == "merge":
+        from musicgen_cfg.checkpoint import MAX_SHARD_BYTES
+
+        return {"stream": MAX_SHARD_BYTES + 3 * lay.largest_tensor_bytes}
+    if stage == "live_merge":
+        return {"endpoints": endpoints}
+    return {"endpoints": endpoints, "serve": 3 * W + Tw + request(1)}
+
+
+def train_estimate(stage: str, preset: str) -> dict[str, float]:
+    """train_memory.estimate for the train stage's run (its config and overrides), the preset's towers and the
+    contrastive reward embedder the stage uses."""
+    from musicgen_cfg.config import load_config
+    from musicgen_cfg.distillation import DistillConfig
+    from rl.embedders import ContrastiveMusicEmbedder
+
+    config = load_config(DistillConfig, ROOT / "configs" / train_config(stage, preset), TRAIN_OVERRIDES)
+    embedder = sum(p.numel() for p in ContrastiveMusicEmbedder().parameters())
+    lay = layout(preset)
+    return estimate(PRESETS[preset], Run.of(config, lora=config.lora is not None), lay.decoder, lay.towers, embedder)
+
+
+def placement(stage: str, preset: str, ram_bytes: float, runtime_bytes: float) -> str | None:
+    """Where the stage runs: `preset` when it and the preset's build fit, else the largest published size below
+    `preset` that fits (None: none does)."""
+    def fits(where):
+        return all(max(predicted(s, where).values()) + runtime_bytes <= ram_bytes for s in {stage, "build"})
+
+    below = [] if preset == "tiny" else list(reversed(SIZES[:SIZES.index(preset)]))
+    return next((where for where in (preset, *below) if fits(where)), None)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+def preset_dir(workdir: Path, preset: str) -> Path:
+    return workdir / preset
+
+
+def built(workdir: Path, preset: str) -> bool:
+    return all((preset_dir(workdir, preset) / name / "config.json").is_file() for name in ENDPOINTS)
+
+
+def stage_build(root: Path, preset: str) -> dict:
+    from musicgen_cfg.checkpoint import atomic_directory
+    from musicgen_cfg.tiny import save_tiny_musicgen
+
+    seconds = {}
+    for seed, name in enumerate(ENDPOINTS):
+        began = time.perf_counter()
+        with atomic_directory(root / name) as tmp:  # a killed build leaves no checkpoint that looks whole
+            save_tiny_musicgen(tmp, seed=seed, **checkpoint_sizes(preset))
+        seconds[name] = round(time.perf_counter() - began, 1)
+    size = sum(f.stat().st_size for f in (root / ENDPOINTS[0]).iterdir()) / GB
+    return {"build_s": seconds, "checkpoint_gb": size,
+            "note": f"2 checkpoints of {size:.2f} GB in {' + '.join(f'{s:g}' for s in seconds.values())} s"}
+
+
+def stage_generate(root: Path, preset: str) -> dict:
+    from musicgen_cfg.model import load_model
+    from musicgen_cfg.sampler import SamplingConfig
+
+    began = time.perf_counter()
+    model = load_model(str(root / "quality"))
+    loaded = time.perf_counter()
+    gamma = model.default_guidance_scale
+    (out,) = model.generate([PROMPT], [0], DURATION_S, SamplingConfig(guidance_scale=gamma, top_k=TOP_K))
+    done = time.perf_counter()
+    return {"load_s": loaded - began, "generate_s": done - loaded, "frames": out.codes.shape[-1],
+            "audio_s": len(out.audio) / out.sample_rate, "guidance_scale": gamma,
+            "note": f"load {loaded - began:.1f} s; {len(out.audio) / out.sample_rate:g} s of audio (CFG {gamma:g}) "
+                    f"in {done - loaded:.1f} s"}
+
+
+def stage_train(root: Path, preset: str, stage: str) -> dict:
+    from bench.train_memory import distiller_on
+    from musicgen_cfg.distillation import STEP_TIMES
+
+    name = train_config(stage, preset)
+    (root / stage).mkdir(exist_ok=True)
+    began = time.perf_counter()
+    distiller = distiller_on(str(root / "quality"), name, root / stage, "cpu", TRAIN_OVERRIDES)
+    loaded = time.perf_counter()
+    metrics = distiller.train_step(0)
+    step = sum(metrics[k] for k in STEP_TIMES)
+    config = distiller.config
+    return {"config": name, "load_s": loaded - began, "step_s": step, **{k: metrics[k] for k in STEP_TIMES},
+            "prompts_per_step": config.prompts_per_step, "generations": config.generations,
+            "num_frames": config.num_frames, "lora": config.lora is not None,
+            "note": f"{name}: step {step:.1f} s (" + ", ".join(f"{k[5:]} {metrics[k] / step:.0%}" for k in STEP_TIMES)
+                    + f"), load {loaded - began:.1f} s"}
+
+
+def weight_files(directory: Path) -> dict:
+    """How a model directory holds its weights: sharded or not, the files and their size."""
+    from musicgen_cfg.checkpoint import WEIGHTS_INDEX_NAME
+
+    files = sorted(directory.glob("*.safetensors"))
+    sharded = (directory / WEIGHTS_INDEX_NAME).is_file()
+    size = sum(f.stat().st_size for f in files) / GB
+    return {"sharded": sharded, "weight_files": len(files), "weights_gb": size,
+            "what": f"sharded: {'yes' if sharded else 'no'} ({len(files)} file{'s' * (len(files) > 1)}, {size:.2f} GB)"}
+
+
+def stage_export(root: Path, preset: str) -> dict:
+    from musicgen_cfg.export import export_model
+    from musicgen_cfg.model import load_model
+
+    began = time.perf_counter()
+    model = load_model(str(root / "quality"))
+    loaded = time.perf_counter()
+    out = export_model(model, root / "export", {"beta": 0.0, "teacher_guidance_scale": model.default_guidance_scale,
+                                                "base_model": str(root / "quality")},
+                       manifest={"artifact": "bench/real_shape.py rehearsal export"})
+    done = time.perf_counter()
+    files = weight_files(out)
+    shutil.rmtree(out)  # disk: nothing reads it
+    return {"load_s": loaded - began, "export_s": done - loaded, **files,
+            "note": f"{files['what']} in {done - loaded:.1f} s; load {loaded - began:.1f} s"}
+
+
+def stage_merge(root: Path, preset: str) -> dict:
+    from merging.merge import merge_checkpoints
+
+    began = time.perf_counter()
+    out = merge_checkpoints([root / name for name in ENDPOINTS], root / "merged", lam=0.5, overwrite=True)
+    done = time.perf_counter()
+    files = weight_files(out)
+    shutil.rmtree(out)
+    return {"merge_s": done - began, **files, "note": f"output {files['what']} in {done - began:.1f} s"}
+
+
+def load_engine(root: Path):
+    """app.engine.Engine over the two endpoints, as `musicgen-cfg app --quality Q --diversity D` loads them."""
+    from app.engine import Endpoint, Engine
+
+    quality, diversity = (str(root / name) for name in ENDPOINTS)
+    return Engine.load(Endpoint("quality", quality, quality), Endpoint("diversity", diversity, diversity), None, None,
+                       "no reward embedder in the rehearsal", "cpu", root / "app", [], lam=LAMBDAS[0],
+                       log=lambda message: None)
+
+
+def stage_live_merge(root: Path, preset: str) -> dict:
+    began = time.perf_counter()
+    engine = load_engine(root)
+    loaded = time.perf_counter()
+    times = [engine.set_lambda(lam) for lam in LAMBDAS[1:]]  # ms of LiveMerge.set_lambda, under the engine's lock
+    return {"load_s": loaded - began, "set_lambda_ms": times,
+            "note": f"set_lambda {' / '.join(f'{t:.0f}' for t in times)} ms; Engine.load {loaded - began:.1f} s"}
+
+
+def stage_engine(root: Path, preset: str) -> dict:
+    began = time.perf_counter()
+    engine = load_engine(root)
+    loaded = time.perf_counter()
+    request = engine.parse(PROMPT, LAMBDAS[0], 1, DURATION_S, 0, 1.0, engine.default_top_k, False)
+    result = engine.generate(request, "real-shape")
+    done = time.perf_counter()
+    return {"load_s": loaded - began, "request_s": done - loaded, "files": [i.audio.name for i in result.items],
+            "note": f"one request ({DURATION_S:g} s, lam {LAMBDAS[0]:g}) in {done - loaded:.1f} s; "
+                    f"Engine.load {loaded - began:.1f} s"}
+
+
+STAGE_WORK = {"build": stage_build, "generate": stage_generate, "export": stage_export, "merge": stage_merge,
+              "live_merge": stage_live_merge, "engine": stage_engine, "probe": lambda root, preset: {"note": "imports"},
+              **{stage: functools.partial(stage_train, stage=stage) for stage in TRAIN_CONFIGS}}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def child(stage: str, preset: str, workdir: str, result: str, threads: str) -> None:
+    """A stage in this (child) process: every module any stage needs is imported first, so the RSS after the imports
+    is the same for all; the result JSON holds that RSS, the peak RSS, the wall time of the work and its details."""
+    import peft  # noqa: F401 - imported by train_lora's LoRA; here so that every stage has the same baseline
+    import torch
+
+    import app.engine  # noqa: F401
+    import merging.merge  # noqa: F401
+    import musicgen_cfg.distillation  # noqa: F401
+    import musicgen_cfg.export  # noqa: F401
+
+    torch.set_num_threads(int(threads))
+    baseline = rss_bytes()
+    began = time.perf_counter()
+    details = STAGE_WORK[stage](preset_dir(Path(workdir), preset), preset)
+    wall = time.perf_counter() - began
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    Path(result).write_text(json.dumps({"baseline_rss": baseline, "peak_rss": peak, "wall_s": wall,
+                                        "details": details}))
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+def measured_where() -> str:
+    from bench.sampler import device_name
+
+    return f"measured-cpu: {device_name('cpu')}, {os.cpu_count()} cores; child process (ru_maxrss)"
+
+
+def run(stage: str, preset: str, workdir: Path, threads: int, timeout_s: int) -> dict:
+    """Run a stage (or 'probe') in a child process; its row (measured figures, or the failure and its log's tail)."""
+    result = workdir / "results" / f"{stage}-{preset}.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.unlink(missing_ok=True)
+    record = run_stage(Stage(f"{stage}-{preset}", ("-c", CHILD, stage, preset, str(workdir), str(result), str(threads)),
+                             timeout_s, str(result)), workdir / "logs")
+    row = {"stage": stage, "preset": preset, "status": record["status"], "process_s": record["seconds"],
+           "log": record["log"]}
+    if record["status"] != "ok" or not result.is_file():
+        return {**row, "log_tail": record["log_tail"][-1500:]}
+    child_result = json.loads(result.read_text())
+    peak, baseline = child_result["peak_rss"], child_result["baseline_rss"]
+    return {**row, "peak_rss_gb": peak / GB, "baseline_rss_gb": baseline / GB, "growth_gb": (peak - baseline) / GB,
+            "wall_s": child_result["wall_s"], "details": child_result["details"], "measured": measured_where()}
+
+
+def with_prediction(row: dict, stage: str, preset: str) -> dict:
+    terms = predicted(stage, preset)
+    peak = max(terms.values())
+    row.update({"predicted_gb": peak / GB, "predicted_terms_gb": {k: v / GB for k, v in terms.items()},
+                "predicted_term": max(terms, key=terms.get), "predicted": "estimated: bench/real_shape.py's formula"})
+    if "growth_gb" in row:
+        row["growth_over_predicted"] = row["growth_gb"] / row["predicted_gb"]
+    return row
+
+
+def table(report: dict) -> str:
+    """The markdown table of a report's rows."""
+    lines = [f"Preset {report['preset']}, --ram-gb {report['ram_gb']:g} (runtime allowance "
+             f"{report['runtime_gb']:.2f} GB), {report['machine']['cpu']}, load average "
+             f"{report['machine']['load_average_at_start'][0]:.1f} at the start, {report['threads']} thread(s), torch {report['versions']['torch']}, "
+             f"transformers {report['versions']['transformers']}. Predicted: estimated; the rest: {measured_where()}.",
+             "", "| stage | preset | status | predicted GB | peak RSS GB | RSS after imports GB | peak - imports GB "
+             "| / predicted | wall s | notes |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+
+    def cell(row, key, spec=".2f"):
+        return format(row[key], spec) if key in row else ""
+
+    for row in report["rows"]:
+        note = row.get("details", {}).get("note", "")
+        if "instead_of" in row:
+            note = f"instead of {row['instead_of']}; {note}"
+        if "largest_fitting_preset" in row:
+            note = f"{row['predicted_term']} term; largest size that fits: {row['largest_fitting_preset'] or 'none'}"
+        lines.append(f"| {row['stage']} | {row['preset']} | {row['status']} | {cell(row, 'predicted_gb')} "
+                     f"| {cell(row, 'peak_rss_gb')} | {cell(row, 'baseline_rss_gb')} | {cell(row, 'growth_gb')} "
+                     f"| {cell(row, 'growth_over_predicted')} | {cell(row, 'wall_s', '.1f')} | {note} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def machine_ram_gb() -> float:
+    with open("/proc/meminfo") as meminfo:
+        return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:")) / GB
+
+
+def main() -> None:
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="default: all, in order")
+    parser.add_argument("--ram-gb", type=float, default=None, help="the memory a stage must fit in (default: this "
+                                                                   "machine's RAM)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each stage")
+    parser.add_argument("--stage-timeout", type=int, default=900, help="seconds; a stage past it is killed")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "real_shape")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoints (default: deleted after use)")
+    parser.add_argument("--out", type=Path, default=OUT, help="the JSON; the table goes beside it (.md)")
+    args = parser.parse_args()
+    import torch
+    import transformers
+
+    from bench.sampler import device_name
+
+    began = time.perf_counter()
+    ram_gb = args.ram_gb if args.ram_gb is not None else round(machine_ram_gb(), 1)
+    stages = [s for s in STAGES if s in args.stages]
+    report = {"benchmark": "real-shape rehearsal (bench/real_shape.py, issue 22 item 1)", "preset": args.preset,
+              "stages": stages, "ram_gb": ram_gb, "created": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": {"cpu": device_name("cpu"), "cores": os.cpu_count(), "ram_gb": machine_ram_gb(),
+                          "load_average_at_start": os.getloadavg()},
+              "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                           "python": platform.python_version()},
+              "threads": args.threads, "rows": []}
+
+    def save():
+        report["seconds"] = round(time.perf_counter() - began, 1)
+        report["machine"]["load_average_at_end"] = os.getloadavg()  # other jobs' share of the cores
+        write_atomically(args.out, json.dumps(report, indent=1) + "\n")
+        write_atomically(args.out.with_suffix(".md"), table(report))
+
+    probe = run("probe", args.preset, args.workdir, args.threads, args.stage_timeout)
+    if probe["status"] != "ok":
+        print(f"error: the probe child failed ({probe['log']}):\n{probe['log_tail']}", file=sys.stderr)
+        sys.exit(1)
+    runtime = rss_bytes() + probe["peak_rss_gb"] * GB
+    report.update({"runtime_gb": runtime / GB, "runtime": "this process's RSS + a child's peak RSS after the imports",
+                   "probe": probe})
+    plan = [(stage, placement(stage, args.preset, ram_gb * GB, runtime)) for stage in stages]
+    for index, (stage, where) in enumerate(plan):
+        if where != args.preset:
+            report["rows"].append(with_prediction({"stage": stage, "preset": args.preset,
+                                                   "status": f"does not fit in {ram_gb:g} GB",
+                                                   "largest_fitting_preset": where}, stage, args.preset))
+            save()
+            print(f"{stage} at {args.preset}: does not fit in {ram_gb:g} GB"
+                  + (f"; runs at {where}" if where else ""), flush=True)
+            if where is None:
+                continue
+        if stage != "build" and not built(args.workdir, where):
+            report["rows"].append(with_prediction({**run("build", where, args.workdir, args.threads,
+                                                         args.stage_timeout), "prerequisite_of": stage}, "build", where))
+            save()
+        row = with_prediction(run(stage, where, args.workdir, args.threads, args.stage_timeout), stage, where)
+        if where != args.preset:
+            row["instead_of"] = args.preset
+        report["rows"].append(row)
+        save()
+        print(f"{stage} at {where}: {row['status']}" + (f", peak RSS {row['peak_rss_gb']:.2f} GB (predicted "
+              f"{row['predicted_gb']:.2f}), {row['wall_s']:.1f} s" if "peak_rss_gb" in row else ""), flush=True)
+        later = {w for _, w in plan[index + 1:]}
+        for preset in {w for _, w in plan} - later:
+            if not args.keep and preset is not None and preset_dir(args.workdir, preset).is_dir():
+                shutil.rmtree(preset_dir(args.workdir, preset))  # disk: a large preset's checkpoints are 27 GB
+    save()
+    print(table(report))
+    print(f"{report['seconds']:.0f} s; wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
