@@ -39,6 +39,7 @@ from tqdm import tqdm
 from musicgen_cfg.checkpoint import final_export_dir, load_state
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.optim import check_finite, warmup_cosine
 from musicgen_cfg.prompts import MAX_SEED, FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
@@ -46,11 +47,9 @@ from musicgen_cfg.training import fsdp, lora
 from musicgen_cfg.training.lora import LoraSettings
 from musicgen_cfg.training.run import (
     MetricsLog,
-    check_finite,
     load_checkpoint,
     resume_point,
     save_checkpoint,
-    warmup_cosine,
     write_run_info,
 )
 from rl.diversity import BASELINES, advantages, reinforce_surrogate

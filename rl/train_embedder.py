@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import check_finite, warmup_cosine
+from musicgen_cfg.optim import check_finite, warmup_cosine
 from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample, save_embedder
 from rl.train_embedder_options import EmbedderTrainArgs, EmbedderTrainConfig
 

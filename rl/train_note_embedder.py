@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import check_finite, warmup_cosine
+from musicgen_cfg.optim import check_finite, warmup_cosine
 from rl.note_embedder import NoteEmbedder, NoteEmbedderConfig, detect_onsets
 
 TEMPO_RANGE_BPM = (60.0, 190.0)

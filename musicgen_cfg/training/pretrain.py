@@ -29,15 +29,14 @@ from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256,
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import machine
+from musicgen_cfg.optim import check_finite, warmup_cosine
 from musicgen_cfg.prompts import MAX_SEED
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,
-    check_finite,
     load_checkpoint,
     resume_point,
     save_checkpoint,
-    warmup_cosine,
     write_run_info,
 )
 

@@ -45,7 +45,7 @@ from musicgen_cfg.checkpoint import (
 )
 from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import check_finite, warmup_cosine
+from musicgen_cfg.optim import check_finite, warmup_cosine
 from musicgen_cfg.world import symbolic
 from musicgen_cfg.world.text_judge_options import DEFAULT_DIR, ScorerTrainArgs, ScorerTrainConfig
 

@@ -15,7 +15,7 @@ from musicgen_cfg.cli import main
 from musicgen_cfg.config import load_config
 from musicgen_cfg.distillation import DistillConfig, Distiller, split_rows
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import warmup_cosine
+from musicgen_cfg.optim import warmup_cosine
 
 MUSICGEN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("musicgen_*.yaml"))
 
