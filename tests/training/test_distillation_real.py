@@ -15,7 +15,6 @@ from musicgen_cfg.cli import main
 from musicgen_cfg.config import load_config
 from musicgen_cfg.distillation import DistillConfig, Distiller, split_rows
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.optim import warmup_cosine
 
 MUSICGEN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("musicgen_*.yaml"))
 
@@ -188,19 +187,6 @@ def test_uneven_process_split_is_refused():
         split_rows(config, 4)
     with pytest.raises(UserError, match=r"grad_accum 3 does not divide the 8 rows .* 3 processes"):
         split_rows(config, 3)
-
-
-@pytest.mark.parametrize("floor", [0.0, 0.1, 1.0])
-def test_warmup_cosine_schedule(floor):
-    warmup, total = 5, 25
-    values = [warmup_cosine(s, warmup, total, floor) for s in range(total + 3)]
-    assert values[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
-    assert values[warmup] == 1.0 and values[total] == pytest.approx(floor) and values[-1] == pytest.approx(floor)
-    decay = values[warmup : total + 1]
-    assert all(a >= b for a, b in zip(decay, decay[1:]))  # non-increasing after warm-up
-    assert values[(warmup + total) // 2] == pytest.approx(floor + (1 - floor) / 2)  # the cosine's midpoint
-    if floor == 1.0:
-        assert set(values[warmup:]) == {1.0}  # constant
 
 
 def test_trainer_lr_decays_to_the_floor(tiny_dir, local_files):
