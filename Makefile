@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-numerics demo lint reproduce assets gpu-recipe clean
+.PHONY: setup test test-fast test-numerics demo lint reproduce assets gpu-recipe clean
 
 setup: $(STAMP)
 
@@ -17,8 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Everything, as CI runs it (.ci/run), the tests marked slow included: before a commit.
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# The loop while developing: all but the tests marked slow (several processes, workflows end to end, real-format
+# training, shipped models, the Gradio server, the browser; pyproject.toml's `slow` marker), <= 90 s on 2 cores.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # The tests that compare numbers across code paths (our LM vs transformers, the decode step, LoRA, the real
 # distillation path, rewards), rerun under other CPU kernels (AVX2 instead of the best this CPU has) and

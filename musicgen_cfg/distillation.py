@@ -39,6 +39,7 @@ from tqdm import tqdm
 from musicgen_cfg.checkpoint import final_export_dir, load_state
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.optim import OptimConfig, build_optimizer, check_finite, optim_option
 from musicgen_cfg.prompts import MAX_SEED, FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
@@ -46,11 +47,9 @@ from musicgen_cfg.training import fsdp, lora
 from musicgen_cfg.training.lora import LoraSettings
 from musicgen_cfg.training.run import (
     MetricsLog,
-    check_finite,
     load_checkpoint,
     resume_point,
     save_checkpoint,
-    warmup_cosine,
     write_run_info,
 )
 from rl.diversity import BASELINES, advantages, reinforce_surrogate
@@ -90,13 +89,13 @@ class DistillConfig:
     data: str = field("on_policy", "rollouts from: on_policy (student) | teacher (CFG teacher) | mixed; teacher/mixed only with beta = 0",
                       choices=DATA_SOURCES)
     teacher_fraction: float = field(0.5, "with data=mixed: probability that a step uses teacher rollouts", min=0.0, max=1.0)
-    steps: int = field(300, "optimizer steps", min=1)
-    lr: float = field(1e-4, "peak learning rate (AdamW)", gt=0.0, max=1.0, fixed=True)
-    warmup: int = field(20, "linear warm-up steps", min=0, fixed=True)
-    lr_floor: float = field(0.1, "cosine decay after warm-up to lr_floor x lr at the last step; 1.0 = constant LR after warm-up",
-                            min=0.0, max=1.0, fixed=True)
-    weight_decay: float = field(0.0, "AdamW weight decay", min=0.0, fixed=True)
-    grad_clip: float = field(1.0, "max global grad norm; inf = no clipping", gt=0.0, finite=False, fixed=True)
+    steps: int = optim_option("steps", 300)
+    lr: float = optim_option("lr", 1e-4, fixed=True)
+    warmup: int = optim_option("warmup", 20, fixed=True)
+    lr_floor: float = optim_option("floor", 0.1, "cosine decay after warm-up to lr_floor x lr at the last step; 1.0 = "
+                                   "constant LR after warm-up", fixed=True)
+    weight_decay: float = optim_option("weight_decay", 0.0, fixed=True)
+    grad_clip: float = optim_option("clip", 1.0, fixed=True)
     grad_accum: int = field(1, "micro-batches per step and process: its P*G/processes rows in equal parts (same gradient)",
                             min=1)
     bf16: bool = field(False, "bf16 autocast for rollouts and forward passes; CFG combination, log-softmax and KL stay fp32")
@@ -149,6 +148,10 @@ class DistillConfig:
             raise UserError("fsdp with lora is not supported: the adapters and their optimizer state are small and the "
                             "frozen base is shared with the teacher, so run LoRA under plain DDP (fsdp: false)")
 
+    def optim(self) -> OptimConfig:
+        """The student's optimiser (musicgen_cfg/optim.py) under this config's keys."""
+        return OptimConfig(steps=self.steps, lr=self.lr, warmup=self.warmup, floor=self.lr_floor,
+                           weight_decay=self.weight_decay, clip=self.grad_clip)
 
 
 def split_rows(config: DistillConfig, processes: int) -> tuple[int, int]:
@@ -261,10 +264,9 @@ class Distiller:
         self.gamma = config.guidance_scale if config.guidance_scale is not None else self.teacher.default_guidance_scale
         self.embedder = load_embedder(config.embedder) if config.generations >= 2 and config.embedder != "none" else None
         self.gate = reward_gate(config.reward_gate, self.student.is_symbolic)
-        trainable = [p for p in self.student.lm.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps, floor=config.lr_floor))
+        self.optim = config.optim()
+        self.optimizer, self.scheduler = build_optimizer(
+            [p for p in self.student.lm.parameters() if p.requires_grad], self.optim)
         self.forward, self.optimizer = accelerator.prepare(self.student.lm, self.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # mixed-data coin flips
         self.data_rng = random.Random(config.seed)
@@ -373,7 +375,7 @@ class Distiller:
         """One optimizer step on P x G rollouts; metrics averaged over processes."""
         metrics = self.accumulate_gradients(step)
         began = time.perf_counter()
-        grad_norm = self.accelerator.clip_grad_norm_(self.student.lm.parameters(), self.config.grad_clip)
+        grad_norm = self.accelerator.clip_grad_norm_(self.student.lm.parameters(), self.optim.clip)
         check_finite(step + 1, {"reward": metrics.get("reward_mean", 0.0), "KL": metrics["kl"],
                                 "REINFORCE term": metrics["pg"], "gradient norm": grad_norm})
         self.optimizer.step()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import check_finite, warmup_cosine
+from musicgen_cfg.optim import build_optimizer, check_finite
 from rl.embedders import ContrastiveEmbedderConfig, ContrastiveMusicEmbedder, resample, save_embedder
 from rl.train_embedder_options import EmbedderTrainArgs, EmbedderTrainConfig
 
@@ -133,10 +133,7 @@ def train(
     for index, group in enumerate(groups or []):
         members.setdefault(group, []).append(index)
     group_names = sorted(name for name, indices in members.items() if len(indices) >= 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then cosine decay to zero
-        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps, floor=0.0))
+    optimizer, scheduler = build_optimizer(model.parameters(), config.optim())
     losses, accuracies, started = [], {name: {} for name in heldout}, time.perf_counter()
 
     def evaluate(step):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.optim import OptimConfig, optim_option
 from musicgen_cfg.prompts import MAX_SEED
 
 LOSSES = ("infonce", "triplet")
@@ -24,13 +25,13 @@ class EmbedderTrainConfig:
                              "--model default only; the shipped reward) | contrastive: the log-mel InfoNCE embedder "
                              "(any audio); None = notes with --model default, contrastive with --audio-dir",
                              choices=KINDS)
-    steps: int = field(800, "optimizer steps", min=1)
+    steps: int = optim_option("steps", 800)
     batch_size: int = field(32, "clips per step (contrastive: each gives one positive pair)", min=2)
     chunk_seconds: float = field(2.0, "chunk length (s) of the held-out retrieval (contrastive: of the positives); "
                                  "clips need two of them", gt=0.0, max=60.0)
-    lr: float = field(1e-3, "peak AdamW learning rate (linear warmup, cosine decay)", gt=0.0, max=1.0)
-    weight_decay: float = field(1e-4, "AdamW weight decay", min=0.0)
-    warmup_steps: int = field(50, "linear warmup steps", min=0)
+    lr: float = optim_option("lr", 1e-3)
+    weight_decay: float = optim_option("weight_decay", 1e-4)
+    warmup_steps: int = optim_option("warmup", 50)
     loss: str = field("infonce", "contrastive: infonce or triplet (semi-hard negatives)", choices=LOSSES)
     temperature: float = field(0.1, "contrastive: InfoNCE softmax temperature", gt=0.0)
     margin: float = field(0.2, "contrastive: triplet margin in cosine distance", gt=0.0, max=2.0)
@@ -47,6 +48,10 @@ class EmbedderTrainConfig:
             raise UserError(
                 f"--clip-seconds {self.clip_seconds} must hold two chunks of {self.chunk_seconds} s"
             )
+
+    def optim(self) -> OptimConfig:
+        """Either embedder's optimiser (musicgen_cfg/optim.py): decay to zero, no clipping."""
+        return OptimConfig(steps=self.steps, lr=self.lr, warmup=self.warmup_steps, weight_decay=self.weight_decay)
 
 
 @dataclass(kw_only=True)

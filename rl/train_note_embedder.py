@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import check_finite, warmup_cosine
+from musicgen_cfg.optim import OptimConfig, build_optimizer, check_finite
 from rl.note_embedder import NoteEmbedder, NoteEmbedderConfig, detect_onsets
 
 TEMPO_RANGE_BPM = (60.0, 190.0)
@@ -114,8 +114,8 @@ def chunk_retrieval(model: NoteEmbedder, waves: torch.Tensor, chunk_seconds: flo
     return ((first @ last.T).argmax(dim=1) == torch.arange(len(waves))).float().mean().item()
 
 
-def train_transcriber(model: NoteEmbedder, train_data, heldout: dict, steps: int, batch_size: int, lr: float,
-                      weight_decay: float, warmup_steps: int, eval_every: int, seed: int, log=print) -> dict:
+def train_transcriber(model: NoteEmbedder, train_data, heldout: dict, optim: OptimConfig, batch_size: int,
+                      eval_every: int, seed: int, log=print) -> dict:
     """Optimise the transcriber in place: BCE on onsets (positives weighted up, they are rare) + BCE on sounding notes.
 
     train_data: (waveforms [N, S], onset targets [N, P, T], sounding targets [N, P, T]); heldout: name ->
@@ -125,12 +125,11 @@ def train_transcriber(model: NoteEmbedder, train_data, heldout: dict, steps: int
     with torch.no_grad():
         spectrograms = torch.cat([model.transcriber.spectrogram(part) for part in waves.split(32)]).half()
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.transcriber.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_steps, steps, floor=0.0))
+    optimizer, scheduler = build_optimizer(model.transcriber.parameters(), optim)
     positive_weight = torch.tensor(float((onsets.numel() - onsets.sum()) / max(onsets.sum(), 1)) ** 0.5)
     losses, scores, started = [], {name: {} for name in heldout}, time.perf_counter()
     model.train()
+    steps = optim.steps
     for step in range(1, steps + 1):
         rows = torch.randint(len(waves), (min(batch_size, len(waves)),), generator=generator)
         onset_logits, sounding_logits = model.transcriber(spectrograms[rows].float())
@@ -171,9 +170,8 @@ def train_from_config(config) -> tuple[NoteEmbedder, dict]:
     print(f"{len(train_waves)} training clips ({prepare_seconds}s to prepare); "
           f"{sum(p.numel() for p in model.parameters())} parameters", flush=True)
     heldout = {"held-out": varied[:2], "same-prompt held-out": same[:2]}
-    metrics = train_transcriber(model, (train_waves, train_onsets, train_soundings), heldout, config.steps,
-                                config.batch_size, config.lr, config.weight_decay, config.warmup_steps,
-                                config.eval_every, config.seed, log=lambda m: print(m, flush=True))
+    metrics = train_transcriber(model, (train_waves, train_onsets, train_soundings), heldout, config.optim(),
+                                config.batch_size, config.eval_every, config.seed, log=lambda m: print(m, flush=True))
     retrieval = {name: chunk_retrieval(model, waves, config.chunk_seconds) for name, (waves, _) in heldout.items()}
     print("chunk retrieval top-1: " + ", ".join(f"{k} {v:.3f}" for k, v in retrieval.items()), flush=True)
     recent = metrics["losses"][-config.eval_every:]

@@ -29,15 +29,14 @@ from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256,
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import machine
+from musicgen_cfg.optim import OptimConfig, build_optimizer, check_finite, optim_option
 from musicgen_cfg.prompts import MAX_SEED
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,
-    check_finite,
     load_checkpoint,
     resume_point,
     save_checkpoint,
-    warmup_cosine,
     write_run_info,
 )
 
@@ -52,12 +51,12 @@ class PretrainConfig:
     ffn_dim: int = field(1024, "MLP width", min=1, fixed=True)
     max_positions: int = field(1024, "longest sequence in decoder steps (frames + 3)", min=1)
     dropout: float = field(0.1, "residual dropout", min=0.0, lt=1.0, fixed=True)
-    steps: int = field(3000, "optimizer steps", min=1)
+    steps: int = optim_option("steps", 3000)
     batch_size: int = field(32, "segments per step", min=1, fixed=True)
-    lr: float = field(1e-3, "peak learning rate (AdamW)", gt=0.0, max=1.0, fixed=True)
-    warmup: int = field(200, "linear warm-up steps", min=0, fixed=True)
-    weight_decay: float = field(0.01, "AdamW weight decay", min=0.0, fixed=True)
-    grad_clip: float = field(1.0, "max global grad norm; inf = no clipping", gt=0.0, finite=False, fixed=True)
+    lr: float = optim_option("lr", 1e-3, fixed=True)
+    warmup: int = optim_option("warmup", 200, fixed=True)
+    weight_decay: float = optim_option("weight_decay", 0.01, fixed=True)
+    grad_clip: float = optim_option("clip", 1.0, fixed=True)
     cond_dropout: float = field(0.2, "probability of replacing a caption by the null condition (for CFG)", min=0.0, lt=1.0, fixed=True)
     caption_drop_style: float = field(0.0, "probability that a caption leaves out the style / dance-form name")
     caption_drop_instrument: float = field(0.0, "probability that a caption leaves out the instrument")
@@ -89,6 +88,12 @@ class PretrainConfig:
             self.caption_dropout()
         except ValueError as err:
             raise UserError(str(err).replace("caption dropout of ", "caption_drop_")) from None
+
+    def optim(self) -> OptimConfig:
+        """The base model's optimiser (musicgen_cfg/optim.py): AdamW betas (0.9, 0.95), decay to 0.1 x lr, as the
+        shipped base was trained (not options: its manifest's rebuild command must stay true)."""
+        return OptimConfig(steps=self.steps, lr=self.lr, warmup=self.warmup, floor=0.1, weight_decay=self.weight_decay,
+                           clip=self.grad_clip, betas=(0.9, 0.95))
 
     def caption_dropout(self):
         """The per-attribute caption dropout of the training captions (captions.CaptionDropout)."""
@@ -191,8 +196,8 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     val_captions = [val.sample_caption(i, val_rng, dropout=caption_dropout) for i in val_idx]
 
     model = create_symbolic_model(decoder_config(config), config.guidance_scale, seed=config.seed).to(device)
-    optimizer = torch.optim.AdamW(model.lm.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.warmup, config.steps))
+    optim = config.optim()
+    optimizer, scheduler = build_optimizer(model.lm.parameters(), optim)
     generator = torch.Generator().manual_seed(config.seed)
     data_rng = random.Random(config.seed)
     start, state = 0, {}
@@ -214,7 +219,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         loss, per_codebook = token_cross_entropy(model.lm, codes.to(device), drop_condition(cond, drop.to(device)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.lm.parameters(), config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.lm.parameters(), optim.clip)
         check_finite(step + 1, {"cross-entropy": loss, "gradient norm": grad_norm})
         optimizer.step()
         scheduler.step()

@@ -1,4 +1,5 @@
-"""Shared training plumbing: checkpoints with exact resume, metrics logs, run info, the LR schedule.
+"""Shared training plumbing: checkpoints with exact resume, metrics logs, run info (the optimiser and its
+schedule: musicgen_cfg/optim.py).
 
 Used by `musicgen-cfg pretrain` (the default base model) and `musicgen-cfg train` (distillation).
 
@@ -11,7 +12,6 @@ Checkpoints are written atomically and only the last `keep_last` are kept.
 import csv
 import dataclasses
 import json
-import math
 import random
 import shutil
 from pathlib import Path
@@ -216,26 +216,6 @@ class MetricsLog:
                 csv.writer(f).writerows(keep)
 
 
-def check_finite(step: int, terms: dict[str, float | torch.Tensor], parameters=None) -> None:
-    """Stop a run whose loss, one of its terms or its gradient is NaN or inf: one line naming the step and
-    the first such term (in the order given: a non-finite reward makes the REINFORCE term and the gradient
-    non-finite too, so the cause comes first). `parameters`: also check the norm of their gradients.
-
-    Called after backward and before optimizer.step() (every training loop: distillation, pretrain, the
-    embedder, the scorer): the weights are still those of the last good step and no checkpoint of this step
-    exists, so the latest checkpoint stays the last good one and `--resume` restarts from it. Under DDP the
-    gradients are all-reduced, so every process sees a non-finite gradient and stops at the same step."""
-    if parameters is not None:
-        terms = {**terms, "gradient norm": torch.nn.utils.get_total_norm(
-            [p.grad for p in parameters if p.grad is not None])}
-    for name, value in terms.items():
-        value = torch.as_tensor(value).detach()
-        if not bool(torch.isfinite(value).all()):
-            shown = value[~torch.isfinite(value)].flatten()[0].item()
-            raise UserError(f"step {step}: the {name} is {shown} (not finite); stopped before the update, so the "
-                            f"latest checkpoint is the last good one (lower the lr or check the inputs)")
-
-
 def check_resume_config(run_dir: Path, config) -> None:
     """--resume with a `fixed` setting (config.field) other than the one the run was trained with is refused:
     the checkpoint's weights were not trained that way, and the manifest would say they were. Compared with
@@ -252,17 +232,3 @@ def check_resume_config(run_dir: Path, config) -> None:
 
 def write_run_info(run_dir: Path, config, command: str):
     write_json({"config": dataclasses.asdict(config), "command": command}, Path(run_dir) / "run.json")
-
-
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
-    """LR multiplier at `step`: linear warm-up to 1 over `warmup` steps, then cosine decay to `floor` at
-    `total` steps (and `floor` after). floor = 1 is a constant LR after warm-up, floor = 0 decays to zero.
-
-    The one schedule of the project (pretrain, distillation, scorer and embedder training).
-    """
-    if not 0.0 <= floor <= 1.0:
-        raise ValueError(f"floor must be in [0, 1], got {floor}")
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -45,7 +45,7 @@ from musicgen_cfg.checkpoint import (
 )
 from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import check_finite, warmup_cosine
+from musicgen_cfg.optim import build_optimizer, check_finite
 from musicgen_cfg.world import symbolic
 from musicgen_cfg.world.text_judge_options import DEFAULT_DIR, ScorerTrainArgs, ScorerTrainConfig
 
@@ -273,10 +273,7 @@ def train(model: ContrastiveScorer, pairs: Pairs, sentences: torch.Tensor, heldo
     Returns {'losses', 'heldout': {step: metrics}, 'train_seconds'}."""
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then cosine decay to zero
-        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps, floor=0.0))
+    optimizer, scheduler = build_optimizer(model.parameters(), config.optim())
     losses, evaluations, started = [], {}, time.perf_counter()
     model.train()
     for step in range(1, config.steps + 1):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.optim import OptimConfig, optim_option
 from musicgen_cfg.prompts import MAX_SEED
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default" / "scorer"
@@ -20,19 +21,23 @@ DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "default" / "s
 class ScorerTrainConfig:
     """Options of `musicgen-cfg judges train-scorer`."""
 
-    steps: int = field(1000, "optimizer steps", min=1)
+    steps: int = optim_option("steps", 1000)
     batch_size: int = field(128, "(caption, segment) pairs per step; the other pairs are the negatives", min=2)
     pairs: int = field(8000, "training captions (each encoded once by MiniLM, the costly part)", min=1)
     transpose: int = field(6, "random transposition of a training piece, in semitones either way", min=0)
-    lr: float = field(2e-3, "peak AdamW learning rate (linear warmup, cosine decay)", gt=0.0, max=1.0)
-    weight_decay: float = field(0.01, "AdamW weight decay", min=0.0)
-    warmup_steps: int = field(50, "linear warmup steps", min=0)
+    lr: float = optim_option("lr", 2e-3)
+    weight_decay: float = optim_option("weight_decay", 0.01)
+    warmup_steps: int = optim_option("warmup", 50)
     eval_every: int = field(200, "steps between held-out evaluations", min=1)
     seed: int = field(0, "seed for the pairs, initialisation and batches", min=0, max=MAX_SEED)
 
     def __post_init__(self):
         if self.batch_size > self.pairs:
             raise UserError(f"--batch-size must be at most --pairs ({self.pairs}), got {self.batch_size}")
+
+    def optim(self) -> OptimConfig:
+        """The scorer's optimiser (musicgen_cfg/optim.py): decay to zero, no clipping."""
+        return OptimConfig(steps=self.steps, lr=self.lr, warmup=self.warmup_steps, weight_decay=self.weight_decay)
 
 
 @dataclass(kw_only=True)

@@ -84,6 +84,7 @@ def manifest_entries(engine) -> list[dict]:
     return sorted(entries, key=lambda e: e["seq"])
 
 
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_generate_change_lambda_generate_again(served, endpoints):
     engine, client = served
     _, quality, diversity = endpoints
@@ -131,6 +132,7 @@ def test_generate_change_lambda_generate_again(served, endpoints):
     assert set(info["served"]) == {"model", "model_sha256", "beta", "lambda", "teacher_guidance_scale"}
 
 
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_measure_two_lambdas_gives_cis_and_writes_no_files(served):
     engine, client = served
     before = sorted(engine.out_root.rglob("*"))
@@ -187,6 +189,7 @@ def test_default_world_shows_note_level_diversity_and_measures_the_trade_off(def
     ({"duration": "long"}, "duration must be a number, got 'long'"),
     ({"seed": 10**12}, "seed must be -1 (random) or between"),
 ])
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_measure_bad_inputs_give_our_one_line_errors(served, override, message):
     _, client = served
     with pytest.raises(Exception) as error:
@@ -194,6 +197,7 @@ def test_measure_bad_inputs_give_our_one_line_errors(served, override, message):
     assert message in str(error.value) and "Traceback" not in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_compare_with_base_cfg(served):
     engine, client = served
     audio, _, base_audio, summary = client.predict(prompt=PROMPT, lam=0.5, variations=2, duration=1.0, seed=3,
@@ -207,6 +211,7 @@ def test_compare_with_base_cfg(served):
         "model_sha256"] for e in base_entries)
 
 
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_shown_diversity_is_the_gated_reward(served):
     from dataclasses import replace
 
@@ -239,6 +244,7 @@ def test_shown_diversity_is_the_gated_reward(served):
     ({"top_k": 100000}, "top-k must be between 0 (off) and 64"),
     ({"seed": -5}, "seed must be -1 (random) or between"),
 ])
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_bad_inputs_give_our_one_line_errors(served, override, message):
     engine, client = served
     before = served_tensor(engine).clone()
@@ -250,6 +256,7 @@ def test_bad_inputs_give_our_one_line_errors(served, override, message):
 
 
 @pytest.mark.parametrize("data", [["a calm folk song"], []])
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_raw_rest_call_with_too_few_inputs_gets_one_line(served, data):
     import urllib.request
 
@@ -265,6 +272,7 @@ def test_raw_rest_call_with_too_few_inputs_gets_one_line(served, data):
 
 
 @pytest.mark.parametrize("route", ["call/nope", "run/nope", "call/generate_typo", "api/nope"])
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_an_unknown_endpoint_is_a_404_in_one_line(served, route):
     import urllib.error
     import urllib.request
@@ -281,12 +289,14 @@ def test_an_unknown_endpoint_is_a_404_in_one_line(served, route):
         "error": f"no endpoint /{name}: this app serves /generate, /measure, /set_lambda, /info"}
 
 
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_top_k_zero_is_off_in_the_app_as_in_generate(served):
     engine, _ = served
     request = engine.parse(PROMPT, 0.5, 1, 1.0, 0, 1.0, 0, False)
     assert request.top_k is None  # SamplingConfig(top_k=0) means the same (tests/test_generate_cli.py)
 
 
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_set_lambda_out_of_range(served):
     _, client = served
     with pytest.raises(Exception, match="lambda must be between 0"):
@@ -356,6 +366,7 @@ def test_demo_command_serves_the_shipped_models_or_stand_ins(monkeypatch, tmp_pa
     assert len(list((tmp_path / "session-session").glob("*/manifest.jsonl"))) == 2  # merged, base + CFG
 
 
+@pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_the_page_events_fill_the_rows_and_apply_lambda(served, monkeypatch):
     """The page's private events (the browser test drives them through chromium, when it is installed)."""
     from app.ui import MAX_VARIATIONS, build_app

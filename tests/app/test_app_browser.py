@@ -21,6 +21,7 @@ PARAMETER = "decoder.lm_heads.0.weight"
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # a Gradio server and headless chromium
     pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no {CHROMIUM} (apt-get install -y chromium)"),
 ]
 

@@ -57,6 +57,7 @@ def hidden(directory):
     return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
+@pytest.mark.slow  # a process killed by SIGKILL mid-write
 def test_a_save_killed_mid_write_leaves_a_temporary_that_the_next_save_removes(tmp_path):
     killed_mid_write(tmp_path / "checkpoint-000002")
     assert len(hidden(tmp_path)) == 1 and hidden(tmp_path)[0].startswith(".checkpoint-000002.tmp.")
@@ -66,6 +67,7 @@ def test_a_save_killed_mid_write_leaves_a_temporary_that_the_next_save_removes(t
     assert hidden(tmp_path) == [] and (tmp_path / "checkpoint-000002" / "done").read_text() == "ok"
 
 
+@pytest.mark.slow  # a process killed by SIGKILL mid-write
 def test_killed_between_the_two_renames_the_previous_version_is_put_back(tmp_path):
     with atomic_directory(tmp_path / "final") as tmp:
         (tmp / "v").write_text("1")
@@ -83,6 +85,7 @@ def test_live_writers_temporaries_are_left_alone(tmp_path):
     assert remove_stale_temporaries(tmp_path) == [] and other_host.is_dir()
 
 
+@pytest.mark.slow  # a process killed by SIGKILL mid-write
 def test_train_resume_point_cleans_stale_checkpoint_temporaries(tmp_path):
     killed_mid_write(tmp_path / "checkpoint-000004")
     assert resume_point(tmp_path, resume=False) is None and hidden(tmp_path) == []

@@ -55,6 +55,7 @@ def test_tokens_identical_to_the_recorded_sampler(peaked, name):
     assert codes.flatten().tolist() == EXPECTED[name]
 
 
+@pytest.mark.slow  # torch.compile's graph capture
 def test_compiled_fixed_shape_step_gives_the_same_tokens(peaked, recwarn):
     """The step torch.compile captures (fixed shapes: whole cache under the future mask, full-size
     noise instead of the CPU top-k path) gives the recorded tokens. Backend "eager" runs Dynamo's

@@ -40,6 +40,7 @@ def test_onset_rates_known_answer():
     np.testing.assert_allclose(rates["onsets_per_second"], [1.0, 2.0, DEFAULT_BPM / 60.0])
 
 
+@pytest.mark.slow  # the ablation end to end on the shipped default model and judges
 def test_ablation_end_to_end(tmp_path):
     import torch
 

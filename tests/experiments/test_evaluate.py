@@ -253,6 +253,7 @@ def test_evaluate_default_world_reports_degenerate_clips_and_note_level_diversit
     assert ungated["per_prompt"]["degenerate_rate"] == [0.0, 0.0] and ungated["per_prompt"]["diversity_reward"][1] > 0
 
 
+@pytest.mark.slow  # the default world's judges (MiniLM text encoder)
 def test_evaluate_default_world_with_the_real_judges(tmp_path, reward_dir, capsys):
     pytest.importorskip("musicgen_cfg.world.judges")
     from musicgen_cfg.world.text_judge import ContrastiveScorer
@@ -387,6 +388,7 @@ def test_a_clap_evaluate_would_not_use_is_refused(clap, message, clap_dir, tmp_p
 
 # ------------------------------------------------------------------------------------------ pipeline
 
+@pytest.mark.slow  # the reproduce workflow end to end: training, sweeps, evaluation
 def test_reproduce_end_to_end_on_tiny_models(tiny_dir, clap_dir, reward_dir, tmp_path):
     from musicgen_cfg.tiny import save_tiny_musicgen
 
@@ -436,6 +438,7 @@ def test_reproduce_end_to_end_on_tiny_models(tiny_dir, clap_dir, reward_dir, tmp
     assert manifests == {p.name: (p / "manifest.jsonl").read_text() for p in (out / "runs").iterdir()}
 
 
+@pytest.mark.slow  # the reproduce workflow: two trainings and an evaluate process
 def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_dir, tmp_path):
     """seeds (0, 1): beta = 5 trained twice (seed 0 under the single-seed name), one pooled beta = 5 point; a
     `musicgen-cfg evaluate` process with the pipeline's settings (what jobs > 1 runs) reads the cache back."""
@@ -477,6 +480,7 @@ def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_di
 
 
 @pytest.mark.parametrize("top_k", [250, None])  # None: the processes get --top-k 0 (off)
+@pytest.mark.slow  # `musicgen-cfg generate` processes
 def test_parallel_generation_equals_in_process_generation(tiny_dir, tmp_path, top_k):
     """jobs > 1 runs `musicgen-cfg generate` processes: the same codes as the in-process runs."""
     from musicgen_cfg.experiments.reproduce import Point, generate_points
@@ -523,6 +527,7 @@ def test_reproduce_train_commands_per_beta_and_seed(tmp_path):
         load_config(ReproduceConfig, None, ["--jobs", "0"])  # bounds are checked where values arrive
 
 
+@pytest.mark.slow  # the reproduce workflow on tiny models
 def test_reproduce_skips_missing_models_and_checks_its_config(tiny_dir, clap_dir, reward_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

@@ -69,6 +69,7 @@ def manifest(directory: Path) -> list[dict]:
     return [json.loads(line) for line in (directory / "manifest.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # the README's workflow, every command, end to end
 def test_readme_workflow_end_to_end(tmp_path, monkeypatch, capsys):
     from gradio_client import Client
     from transformers import AutoProcessor, MusicgenForConditionalGeneration

@@ -91,6 +91,7 @@ def test_an_onset_counter_follows_the_onset_count_difference(groups):
 
 # ---------------------------------------------------------------------------------------- the edits
 
+@pytest.mark.slow  # renders every edit of 88 dataset segments
 def test_the_edits_are_valid_token_sequences(groups):
     codec = SymbolicCodec()
     for group in groups:
@@ -151,6 +152,7 @@ def test_swap_melody_and_thinning_change_what_they_say():
 
 # ------------------------------------------------------------------------------------------ command
 
+@pytest.mark.slow  # the command on the shipped embedder and dataset
 def test_the_command_on_the_shipped_embedder_writes_its_json(tmp_path, capsys):
     out = tmp_path / "check.json"
     assert main(["embedder", "check", "default", "--segments", "22", "--out", str(out)]) == 0
@@ -163,6 +165,7 @@ def test_the_command_on_the_shipped_embedder_writes_its_json(tmp_path, capsys):
     assert "| default |" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the command through a real-format checkpoint's EnCodec
 def test_the_command_embeds_with_a_real_checkpoints_encodec(tiny_dir, tmp_path):
     out = tmp_path / "encodec.json"
     assert main(["embedder", "check", "encodec-emb", "--codec-model", str(tiny_dir), "--segments", "22",

@@ -114,6 +114,7 @@ def test_losses_prefer_matching_pairs():
 
 
 @pytest.mark.parametrize("loss, lr, steps", [("infonce", 3e-3, 60), ("triplet", 1e-3, 100)])
+@pytest.mark.slow  # 60-100 training steps
 def test_short_training_on_synthetic_music_lowers_the_loss(loss, lr, steps):
     torch.manual_seed(0)
     model = ContrastiveMusicEmbedder(SMALL)
@@ -275,6 +276,7 @@ def test_bad_specs_give_clear_user_errors(tmp_path, monkeypatch):
         load_embedder(str(broken))
 
 
+@pytest.mark.slow  # the shipped embedder on rendered clips
 def test_shipped_default_embedder_tells_different_music_apart():
     from musicgen_cfg.world.codec import SymbolicCodec
     from rl.diversity import pairwise_diversity

@@ -123,6 +123,7 @@ def test_the_shipped_transcriber_finds_most_onsets_of_every_timbre(shipped):
     assert len({p.split(" at ")[0] for p in prompts}) >= 5
 
 
+@pytest.mark.slow  # the shipped embedder on many rendered clips
 def test_the_shipped_embedder_hears_notes_not_gain_or_timbre(shipped, segments):
     from musicgen_cfg.world.symbolic import transpose_codes
 

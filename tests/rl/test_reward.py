@@ -45,6 +45,7 @@ def rows_for(prompts):
     return [p for p in prompts for _ in range(G)]
 
 
+@pytest.mark.slow  # the shipped embedder on every split of the batch
 def test_a_prompts_rewards_do_not_depend_on_its_batch_or_the_process_split(segments, embedder):
     codec, gate = SymbolicCodec(), reward_gate("data", symbolic=True)
     codes = segments[: len(PROMPTS) * G]
@@ -125,6 +126,7 @@ def test_a_silent_sibling_no_longer_raises_its_groups_reward(segments, embedder)
     assert passed.tolist() == [[True, True, True, False], [True, True, False, False]]
 
 
+@pytest.mark.slow  # the gate's quantiles over the shipped dataset
 def test_codes_gate_comes_from_the_real_data_and_rejects_near_empty_clips(segments):
     gate = data_codes_gate()
     assert 0 < gate.min_sounding_fraction < 1 and 0 < gate.min_onset_rate < 0.1

@@ -15,6 +15,7 @@ from bench import gpu_check
 from bench.gpu_check import NO_CUDA, ROOT, STAGES, Stage, goal_line, goals, run_stage
 
 
+@pytest.mark.slow  # a bench/gpu_check.py process (imports torch)
 def test_without_cuda_it_fails_in_one_line_with_status_2_and_writes_nothing(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -39,6 +40,7 @@ def test_the_stages_fit_the_budget_and_run_the_issue_s_benchmarks():
     assert commands[-1].startswith("bench/train_step.py --preset small --device cuda --bf16")
 
 
+@pytest.mark.slow  # waits out a stage's 2 s timeout
 def test_a_stage_past_its_timeout_is_killed_and_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "LOGS", tmp_path / "logs")
     out = tmp_path / "stage.json"

@@ -23,6 +23,7 @@ def rehearse(tmp_path, *args, timeout=600):
     return done, out
 
 
+@pytest.mark.slow  # a bench process per stage (each imports torch)
 def test_the_tiny_preset_measures_each_stage_in_its_own_process_next_to_its_prediction(tmp_path):
     done, out = rehearse(tmp_path, "--stages", "export", "merge", "live_merge")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -47,6 +48,7 @@ def test_the_tiny_preset_measures_each_stage_in_its_own_process_next_to_its_pred
     assert not (tmp_path / "work" / "tiny").exists()  # the checkpoints go after their last stage (no --keep)
 
 
+@pytest.mark.slow  # a bench/real_shape.py process (imports torch)
 def test_a_stage_that_does_not_fit_is_recorded_with_its_prediction_not_run(tmp_path):
     done, out = rehearse(tmp_path, "--stages", "generate", "--ram-gb", "0.3", timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -72,6 +74,7 @@ def test_on_24_gb_a_stage_goes_to_the_largest_published_size_that_fits():
     (["--preset", "huge"], "error: argument --preset: invalid choice: 'huge'"),
     (["--preset", "tiny", "--stages", "generate", "fly"], "error: argument --stages: invalid choice: 'fly'"),
 ])
+@pytest.mark.slow  # a bench/real_shape.py process per case (imports torch)
 def test_bad_input_is_one_line_and_status_2(tmp_path, args, message):
     done = subprocess.run([sys.executable, "bench/real_shape.py", *args, "--out", str(tmp_path / "r.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

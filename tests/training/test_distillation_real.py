@@ -15,7 +15,6 @@ from musicgen_cfg.cli import main
 from musicgen_cfg.config import load_config
 from musicgen_cfg.distillation import DistillConfig, Distiller, split_rows
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.training.run import warmup_cosine
 
 MUSICGEN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("musicgen_*.yaml"))
 
@@ -69,6 +68,7 @@ def gradients(d: Distiller) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("config_path", MUSICGEN_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.slow  # real-format training under each shipped MusicGen config
 def test_shipped_musicgen_config_trains_under_bf16(tiny_dir, local_files, config_path, capsys):
     config = load_config(DistillConfig, config_path)
     assert config.bf16 and config.teacher_dtype == "bfloat16" and config.gradient_checkpointing
@@ -84,6 +84,7 @@ def test_shipped_musicgen_config_trains_under_bf16(tiny_dir, local_files, config
 
 
 @pytest.mark.parametrize("config_path", MUSICGEN_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.slow  # real-format training: bf16 and fp32 passes per config
 def test_bf16_kl_agrees_with_fp32_on_the_same_rollouts(tiny_dir, local_files, config_path):
     """Same codes, so the KL differs by rounding only. Tolerance 3% relative: bf16 keeps 8 significant
     bits (rounding 2^-9 = 0.2% per op), the logits come out of ~10 rounded matmuls in a row (2 layers,
@@ -120,6 +121,7 @@ def test_bf16_teacher_shares_the_frozen_towers(tiny_dir, local_files):
     assert d.base_sha256 == d.student.weights_sha256(refresh=True)  # the fp32 base, not the bf16 copy
 
 
+@pytest.mark.slow  # real-format training: three gradients
 def test_micro_batches_checkpointing_and_chunked_rollouts_give_the_same_gradient(tiny_dir, local_files):
     """6 rows (2 prompts x 3): one micro-batch vs 3 of 2 rows (a prompt's siblings split between
     micro-batches), with gradient checkpointing and rollouts of 4 + 2 rows in the second."""
@@ -137,6 +139,7 @@ def test_micro_batches_checkpointing_and_chunked_rollouts_give_the_same_gradient
         torch.testing.assert_close(g3[name], g1[name], rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # real-format training steps
 def test_policy_gradient_is_not_degenerate_on_a_tiny_real_model(tiny_dir, local_files):
     """With random EnCodec codebooks different codes decode to different audio: the reward sees the
     codes, and beta moves the gradient."""
@@ -188,19 +191,6 @@ def test_uneven_process_split_is_refused():
         split_rows(config, 4)
     with pytest.raises(UserError, match=r"grad_accum 3 does not divide the 8 rows .* 3 processes"):
         split_rows(config, 3)
-
-
-@pytest.mark.parametrize("floor", [0.0, 0.1, 1.0])
-def test_warmup_cosine_schedule(floor):
-    warmup, total = 5, 25
-    values = [warmup_cosine(s, warmup, total, floor) for s in range(total + 3)]
-    assert values[:warmup] == pytest.approx([(s + 1) / warmup for s in range(warmup)])
-    assert values[warmup] == 1.0 and values[total] == pytest.approx(floor) and values[-1] == pytest.approx(floor)
-    decay = values[warmup : total + 1]
-    assert all(a >= b for a, b in zip(decay, decay[1:]))  # non-increasing after warm-up
-    assert values[(warmup + total) // 2] == pytest.approx(floor + (1 - floor) / 2)  # the cosine's midpoint
-    if floor == 1.0:
-        assert set(values[warmup:]) == {1.0}  # constant
 
 
 def test_trainer_lr_decays_to_the_floor(tiny_dir, local_files):

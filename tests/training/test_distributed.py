@@ -60,12 +60,14 @@ def assert_same_run(a, b, weights="checkpoint-000003/model.safetensors"):
         assert float(last[1][key]) == pytest.approx(float(last[0][key]), rel=1e-3), key
 
 
+@pytest.mark.slow  # two torchrun processes (gloo) and a single-process run
 def test_two_process_ddp_matches_single_process(setup, tmp_path):
     args, single = setup
     two_processes(*args, "--grad-accum", "3", "--out", str(tmp_path / "ddp"))
     assert_same_run(single, tmp_path / "ddp")
 
 
+@pytest.mark.slow  # two torchrun processes (gloo) and a single-process run
 def test_two_process_ddp_lora_matches_single_process(setup, tmp_path):
     """LoRA under DDP: the frozen base (shared with the teacher) is replicated, the adapters sync."""
     args = [*setup[0], "--lora.rank", "4", "--lr", "1e-2"]
@@ -76,6 +78,7 @@ def test_two_process_ddp_lora_matches_single_process(setup, tmp_path):
     assert_same_run(tmp_path / "single", tmp_path / "ddp", "checkpoint-000003/adapter_model.safetensors")
 
 
+@pytest.mark.slow  # two torchrun processes, a resume and an export
 def test_two_process_fsdp_matches_single_process_through_a_resume_and_export(setup, tmp_path):
     """FSDP2 on gloo: rollouts on the gathered weights (the same codes as one process, or the weights
     would differ), a full-state checkpoint (weights + AdamW moments) that resumes under FSDP and in

@@ -129,6 +129,7 @@ def runs(lora_args, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # real-format training: two LoRA runs (peft), a resume
 def test_lora_checkpoints_hold_the_adapter_only_and_resume_exactly(runs, lora_args, tmp_path):
     last = sorted((runs / "a").glob("checkpoint-*"))[-1]
     assert sorted(p.name for p in last.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
@@ -156,6 +157,7 @@ def full_finetune(args: list[str]) -> list[str]:
     ("lora", "full", "holds a LoRA adapter only: resume it with the lora section"),
     ("lora", "rank 2", "has r 4, the config asks for 2"),
 ])
+@pytest.mark.slow  # real-format training: a LoRA or full run to resume
 def test_resuming_a_mismatched_checkpoint_is_one_line(lora_args, tmp_path, capsys, first, then, message):
     run = tmp_path / "run"
     first_args = lora_args if first == "lora" else full_finetune(lora_args)
@@ -187,6 +189,7 @@ def truncate(path):
     (lambda c: truncate(c / "optimizer.safetensors"), "is truncated or not a safetensors file"),
     (lambda c: None, None),  # an intact adapter-only checkpoint passes the check
 ])
+@pytest.mark.slow  # real-format training: a LoRA run to damage
 def test_an_adapter_checkpoint_is_checked_before_a_resume_writes_anything(one_step_run, lora_args, tmp_path, capsys,
                                                                           damage, message):
     import shutil
@@ -207,6 +210,7 @@ def test_an_adapter_checkpoint_is_checked_before_a_resume_writes_anything(one_st
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # run.json untouched
 
 
+@pytest.mark.slow  # real-format training: two LoRA runs (peft)
 def test_export_is_merged_full_weights_that_transformers_and_peft_load(runs, tiny_dir):
     from peft import PeftModel
     from transformers import MusicgenForConditionalGeneration
@@ -239,6 +243,7 @@ def test_export_is_merged_full_weights_that_transformers_and_peft_load(runs, tin
     assert adapter_manifest["base_sha256"] == manifest["base_sha256"] and adapter_manifest["adapter_safetensors_sha256"]
 
 
+@pytest.mark.slow  # real-format training: two LoRA runs (peft)
 def test_merging_two_lora_exports_is_the_lerp_of_their_deltas_live_and_offline(runs, tiny_dir, tmp_path):
     from app.engine import Endpoint, Engine
     from merging.merge import merge_checkpoints
@@ -263,6 +268,7 @@ def test_merging_two_lora_exports_is_the_lerp_of_their_deltas_live_and_offline(r
     assert codes.shape[0] == engine.model.lm.num_codebooks
 
 
+@pytest.mark.slow  # real-format training: a bf16 LoRA run
 def test_bf16_base_is_one_shared_copy_and_the_export_merges_into_the_float32_weights(tiny_dir, lora_args, tmp_path):
     from accelerate import Accelerator
 

@@ -1,4 +1,4 @@
-"""The non-finite guard (training/run.check_finite) of every training loop, and non-finite weights refused
+"""The non-finite guard (musicgen_cfg/optim.check_finite) of every training loop, and non-finite weights refused
 where they are loaded (checkpoint.check_finite_weights).
 
 Each loop is run on tiny inputs with one term of its loss turned NaN from step 2 on: the run stops with
@@ -18,7 +18,7 @@ from musicgen_cfg.checkpoint import checkpoints
 from musicgen_cfg.cli import main
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.model import load_model
-from musicgen_cfg.training.run import check_finite
+from musicgen_cfg.optim import check_finite
 
 NAN = float("nan")
 

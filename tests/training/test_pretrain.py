@@ -58,6 +58,7 @@ def test_the_gpu_recipe_base_keeps_the_shipped_binaries_within_80_mb():
     assert decoder_bytes > 1.3 * 4 * 3_907_328  # larger than the shipped 3.9M-parameter base
 
 
+@pytest.mark.slow  # a pretrain run, a resume and an export
 def test_a_tiny_pretrain_run_resumes_and_exports_a_model_with_its_provenance(tmp_path):
     """Two steps, killed after the first checkpoint and resumed: the export loads, generates, and its manifest
     names the dataset, the rebuild command and the machine it was trained on."""

@@ -38,6 +38,7 @@ def test_shipped_configs_export_under_their_run_and_refuse_the_assets_unless_reb
     assert load_config(cls, ROOT / path, ["--export", target, "--rebuild-shipped", "true"]).export == target
 
 
+@pytest.mark.slow  # a train step on the shipped base and a pretrain step
 def test_readme_training_commands_leave_the_shipped_assets_unchanged(tmp_path, capsys):
     """The README's `train --config configs/quality.yaml` and `pretrain --config configs/default_base.yaml`,
     cut to one tiny step, write their model under --out and not a byte of the assets."""

@@ -34,6 +34,7 @@ def test_build_is_deterministic_and_resumes_from_cache(small_build):
     assert "--limit-per-collection 4" in manifests[0]["command"]
 
 
+@pytest.mark.slow  # a corpus build in worker processes
 def test_parallel_parsing_writes_the_same_file(small_build, tmp_path):
     configs, manifests, _ = small_build
     parallel = corpus.BuildConfig(out=tmp_path / "dataset.npz", collections=("bach_chorales", "essen_chinese"),

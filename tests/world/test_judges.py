@@ -69,6 +69,7 @@ def test_prompt_attributes_read_back_what_captions_say(test_split):
         "irish_traditional", "reel", 10, "2/4", 150.0)
 
 
+@pytest.mark.slow  # the shipped judges (the scorer and MiniLM), loaded once per module
 def test_key_accuracy_high_on_cadences_low_on_random_notes(judges):
     keys = [(tonic, mode) for tonic in range(12) for mode in ("major", "minor")]
     prompts = [f"German folk song in {key_name(tonic, mode)}" for tonic, mode in keys]
@@ -83,6 +84,7 @@ def test_key_accuracy_high_on_cadences_low_on_random_notes(judges):
     assert np.isnan(judges.score(cadence(0, "major")[None], ["German folk song"])["key_accuracy"][0])
 
 
+@pytest.mark.slow  # the shipped judges
 def test_realism_zero_for_real_segments_large_for_caricatures(judges, test_split):
     indices, prompts = choose_prompts(test_split, 60, seed=1)
     real = judges.score(test_split.codes(indices), prompts)
@@ -109,6 +111,7 @@ def test_frechet_distance():
     assert frechet_distance(np.zeros(5), cov, np.full(5, 2.0), cov) == pytest.approx(20.0)
 
 
+@pytest.mark.slow  # the shipped judges
 def test_shipped_scorer_prefers_own_captions(judges, test_split):
     manifest = read_json(DEFAULT_DIR / "manifest.json")
     assert manifest["weights_sha256"] == file_sha256(DEFAULT_DIR / "model.safetensors")
@@ -135,6 +138,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # the gamma sweep end to end with the shipped judges
 def test_sweep_end_to_end(judges, tmp_path, one_thread):
     result = run_sweep(SweepConfig(prompts=2, samples=2, gammas=(1.0, 2.0)), tmp_path / "sweep", judges=judges,
                        log=lambda message: None)
