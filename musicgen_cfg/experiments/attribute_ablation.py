@@ -88,7 +88,7 @@ def onset_rates(codes: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
 def ablate(config: AblationConfig, out: Path, dataset_path=None, scorer_dir=None, log=print) -> dict:
     """Sample, judge and write the ablation (module docstring); returns the results dict."""
     from musicgen_cfg.checkpoint import atomic_directory, write_json
-    from musicgen_cfg.experiments.gamma_sweep import per_prompt_means, choose_prompts, generate
+    from musicgen_cfg.experiments.gamma_sweep import choose_prompts, generate, per_prompt_means
     from musicgen_cfg.model import load_model, pick_device
     from musicgen_cfg.world.captions import CaptionDropout, render_settings
     from musicgen_cfg.world.corpus import load_dataset

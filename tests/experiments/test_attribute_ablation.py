@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.experiments.attribute_ablation import (METERS, TEMPI, AblationConfig, ablate, onset_rates, paired,
-                                                         variant_prompts)
+from musicgen_cfg.experiments.attribute_ablation import (
+    METERS,
+    TEMPI,
+    AblationConfig,
+    ablate,
+    onset_rates,
+    paired,
+    variant_prompts,
+)
 from musicgen_cfg.world import symbolic
 from musicgen_cfg.world.captions import DEFAULT_BPM
 
