@@ -26,14 +26,14 @@ from transformers import MusicgenDecoderConfig
 from musicgen_cfg.cfg import Condition
 from musicgen_cfg.checkpoint import (
     CHECKPOINT_PREFIX,
-    WEIGHTS_NAME,
+    EXPORT_SHARD_BYTES,
     Checkpoint,
     atomic_directory,
     checkpoints,
     final_export_dir,
     open_checkpoint,
     read_json,
-    save_tensors,
+    save_sharded,
     state_sha256,
     write_json,
 )
@@ -134,13 +134,15 @@ class MusicGen:
                                             self.codec.render_info(prompts[i]))
         return results
 
-    def save(self, path: str | Path, extra_config: dict | None = None):
-        """Write a checkpoint directory atomically (config.json + model.safetensors [+ tokenizer files])."""
+    def save(self, path: str | Path, extra_config: dict | None = None, max_shard_bytes: int = EXPORT_SHARD_BYTES):
+        """Write a checkpoint directory atomically (config.json + the weights [+ tokenizer files])."""
         with atomic_directory(path) as tmp:
-            self.write_files(tmp, extra_config)
+            self.write_files(tmp, extra_config, max_shard_bytes)
 
-    def write_files(self, directory: Path, extra_config: dict | None = None):
-        """The checkpoint files, into an existing (temporary) directory."""
+    def write_files(self, directory: Path, extra_config: dict | None = None, max_shard_bytes: int = EXPORT_SHARD_BYTES):
+        """The checkpoint files, into an existing (temporary) directory: the weights as model.safetensors, or as
+        shards of at most max_shard_bytes + model.safetensors.index.json (checkpoint.save_sharded: written from
+        the tensors themselves, so saving holds no second copy of the model)."""
         config = json.loads(json.dumps(self.config))
         if extra_config:
             config.setdefault("musicgen_cfg", {}).update(extra_config)
@@ -148,7 +150,7 @@ class MusicGen:
         if not self.is_symbolic:  # a real checkpoint keeps its frozen towers so transformers can load it
             state.update({f"text_encoder.{k}": v for k, v in self.text_encoder.encoder.state_dict().items()})
             state.update({f"audio_encoder.{k}": v for k, v in self.codec.model.state_dict().items()})
-        save_tensors(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_sharded(state, directory, metadata={"format": "pt"}, max_shard_bytes=max_shard_bytes)
         write_json(config, directory / "config.json")
         if not self.is_symbolic:
             self.text_encoder.tokenizer.save_pretrained(directory)
