@@ -218,6 +218,9 @@ class Engine:
         """Check that the endpoints merge, load them (quality on `device`, diversity via CPU), set up LiveMerge.
 
         dtype: the generating models' LM weights (load_model); LiveMerge keeps its endpoints in it too.
+        Memory: three decoders (the served one, LiveMerge's copy of it as theta_q, and theta_d: the diversity
+        model's own LM tensors, converted only when serving on another device or dtype), plus the diversity model's
+        towers while LiveMerge is set up; a base model (when asked for) adds a fourth.
 
         embedder_note says why diversity is not measured when embedder_spec is None; notes are shown
         on the page (e.g. which shipped model the base model stands in for)."""
@@ -233,7 +236,7 @@ class Engine:
         other = load_model(diversity.spec, device="cpu")
         diversity.provenance = model_provenance(other)
         merge = LiveMerge(model.lm, model.lm.state_dict(), other.lm.state_dict(), lam=lam)
-        del other  # LiveMerge keeps its own copy of the diversity weights
+        del other  # its LM's tensors are LiveMerge's theta_d now (held, not copied); its towers go
         base_model = None
         if base is not None:
             log(f"loading base model {base.spec} for the CFG comparison")

@@ -25,13 +25,15 @@ Stages (STAGES, in this order; each builds its preset's checkpoints first when t
 The prediction of a stage is the largest of its terms (bytes; N decoder parameters, W = 4 N, Tw = 4 x the T5
 encoder and EnCodec parameters; KV cache and fused copies: train_memory.kv_cache and fused_copies, fp32):
   build       W + Tw                     transformers' model (save_pretrained writes from its tensors)
-  load        2 W + Tw                   model.load_model holds transformers' decoder and our MusicgenLM at once
+  load        W + Tw                     model.load_model: the checkpoint's tensors become the weights (one decoder)
   generate    load; sample W + Tw + KV cache (2 rows) + fused copies
   train_*     load; step: train_memory.estimate's peak for the same shapes and run
-  export      load; write 2 (W + Tw)     save_tensors clones every tensor before writing
+  export      load; write W + Tw         save_file writes every shard from the model's own tensors
   merge       MAX_SHARD_BYTES + 3 x the largest tensor (one output shard, two inputs and their merge)
-  live_merge  endpoints 4 W + 2 Tw       Engine.load: both endpoints loaded, LiveMerge's two copies
+  live_merge  endpoints 3 W + 2 Tw       Engine.load: both endpoints loaded, LiveMerge's copy of the served weights
+                                         (theta_d is the diversity model's own LM)
   engine      endpoints; serve 3 W + Tw + KV cache (1 row) + fused copies
+Loaded weights are views of the checkpoint files (safetensors maps them): file-backed pages, which RSS counts.
 A stage fits when its prediction (and its preset's build) plus the runtime (this process's RSS and a probe child's
 peak RSS after the imports) stays within --ram-gb (default this machine's RAM). One that does not is recorded as
 "does not fit in N GB" with its prediction, and runs at the largest published size below that fits (its row says
@@ -142,8 +144,8 @@ def predicted(stage: str, preset: str) -> dict[str, float]:
     def request(rows):  # the sampler's per-request memory in fp32
         return fused_copies(shape, 4, 4) + kv_cache(shape, rows, steps, Run.text_tokens, 4)
 
-    load = 2 * W + Tw
-    endpoints = 4 * W + 2 * Tw
+    load = W + Tw
+    endpoints = 3 * W + 2 * Tw
     if stage == "build":
         return {"model": W + Tw}
     if stage == "generate":
@@ -151,7 +153,7 @@ def predicted(stage: str, preset: str) -> dict[str, float]:
     if stage in TRAIN_CONFIGS:
         return {"load": load, "step": train_estimate(stage, preset)["peak"]}
     if stage == "export":
-        return {"load": load, "write": 2 * (W + Tw)}
+        return {"load": load, "write": W + Tw}
     if stage == "merge":
         from musicgen_cfg.checkpoint import MAX_SHARD_BYTES
 

@@ -516,8 +516,11 @@ def sweep_checkpoints(
 class LiveMerge:
     """Holds theta_q and theta_d next to a live module and rewrites its weights to theta(lam) in place.
 
-    Both state dicts are copied once to each parameter's device and dtype (so memory is 3x the
-    merged weights); `set_lambda` then writes torch.lerp(q, d, lam) into the existing parameter
+    The endpoint tensors are held on each parameter's device and dtype: one already there is held as
+    it is (handed over, not copied: the caller must not modify it afterwards), one elsewhere is
+    converted once, and one that shares memory with the module's weights (e.g. the module's own
+    state_dict() as theta_q) is copied. So memory is 3x the merged weights, not 3x plus the caller's
+    endpoints. `set_lambda` then writes torch.lerp(q, d, lam) into the existing parameter
     storage: no allocation, no reload, and anything holding the parameters (optimizers, compiled
     graphs, the sampler) keeps seeing them. Entries of the state dicts may be parameters or float
     buffers of the module; every parameter of the module must be covered. Not thread-safe: call
@@ -558,16 +561,20 @@ class LiveMerge:
                 )
             if not q.is_floating_point():
                 _check_equal_non_float(name, {"quality": q, "diversity": diversity[name]})
+        live = {t.untyped_storage().data_ptr() for t in targets.values()}
+
+        def held(tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            # set_lambda writes the module's weights, so an endpoint must never share their memory
+            tensor = tensor.detach().to(device=target.device, dtype=target.dtype)
+            return tensor.clone() if tensor.untyped_storage().data_ptr() in live else tensor
+
         self._triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for name, q in quality.items():
             target = targets[name]
             if not q.is_floating_point():  # integer/bool entries cannot move with lam: set once
                 target.copy_(q)
                 continue
-            place = {"device": target.device, "dtype": target.dtype}
-            # copy=True: the held endpoints must never alias the caller's tensors (which may be the
-            # module's own weights, e.g. its state_dict() as theta_q), yet cost only one copy each.
-            self._triples.append((target, q.to(**place, copy=True), diversity[name].to(**place, copy=True)))
+            self._triples.append((target, held(q, target), held(diversity[name], target)))
         self.allow_extrapolation = allow_extrapolation
         self._lam: float | None = None
         self.set_lambda(lam)

@@ -4,11 +4,14 @@
 - `atomic_directory`: every writer (model save, trainer checkpoints, exports, merges) writes into a temp
   directory that replaces the target in one rename; what a killed write leaves is cleaned up next time.
 - `save_tensors` / `load_tensors` / `load_state`: whole state dicts (a directory's shards, when sharded).
+- `save_sharded`: a model's state dict as a checkpoint's weights, one file or bounded shards (model saves, exports).
 - `open_checkpoint`: a directory's config and tensor layout from the headers only; `Checkpoint.read`
   loads one tensor at a time (safe_open), so a streaming reader holds a few tensors, not a model.
 - `write_sharded`: tensors produced one at a time into `model-0000k-of-0000n.safetensors` shards
   (each written by `safetensors.torch.save_file`, each at most `max_shard_bytes`) + the index, so a
   writer holds one shard, not a model.
+Writes copy nothing: save_file writes from the tensors' own memory (only a second name over one storage,
+such as T5's tied embeddings, which it refuses, is written from a copy; a GPU tensor from its CPU copy).
 
 Any missing, truncated or corrupt file is a UserError naming it; no pickle is ever opened.
 """
@@ -24,7 +27,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,9 +136,24 @@ def atomic_directory(path: str | Path):
         raise
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None):
-    """safetensors save of detached, contiguous CPU copies (shared storage is split)."""
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path), metadata=metadata)
+def _writable(tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """(name, tensor) pairs as save_file takes them: detached, contiguous, on the CPU, and no two over one storage
+    (safetensors refuses tied weights, e.g. T5's shared and embed_tokens: a storage seen before is written from a
+    copy, so the file holds both names, as transformers' own files do). Nothing else is copied."""
+    out, storages = {}, set()
+    for name, tensor in tensors:
+        tensor = tensor.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in storages:
+            tensor = tensor.clone()
+        storages.add(storage)
+        out[name] = tensor
+    return out
+
+
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None):
+    """One safetensors file of `tensors` (see _writable: written from their own memory)."""
+    save_file(_writable(tensors.items()), str(path), metadata=metadata)
 
 
 _READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError)
@@ -179,10 +197,11 @@ SAFETENSORS_DTYPES = {
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One tensor of a safetensors file, from its header: name, file, dtype, shape."""
+    """One tensor of a safetensors file, from its header: name, file, dtype, shape (file None: one about to be
+    written, in a layout for write_sharded)."""
 
     name: str
-    file: Path
+    file: Path | None
     dtype: torch.dtype
     shape: tuple[int, ...]
 
@@ -208,9 +227,9 @@ def read_header(path: str | Path, label: str | None = None) -> tuple[list[Tensor
 
 
 def read_tensor(info: TensorInfo, label: str | None = None) -> torch.Tensor:
-    """Load one tensor (refused when not finite: check_finite_weights). The file is opened for this read
-    alone: its mapping ends with the read, so the pages of tensors read earlier do not stay resident
-    (memory stays at the tensors the caller holds)."""
+    """Load one tensor (refused when not finite: check_finite_weights). safetensors returns a view of a private
+    mapping of the file (no copy: its pages are file-backed, in RSS once touched, and a write copies the page);
+    that mapping, one per read, lives as long as the tensor, so memory stays at the tensors the caller holds."""
     try:
         with safe_open(str(info.file), framework="pt") as f:
             tensor = f.get_tensor(info.name)
@@ -224,8 +243,15 @@ def check_finite_weights(state: Mapping[str, torch.Tensor], label: str) -> None:
     """A one-line UserError when a floating-point weight holds NaN or inf: such a model generates noise
     or NaN logits, and a merge with it is NaN everywhere it touches, so it is refused where it is loaded."""
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not _all_finite(tensor):
             raise UserError(f"{label}: tensor {name} has non-finite values (NaN or inf); refusing to load it")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every element is finite. A NaN or inf element makes the sum NaN or inf, so a finite sum settles it
+    without allocating anything; only a sum that overflowed is checked element-wise. (isfinite's whole-tensor mask,
+    a quarter of an fp32 tensor, is a transient the allocator keeps: loads grew by ~0.4x the model.)"""
+    return math.isfinite(float(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
 # --------------------------------------------------------------------------------- checkpoint directories
@@ -325,6 +351,9 @@ def load_state(directory: str | Path, device: str = "cpu", label: str = "checkpo
 # ------------------------------------------------------------------------------------ sharded writes
 
 MAX_SHARD_BYTES = 256 * 2**20  # what one shard (so a streaming writer) holds in memory at most, unless one tensor is larger
+# The shards of a saved or exported model (save_sharded): its tensors already exist, so the bound costs no memory
+# on the CPU (a GPU model's shard is copied to the CPU); 2 GiB keeps a large model to a few files for the hub.
+EXPORT_SHARD_BYTES = 2 * 2**30
 
 
 def shard_name(index: int, count: int) -> str:
@@ -362,14 +391,15 @@ def write_sharded(directory: Path, groups: Sequence[Sequence[TensorInfo]], produ
     `produce(name)` must return the dtype and shape the layout gives (checked)."""
     shards = plan_shards(groups, max_shard_bytes)
     names = [WEIGHTS_NAME] if len(shards) == 1 else [shard_name(i + 1, len(shards)) for i in range(len(shards))]
+    def produced(info: TensorInfo) -> torch.Tensor:
+        tensor = produce(info.name)
+        if tensor.dtype != info.dtype or tuple(tensor.shape) != info.shape:
+            raise ValueError(f"produced {info.name} as {tensor.dtype} {list(tensor.shape)}, "
+                             f"the layout says {info.dtype} {list(info.shape)}")
+        return tensor
+
     for name, shard in zip(names, shards):
-        tensors = {}
-        for info in shard:
-            tensor = produce(info.name)
-            if tensor.dtype != info.dtype or tuple(tensor.shape) != info.shape:
-                raise ValueError(f"produced {info.name} as {tensor.dtype} {list(tensor.shape)}, "
-                                 f"the layout says {info.dtype} {list(info.shape)}")
-            tensors[info.name] = tensor.detach().to("cpu").contiguous()
+        tensors = _writable((info.name, produced(info)) for info in shard)
         save_file(tensors, str(directory / name), metadata=dict(metadata) if metadata else None)
         del tensors
     if len(shards) > 1:
@@ -377,6 +407,24 @@ def write_sharded(directory: Path, groups: Sequence[Sequence[TensorInfo]], produ
                  "weight_map": {info.name: name for name, shard in zip(names, shards) for info in shard}}
         (directory / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
     return names
+
+
+def save_sharded(state: Mapping[str, torch.Tensor], directory: Path, metadata: Mapping[str, str] | None = None,
+                 max_shard_bytes: int = EXPORT_SHARD_BYTES) -> list[str]:
+    """A state dict as a checkpoint's weights in `directory`, in its order: model.safetensors when it fits in
+    max_shard_bytes, else shards + index (write_sharded); returns the file names."""
+    layout = [TensorInfo(name, None, tensor.dtype, tuple(tensor.shape)) for name, tensor in state.items()]
+    return write_sharded(directory, [layout], state.__getitem__, metadata, max_shard_bytes)
+
+
+def weight_file_hashes(directory: Path) -> dict:
+    """The manifest fields of a checkpoint directory's weight files: `model_safetensors_sha256` of its one file, or
+    `model_shards_sha256` (file -> sha256, the index included) of a sharded one."""
+    if (directory / WEIGHTS_INDEX_NAME).is_file():
+        files = sorted({*json.loads((directory / WEIGHTS_INDEX_NAME).read_text())["weight_map"].values(),
+                        WEIGHTS_INDEX_NAME})
+        return {"model_shards_sha256": {name: file_sha256(directory / name) for name in files}}
+    return {"model_safetensors_sha256": file_sha256(directory / WEIGHTS_NAME)}
 
 
 def read_json(path: str | Path, label: str | None = None) -> dict:
@@ -405,7 +453,7 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the tensor's own bytes: no copy
     return digest.hexdigest()
 
 

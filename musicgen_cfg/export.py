@@ -5,7 +5,8 @@
 
 A real-MusicGen directory loads with plain transformers (`MusicgenForConditionalGeneration`,
 `AutoProcessor`, `pipeline("text-to-audio")`) and holds:
-- model.safetensors: every tower (decoder, T5, EnCodec), safetensors only;
+- model.safetensors: every tower (decoder, T5, EnCodec), safetensors only; above 2 GiB (EXPORT_SHARD_BYTES)
+  model-0000k-of-0000n.safetensors shards + model.safetensors.index.json, as transformers shards;
 - config.json, with our provenance block `musicgen_cfg` (base, beta, lambda, teacher gamma, training);
 - generation_config.json with `guidance_scale` 1 (a distilled model samples without CFG; the base's
   3 would make transformers' generate() guide it a second time, at twice the cost), and the teacher
@@ -20,7 +21,13 @@ Default-world (symbolic codec) directories have the same files except the transf
 
 from pathlib import Path
 
-from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, read_json, write_json
+from musicgen_cfg.checkpoint import (
+    EXPORT_SHARD_BYTES,
+    atomic_directory,
+    read_json,
+    weight_file_hashes,
+    write_json,
+)
 
 PROJECT_KEY = "musicgen_cfg"
 GENERATION_CONFIG = "generation_config.json"
@@ -53,19 +60,20 @@ def machine(device: str, threads: int, processes: int = 1) -> dict:
 
 
 def export_model(model, out_dir: str | Path, provenance: dict, manifest: dict | None = None,
-                 metrics: dict | None = None) -> Path:
+                 metrics: dict | None = None, max_shard_bytes: int = EXPORT_SHARD_BYTES) -> Path:
     """Write `model` (a model.MusicGen) to `out_dir` atomically as a hub-ready directory; returns it.
 
     `provenance` goes into config.json's musicgen_cfg block (beta, teacher_guidance_scale, base_model,
     base_sha256, training, ...); `manifest` (how it was made) into manifest.json with the weights'
-    hashes; `metrics` (name -> value, e.g. the last held-out KL) into the model card."""
+    hashes; `metrics` (name -> value, e.g. the last held-out KL) into the model card. Weights larger than
+    max_shard_bytes are sharded (transformers' model.safetensors.index.json)."""
     with atomic_directory(out_dir) as tmp:
         block = {**provenance, "license": licence(provenance.get("base_model"))[0]}
-        model.write_files(tmp, block)
+        model.write_files(tmp, block, max_shard_bytes)
         write_hub_files(tmp, metrics)
         if manifest is not None:
             write_json({**manifest, **block, "weights_sha256": model.weights_sha256(refresh=True),
-                        "model_safetensors_sha256": file_sha256(tmp / WEIGHTS_NAME)}, tmp / "manifest.json")
+                        **weight_file_hashes(tmp)}, tmp / "manifest.json")
     return Path(out_dir)
 
 

@@ -151,6 +151,18 @@ class MusicgenLM(nn.Module):
         # Recompute each layer in backward instead of storing its activations (forward with grad only).
         self.gradient_checkpointing = False
 
+    @classmethod
+    def on_meta(cls, config: MusicgenDecoderConfig, text_hidden_size: int) -> "MusicgenLM":
+        """The LM with its parameters on the meta device (no memory, no random initialisation), for
+        `load_state_dict(state, assign=True)`, which makes the state's tensors themselves its weights: a
+        loader then holds one decoder, not a fresh one plus the tensors copied into it. The positions
+        buffer, which no checkpoint holds, is real (on the CPU, as the plain constructor makes it)."""
+        with torch.device("meta"):
+            lm = cls(config, text_hidden_size)
+        table = sinusoidal_positions(config.max_position_embeddings, config.hidden_size)
+        lm.stack.register_buffer("positions", table, persistent=False)
+        return lm
+
     @property
     def stack(self) -> DecoderStack:
         return self.decoder["model"]["decoder"]

@@ -6,8 +6,10 @@
     out = model.generate(["a joyful Irish jig"], seeds=[0], duration=8.0, sampling=SamplingConfig())
     model.save("runs/my-model")                    # same format, atomic, safetensors only
 
-Real checkpoints are read with transformers' MusicgenForConditionalGeneration (honours
-HF_HUB_OFFLINE); the decoder weights move into our compact `MusicgenLM` unchanged.
+Real checkpoints (transformers' MusicgenForConditionalGeneration format; a hub id is fetched into the hub cache,
+honouring HF_HUB_OFFLINE) are read tensor by tensor: the decoder's tensors become our compact `MusicgenLM`'s weights
+unchanged (built on the meta device, so one decoder is ever held), and transformers builds the frozen T5 encoder and
+EnCodec from their own tensors.
 """
 
 import importlib
@@ -19,21 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import Condition
 from musicgen_cfg.checkpoint import (
     CHECKPOINT_PREFIX,
-    WEIGHTS_NAME,
+    EXPORT_SHARD_BYTES,
+    Checkpoint,
     atomic_directory,
-    check_finite_weights,
     checkpoints,
     final_export_dir,
-    load_state,
     open_checkpoint,
     read_json,
-    save_tensors,
+    save_sharded,
     state_sha256,
     write_json,
 )
@@ -134,13 +134,15 @@ class MusicGen:
                                             self.codec.render_info(prompts[i]))
         return results
 
-    def save(self, path: str | Path, extra_config: dict | None = None):
-        """Write a checkpoint directory atomically (config.json + model.safetensors [+ tokenizer files])."""
+    def save(self, path: str | Path, extra_config: dict | None = None, max_shard_bytes: int = EXPORT_SHARD_BYTES):
+        """Write a checkpoint directory atomically (config.json + the weights [+ tokenizer files])."""
         with atomic_directory(path) as tmp:
-            self.write_files(tmp, extra_config)
+            self.write_files(tmp, extra_config, max_shard_bytes)
 
-    def write_files(self, directory: Path, extra_config: dict | None = None):
-        """The checkpoint files, into an existing (temporary) directory."""
+    def write_files(self, directory: Path, extra_config: dict | None = None, max_shard_bytes: int = EXPORT_SHARD_BYTES):
+        """The checkpoint files, into an existing (temporary) directory: the weights as model.safetensors, or as
+        shards of at most max_shard_bytes + model.safetensors.index.json (checkpoint.save_sharded: written from
+        the tensors themselves, so saving holds no second copy of the model)."""
         config = json.loads(json.dumps(self.config))
         if extra_config:
             config.setdefault("musicgen_cfg", {}).update(extra_config)
@@ -148,7 +150,7 @@ class MusicGen:
         if not self.is_symbolic:  # a real checkpoint keeps its frozen towers so transformers can load it
             state.update({f"text_encoder.{k}": v for k, v in self.text_encoder.encoder.state_dict().items()})
             state.update({f"audio_encoder.{k}": v for k, v in self.codec.model.state_dict().items()})
-        save_tensors(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_sharded(state, directory, metadata={"format": "pt"}, max_shard_bytes=max_shard_bytes)
         write_json(config, directory / "config.json")
         if not self.is_symbolic:
             self.text_encoder.tokenizer.save_pretrained(directory)
@@ -289,12 +291,11 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
         config = read_json(path / "config.json", f"checkpoint {path}")
         check_model_config(config, path)
         if is_symbolic_config(config):
-            return _load_symbolic(path, config).to(device, dtype)
-        open_checkpoint(path, str(path))  # safetensors weights, intact headers: checked before transformers reads
-        return _load_transformers(source).to(device, dtype)
+            return _load_symbolic(path, config, dtype).to(device, dtype)
+        return _load_transformers(source, path, dtype).to(device, dtype)
     if not looks_like_hub_id(source):
         raise UserError(f"model directory not found: {source}")
-    return _load_transformers(source).to(device, dtype)
+    return _load_transformers(source, _hub_snapshot(source), dtype).to(device, dtype)
 
 
 def codec_named(name: str):
@@ -305,45 +306,102 @@ def codec_named(name: str):
     return getattr(importlib.import_module(module), cls)()
 
 
-def _load_symbolic(path: Path, config: dict) -> MusicGen:
+def _load_symbolic(path: Path, config: dict, dtype: torch.dtype | None) -> MusicGen:
     from musicgen_cfg.conditioning import minilm_text_encoder
 
     text_encoder = minilm_text_encoder(cache_size=4096)
-    lm = MusicgenLM(MusicgenDecoderConfig(**config["decoder"]), text_encoder.hidden_size)
-    _load_lm_state(lm, load_state(path), path)  # single-file or sharded (a large merge)
+    checkpoint = open_checkpoint(path, f"checkpoint {path}")  # single-file or sharded (a large merge)
+    lm = _load_lm(MusicgenDecoderConfig(**config["decoder"]), text_encoder.hidden_size, checkpoint, dtype)
     return MusicGen(lm.eval(), text_encoder, codec_named(config["musicgen_cfg"]["codec"]), config, str(path))
 
 
-def _load_transformers(source: str) -> MusicGen:
-    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+# What a hub checkpoint needs locally: configs, safetensors weights, tokenizer files; never pickled weights.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The hub checkpoint `repo_id` as a local directory (the hub cache; HF_HUB_OFFLINE: the cached copy only)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load MusicGen checkpoint {repo_id!r}: {str(err).strip().splitlines()[0]}") from None
+
+
+def _load_transformers(source: str, directory: Path, dtype: torch.dtype | None) -> MusicGen:
+    """A transformers-format MusicGen checkpoint in `directory` (`source`: what was asked for, as it is recorded)."""
+    from transformers import AutoTokenizer, GenerationConfig, MusicgenConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TEXT_ENCODING_MAPPING, MODEL_MAPPING
 
     from musicgen_cfg.codecs.encodec import EncodecCodec
     from musicgen_cfg.conditioning import TextEncoder
 
+    checkpoint = open_checkpoint(directory, f"checkpoint {source}")  # safetensors weights, intact headers
     try:
-        # use_safetensors: a hub repository without safetensors weights fails here instead of unpickling
-        hf = MusicgenForConditionalGeneration.from_pretrained(source, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        config = MusicgenConfig.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        try:
+            generation_config = GenerationConfig.from_pretrained(directory)
+        except OSError:  # none saved: what MusicgenForConditionalGeneration.from_pretrained derives from config.json
+            generation_config = GenerationConfig.from_pretrained(directory, config_file_name="config.json",
+                                                                 _from_model_config=True)
+    except (OSError, ValueError, KeyError) as err:
         raise UserError(f"cannot load MusicGen checkpoint {source!r}: {str(err).strip().splitlines()[0]}") from None
-    lm = MusicgenLM(hf.decoder.config, hf.text_encoder.config.d_model if hasattr(hf.text_encoder.config, "d_model")
-                    else hf.text_encoder.config.hidden_size)
-    state = {k: v for k, v in hf.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
-    check_finite_weights(hf.state_dict(), f"checkpoint {source}")  # text and audio encoders too
-    _load_lm_state(lm, state, source)
-    text_encoder = TextEncoder(hf.text_encoder, tokenizer, name=source)
-    return MusicGen(lm.eval(), text_encoder, EncodecCodec(hf.audio_encoder), hf.config.to_dict(), source,
-                    hf.generation_config)
+    text = config.text_encoder
+    lm = _load_lm(config.decoder, text.d_model if hasattr(text, "d_model") else text.hidden_size, checkpoint, dtype)
+    # The frozen towers are built and loaded by transformers from their own tensors, so its key conversions (EnCodec's
+    # legacy weight_g / weight_v) and T5's tied embeddings apply exactly as in its MusicgenForConditionalGeneration.
+    text_model = _transformers_tower(MODEL_FOR_TEXT_ENCODING_MAPPING, config.text_encoder, checkpoint, "text_encoder.")
+    audio_model = _transformers_tower(MODEL_MAPPING, config.audio_encoder, checkpoint, "audio_encoder.")
+    # The config as MusicgenForConditionalGeneration.from_pretrained leaves it (what write_files saves): each part
+    # records the dtype it was loaded in (the decoder's: as stored), and the whole the name it was loaded by.
+    config.text_encoder.dtype, config.audio_encoder.dtype = text_model.dtype, audio_model.dtype
+    config.decoder.dtype = checkpoint.tensors[next(iter(lm.state_dict()))].dtype
+    config._name_or_path = source
+    text_encoder = TextEncoder(text_model, tokenizer, name=source)
+    return MusicGen(lm.eval(), text_encoder, EncodecCodec(audio_model), config.to_dict(), source, generation_config)
+
+
+def _transformers_tower(mapping, config, checkpoint: Checkpoint, prefix: str):
+    """The transformers model of `config` (its class from `mapping`) from the checkpoint's tensors under `prefix`,
+    each read and finite-checked by Checkpoint.read."""
+    state = {name[len(prefix):]: checkpoint.read(name) for name in checkpoint.tensors if name.startswith(prefix)}
+    return mapping[type(config)].from_pretrained(None, config=config, state_dict=state)
+
+
+TOWER_PREFIXES = ("text_encoder.", "audio_encoder.")  # a real checkpoint's frozen towers, beside the decoder
+
+
+def _load_lm(config: MusicgenDecoderConfig, text_hidden_size: int, checkpoint: Checkpoint,
+             dtype: torch.dtype | None) -> MusicgenLM:
+    """Our LM made of the checkpoint's decoder tensors (names and shapes checked from the headers first), each read
+    (finite-checked) and cast to `dtype` (None: the LM's float32) on its own: an LM built on the meta device takes
+    them as its weights (MusicgenLM.on_meta), so memory holds one decoder and at most one more tensor."""
+    lm = MusicgenLM.on_meta(config, text_hidden_size)
+    expected = lm.state_dict()
+    _check_lm_tensors({name: t.shape for name, t in expected.items()},
+                      {name: info.shape for name, info in checkpoint.tensors.items()}, checkpoint.label)
+    lm.load_state_dict({name: checkpoint.read(name).to(dtype or like.dtype) for name, like in expected.items()},
+                       assign=True)
+    return lm
+
+
+def _check_lm_tensors(expected: dict[str, tuple], found: dict[str, tuple], label: str) -> None:
+    """The tensors `found` (name -> shape) are exactly the LM's `expected` ones (besides a real checkpoint's towers)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(k for k in set(found) - set(expected) if not k.startswith(TOWER_PREFIXES))
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise UserError(f"{label} does not match the model config: {'missing' if missing else 'unexpected'} tensor {first}")
+    for name, shape in expected.items():
+        if tuple(found[name]) != tuple(shape):
+            raise UserError(f"{label}: tensor {name} has shape {list(found[name])}, config expects {list(shape)}")
 
 
 def _load_lm_state(lm: MusicgenLM, state: dict[str, torch.Tensor], where) -> None:
+    """Copy an in-memory state dict into an existing LM (a resumed run's weights), checked like a load."""
     expected = lm.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith(("text_encoder.", "audio_encoder.")))
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
-        raise UserError(f"checkpoint {where} does not match the model config: {'missing' if missing else 'unexpected'} tensor {first}")
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
-            raise UserError(f"checkpoint {where}: tensor {name} has shape {list(state[name].shape)}, config expects {list(tensor.shape)}")
+    _check_lm_tensors({k: t.shape for k, t in expected.items()}, {k: t.shape for k, t in state.items()},
+                      f"checkpoint {where}")
     lm.load_state_dict({k: state[k] for k in expected})

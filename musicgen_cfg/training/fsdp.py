@@ -111,10 +111,8 @@ def gathered_model(model):
     state = get_model_state_dict(model.lm, options=_options(cpu_offload=True))
     if not state:
         return None
-    with torch.device("meta"):  # no second initialisation: the gathered tensors become the weights
-        lm = MusicgenLM(model.lm.config, model.lm.text_hidden_size)
+    lm = MusicgenLM.on_meta(model.lm.config, model.lm.text_hidden_size)  # the gathered tensors become the weights
     lm.load_state_dict(state, assign=True)
-    lm.stack.register_buffer("positions", model.lm.stack.positions.cpu(), persistent=False)
     return dataclasses.replace(model, lm=lm.eval(), _sha=None)
 
 

@@ -25,7 +25,13 @@ from tqdm import tqdm
 from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import drop_condition
-from musicgen_cfg.checkpoint import WEIGHTS_NAME, atomic_directory, file_sha256, final_export_dir, write_json
+from musicgen_cfg.checkpoint import (
+    atomic_directory,
+    file_sha256,
+    final_export_dir,
+    weight_file_hashes,
+    write_json,
+)
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import machine
@@ -250,7 +256,7 @@ def export(model, config: PretrainConfig, run_dir: Path, command: str, elapsed: 
             "dataset": str(dataset_path.name),
             "dataset_sha256": file_sha256(dataset_path),
             "weights_sha256": model.weights_sha256(refresh=True),
-            "model_safetensors_sha256": file_sha256(tmp / WEIGHTS_NAME),
+            **weight_file_hashes(tmp),
             "parameters": sum(p.numel() for p in model.lm.parameters()),
             "train_seconds": round(elapsed, 1),
             "trained_on": machine(next(model.lm.parameters()).device.type, config.threads),

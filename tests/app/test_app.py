@@ -316,6 +316,42 @@ def test_incompatible_endpoints_fail_at_startup_in_one_line(endpoints, tmp_path)
     assert "config.json key decoder." in str(error.value) and "\n" not in str(error.value)
 
 
+def decoders_alive(lm) -> float:
+    """Decoders' worth of tensors alive: distinct storages shaped like the LM's first embedding table (the tiny
+    checkpoint's only [V + 1, D] tensors), over its K tables."""
+    import gc
+
+    shape = lm.stack.embed_tokens[0].weight.shape
+    gc.collect()
+    tensors = [t for t in gc.get_objects() if issubclass(type(t), torch.Tensor)]  # type(): no deprecated __class__
+    storages = {t.untyped_storage().data_ptr() for t in tensors if t.device.type == "cpu" and t.shape == shape}
+    return len(storages) / lm.num_codebooks
+
+
+def test_engine_load_holds_three_decoders_at_its_peak(endpoints, tmp_path, monkeypatch):
+    """The served one, theta_q (a copy of it) and theta_d (the diversity model's own LM): no fourth copy."""
+    from app import engine as engine_module
+    from app.engine import Endpoint, Engine
+    from musicgen_cfg.model import load_model
+
+    _, quality, diversity = endpoints
+    probe = load_model(str(quality)).lm
+    before = decoders_alive(probe) - 1  # what other tests' fixtures hold
+    at_setup = []
+
+    class Counted(engine_module.LiveMerge):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            at_setup.append(decoders_alive(probe) - 1 - before)  # the diversity model is still loaded here
+
+    monkeypatch.setattr(engine_module, "LiveMerge", Counted)
+    engine = Engine.load(Endpoint("quality", str(quality), str(quality)),
+                         Endpoint("diversity", str(diversity), str(diversity)), None, None, None, "cpu",
+                         tmp_path / "out", [], lam=0.5, log=lambda message: None)
+    assert at_setup == [3]
+    assert decoders_alive(probe) - 1 - before == 3 and engine.lam == 0.5
+
+
 def test_demo_stands_in_base_for_missing_shipped_models(tmp_path, monkeypatch):
     from app import cli
 

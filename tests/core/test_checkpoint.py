@@ -17,6 +17,7 @@ import torch
 from musicgen_cfg.checkpoint import (
     TensorInfo,
     atomic_directory,
+    check_finite_weights,
     load_state,
     open_checkpoint,
     plan_shards,
@@ -200,3 +201,19 @@ def test_pickle_only_directories_are_refused_by_name_everywhere(tmp_path, monkey
         merge_checkpoints([pickled, pickled], tmp_path / "out", lam=0.5)
     with pytest.raises(UserError, match="has only pickled weights"):
         open_checkpoint(pickled)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_the_finite_check_finds_any_nan_or_inf_and_passes_finite_sums_that_overflow(dtype):
+    big = torch.full((64,), torch.finfo(dtype).max, dtype=dtype)  # finite, but its sum is inf
+    check_finite_weights({"big": big, "neg": -big, "empty": torch.zeros(0, dtype=dtype)}, "ok")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for base in (torch.zeros(64, dtype=dtype), big):
+            tensor = base.clone()
+            tensor[17] = bad
+            with pytest.raises(UserError, match="x: tensor w has non-finite values"):
+                check_finite_weights({"w": tensor}, "x")
+    both = torch.zeros(64, dtype=dtype)
+    both[1], both[2] = float("inf"), -float("inf")  # sum NaN
+    with pytest.raises(UserError, match="non-finite"):
+        check_finite_weights({"w": both}, "x")

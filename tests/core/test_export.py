@@ -8,7 +8,9 @@ import json
 import shutil
 
 import pytest
+import torch
 
+from musicgen_cfg import checkpoint as checkpoint_module
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.experiments.generate import model_provenance
 from musicgen_cfg.export import export_model, licence
@@ -107,3 +109,47 @@ def test_generate_without_gamma_says_what_the_checkpoint_recommends(tiny_dir, tm
     assert "pass --guidance-scale 3 for that" in capsys.readouterr().err
     assert main([*args, str(tmp_path / "cfg"), "--guidance-scale", "3"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_an_export_over_the_shard_bound_is_sharded_and_loads_back_everywhere(tiny_dir, tiny_hf, tmp_path):
+    from transformers import MusicgenForConditionalGeneration
+
+    model = load_model(str(tiny_dir))
+    provenance = {"beta": 0.0, "base_model": str(tiny_dir)}
+    out = export_model(model, tmp_path / "sharded", provenance, manifest={}, max_shard_bytes=64 * 1024)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "model_safetensors_sha256" not in manifest
+    assert manifest["model_shards_sha256"] == {name: checkpoint_module.file_sha256(out / name)
+                                               for name in [*shards, "model.safetensors.index.json"]}
+    reference = tiny_hf.state_dict()
+    for name, tensor in MusicgenForConditionalGeneration.from_pretrained(out).state_dict().items():
+        assert torch.equal(tensor, reference[name]), name
+    again = load_model(str(out))
+    assert again.weights_sha256() == model.weights_sha256() == manifest["weights_sha256"]
+    one = export_model(model, tmp_path / "one", provenance, manifest={})  # the default bound: a tiny model is one file
+    assert sorted(p.name for p in one.glob("*.safetensors")) == ["model.safetensors"]
+    assert json.loads((one / "manifest.json").read_text())["model_safetensors_sha256"] == checkpoint_module.file_sha256(
+        one / "model.safetensors")
+
+
+def test_saving_writes_from_the_tensors_themselves(tiny_dir, tmp_path, monkeypatch):
+    """No copy of the model while it is saved: only the second name of T5's tied embeddings is written from one."""
+    model = load_model(str(tiny_dir))
+    written = {}
+    save_file = checkpoint_module.save_file
+
+    def recording(tensors, filename, metadata=None):
+        written.update({name: t.untyped_storage().data_ptr() for name, t in tensors.items()})
+        save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", recording)
+    model.save(tmp_path / "saved")
+    held = {**model.lm.state_dict(), **{f"text_encoder.{k}": v for k, v in model.text_encoder.encoder.state_dict().items()},
+            **{f"audio_encoder.{k}": v for k, v in model.codec.model.state_dict().items()}}
+    assert written.keys() == held.keys()
+    copied = [name for name, tensor in held.items() if written[name] != tensor.untyped_storage().data_ptr()]
+    assert copied == ["text_encoder.encoder.embed_tokens.weight"]  # tied to text_encoder.shared.weight
+    assert load_model(str(tmp_path / "saved")).weights_sha256() == model.weights_sha256()

@@ -419,6 +419,14 @@ def test_live_merge_accepts_the_modules_own_weights_as_an_endpoint():
     assert_state_equal(module.state_dict(), quality)
 
 
+def test_live_merge_holds_handed_over_endpoints_without_copying():
+    module = tiny_live_module()
+    quality, diversity = random_like(module, 0), random_like(module, 1)
+    live = LiveMerge(module, quality, diversity, lam=0.5)
+    held = {t.untyped_storage().data_ptr() for _, q, d in live._triples for t in (q, d)}
+    assert held == {t.untyped_storage().data_ptr() for t in [*quality.values(), *diversity.values()]}
+
+
 def test_live_merge_validates_at_construction():
     module = tiny_live_module()
     quality, diversity = random_like(module, 0), random_like(module, 1)

@@ -67,7 +67,9 @@ def test_on_24_gb_a_stage_goes_to_the_largest_published_size_that_fits():
         assert where == (fitting[-1] if fitting else None)
     assert placement("merge", "large", ram, runtime) == "large"  # streamed: about one shard, whatever the size
     assert placement("train_full", "large", ram, runtime) == "small"  # 16 bytes per parameter + the teacher
-    assert placement("generate", "large", ram, runtime) == "medium"  # loading holds two fp32 decoders
+    for stage in ("generate", "train_lora", "export"):  # a load holds one fp32 decoder; an export copies none
+        assert placement(stage, "large", ram, runtime) == "large"
+    assert placement("engine", "large", ram, runtime) == "small"  # serving a live lam: three fp32 decoders
 
 
 @pytest.mark.parametrize("args, message", [
