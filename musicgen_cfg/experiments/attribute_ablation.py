@@ -21,15 +21,14 @@ Writes OUT/results.json and OUT/results.md (replaced atomically).
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from musicgen_cfg.config import REQUIRED, field
+from musicgen_cfg.config import field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.experiments.gamma_sweep import JudgedRunOptions, run_judged
 
 METERS = ("2/4", "3/4", "4/4", "6/8")
 TEMPI = ("slow", "fast", "at 60 bpm", "at 160 bpm")
@@ -157,21 +156,9 @@ def markdown(result: dict) -> str:
 
 
 @dataclass(kw_only=True)
-class AblationArgs(AblationConfig):
+class AblationArgs(AblationConfig, JudgedRunOptions):
     """Options of `musicgen-cfg judges ablate`: the ablation, its output and its data."""
-
-    out: Path = field(REQUIRED, "output directory (replaced atomically)")
-    dataset: Path | None = field(None, "dataset .npz (default: the shipped one)")
-    scorer: Path | None = field(None, "scorer directory (default: the shipped one)")
-    threads: int = field(1, "torch CPU threads", min=1)
 
 
 def run(args: AblationArgs) -> int:
-    import torch
-
-    torch.set_num_threads(args.threads)
-    config = AblationConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AblationConfig)})
-    result = ablate(config, Path(args.out), args.dataset, args.scorer,
-                    log=lambda message: print(message, file=sys.stderr, flush=True))
-    print(markdown(result))
-    return 0
+    return run_judged(args, AblationConfig, ablate, markdown)

@@ -249,8 +249,8 @@ def run_sweep(config: SweepConfig, out: Path, dataset_path=None, scorer_dir=None
 
 
 @dataclass(kw_only=True)
-class SweepArgs(SweepConfig):
-    """Options of `musicgen-cfg judges sweep-gamma`: the sweep, its output and its data."""
+class JudgedRunOptions:
+    """The output and data options of the judges' experiments (sweep-gamma, ablate)."""
 
     out: Path = field(REQUIRED, "output directory (replaced atomically)")
     dataset: Path | None = field(None, "dataset .npz (default: the shipped one)")
@@ -258,12 +258,22 @@ class SweepArgs(SweepConfig):
     threads: int = field(1, "torch CPU threads", min=1)
 
 
-def run(args: SweepArgs) -> int:
+def run_judged(args: JudgedRunOptions, config_class, experiment, markdown_of) -> int:
+    """Run `experiment(config, out, dataset, scorer, log=...)` on the `config_class` part of `args`; print its tables."""
     import torch
 
     torch.set_num_threads(args.threads)
-    config = SweepConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)})
-    result = run_sweep(config, Path(args.out), args.dataset, args.scorer,
-                       log=lambda message: print(message, file=sys.stderr, flush=True))
-    print(markdown(result))
+    config = config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
+    result = experiment(config, Path(args.out), args.dataset, args.scorer,
+                        log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(markdown_of(result))
     return 0
+
+
+@dataclass(kw_only=True)
+class SweepArgs(SweepConfig, JudgedRunOptions):
+    """Options of `musicgen-cfg judges sweep-gamma`: the sweep, its output and its data."""
+
+
+def run(args: SweepArgs) -> int:
+    return run_judged(args, SweepConfig, run_sweep, markdown)
