@@ -21,9 +21,10 @@ also lists each seed's mean. With `jobs` > 1 the trainings, generations and eval
 `musicgen-cfg train` / `generate` / `evaluate` processes (the commands the manifests record).
 Missing models (the shipped default-quality / default-diversity, untrained betas) skip their points
 with a log line. Everything resumes: generation skips finished items, evaluation is cached per run
-directory, merges and trained models already on disk are reused.
+directory, merges and trained models already on disk are reused, and every evaluated point leaves a record
+in OUT/records/ (reproduce_records.py; commit it) that a later session reuses without the model's weights.
 
-OUT gets runs/ (one generate run each, with metrics.json), models/ (merges, trained betas), prompts.txt,
+OUT gets runs/ (one generate run each, with metrics.json), models/ (merges, trained betas), records/, prompts.txt,
 points.json + table.md (every point, 95% bootstrap CIs over prompts), pareto.png (+ note_diversity.png: quality
 against the note-level diversity of rl/note_diversity.py, default world), hypervolume.json,
 claims.md + claims.json (automatic checks of the paper's claims) and provenance.json (git commit, config).
@@ -47,6 +48,14 @@ from musicgen_cfg.checkpoint import write_json
 from musicgen_cfg.config import field, load_config
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.experiments.generate import MAX_DURATION_S, MAX_NUM_SAMPLES, check_request_size
+from musicgen_cfg.experiments.reproduce_records import (
+    RECORDS_DIR,
+    Records,
+    lerp_identity,
+    recipe_identity,
+    record_key,
+    weights_identity,
+)
 from musicgen_cfg.prompts import MAX_SEED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,8 +229,45 @@ def model_available(spec: str) -> bool:
     return (path / "config.json").is_file() or looks_like_hub_id(spec)
 
 
-def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
-    """tag -> model spec of every model the sweeps can use: trains / merges what is missing and allowed."""
+def model_identities(config: ReproduceConfig, out: Path) -> dict[str, dict]:
+    """tag -> identity (reproduce_records) of every model prepare_models can provide, whether it exists yet or not."""
+    base = weights_identity(config.base_model)
+    identities = {"base": base}
+    endpoints = {QUALITY_BETA: config.quality_model, DIVERSITY_BETA: config.diversity_model}
+    trained = {*config.betas, *(endpoints if config.train_endpoints else ())}
+    for seed in config.seeds:
+        for beta in sorted({*config.betas, *endpoints}):
+            tag = seed_tag(f"beta_{beta:g}", seed)
+            if seed == 0 and beta in endpoints and model_available(endpoints[beta]):
+                identities[tag] = weights_identity(endpoints[beta])
+            elif beta in trained:
+                train_config, overrides, _ = train_command(config, beta, seed, out, out / "models" / tag)
+                identities[tag] = recipe_identity(train_config, overrides, base)
+        quality, diversity = (identities.get(seed_tag(f"beta_{b:g}", seed)) for b in (QUALITY_BETA, DIVERSITY_BETA))
+        if quality and diversity:
+            for lam in config.lambdas:
+                if 0 < lam < 1:
+                    identities[seed_tag(f"lerp_{lam:g}", seed)] = lerp_identity(lam, quality, diversity)
+    return identities
+
+
+def recorded_models(points: list[Point], recorded: set[str]) -> set[str]:
+    """The model tags whose weights no point needs any more: every point of the model (an endpoint's also
+    include its seed's interior LERP points, which are merged from it) has a record in `recorded` (run names)."""
+    needs: dict[str, set[str]] = {}
+    for point in points:
+        needs.setdefault(point.model_tag, set()).add(point.run_name)
+        if point.family == "lerp" and 0 < point.param < 1:
+            for beta in (QUALITY_BETA, DIVERSITY_BETA):
+                needs.setdefault(seed_tag(f"beta_{beta:g}", point.seed), set()).add(point.run_name)
+    return {tag for tag, runs in needs.items() if runs <= recorded}
+
+
+def prepare_models(config: ReproduceConfig, out: Path, log, recorded: set[str] = frozenset()) -> dict[str, str]:
+    """tag -> model spec of every model the sweeps can use: trains / merges what is missing and allowed.
+
+    recorded: tags whose points all have records (recorded_models): not trained or merged when missing.
+    """
     from musicgen_cfg.model import resolve_spec
 
     models = {"base": config.base_model}
@@ -234,12 +280,16 @@ def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
     trained = sorted({*config.betas, *(endpoints if config.train_endpoints else ())})
     wanted = [(beta, seed, out / "models" / seed_tag(f"beta_{beta:g}", seed)) for seed in config.seeds for beta in trained
               if seed_tag(f"beta_{beta:g}", seed) not in models]
-    missing = [(beta, seed, destination) for beta, seed, destination in wanted if not (destination / "config.json").is_file()]
+    missing = [(beta, seed, destination) for beta, seed, destination in wanted
+               if not (destination / "config.json").is_file() and destination.name not in recorded]
     if missing and config.train:
         train_betas(config, missing, out, log)
     for beta, seed, destination in wanted:
         if (destination / "config.json").is_file():
             models[seed_tag(f"beta_{beta:g}", seed)] = str(destination)
+        elif destination.name in recorded:
+            models[destination.name] = str(destination)
+            log(f"recorded: beta = {beta:g}, seed {seed} (its points' records in {out / RECORDS_DIR}; not trained)")
         else:
             log(f"skip: beta = {beta:g} is not trained for seed {seed} ({destination} missing; pass --train true to train it)")
     if not config.sweeps:  # no merges either: the endpoints may still be training elsewhere
@@ -253,7 +303,8 @@ def prepare_models(config: ReproduceConfig, out: Path, log) -> dict[str, str]:
         from merging.merge import sweep_checkpoints, sweep_dir_name
 
         sweep = out / "models" / seed_tag("lerp", seed)
-        unmerged = [lam for lam in interior if not (sweep / sweep_dir_name(lam) / "config.json").is_file()]
+        unmerged = [lam for lam in interior if not (sweep / sweep_dir_name(lam) / "config.json").is_file()
+                    and seed_tag(f"lerp_{lam:g}", seed) not in recorded]
         if unmerged:
             log(f"merging lambda = {', '.join(f'{lam:g}' for lam in unmerged)} into {sweep}")
             sweep_checkpoints([resolve_spec(quality), resolve_spec(diversity)], sweep, unmerged, overwrite=True)
@@ -353,6 +404,12 @@ def seed_prompt_ci(values, resamples: int = 1000, seed: int = 0, confidence: flo
         tail = (1 - confidence) / 2 * 100
         low, high = np.nanpercentile(means, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def point_sampling(point: Point, config: ReproduceConfig) -> dict:
+    """The generation settings of a point's run (part of its record key)."""
+    return {"guidance_scale": point.guidance_scale, "temperature": point.temperature, "num_samples": config.num_samples,
+            "duration": config.duration, "seed": config.seed, "top_k": config.top_k, "batch_size": config.batch_size}
 
 
 def per_prompt_values(per_prompt: dict[str, dict[str, list]], runs, metric: str) -> np.ndarray:
@@ -752,15 +809,16 @@ def evaluate_in_parallel(config: ReproduceConfig, run_names: list[str], runs: Pa
 def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None) -> dict:
     """Run every sweep, evaluate, plot, check the claims; returns {"points", "hypervolume", "claims"}
     (with sweeps false: only trains the missing models and returns {"models": tag -> spec})."""
-    from musicgen_cfg.experiments.evaluate import Evaluator
+    from musicgen_cfg.experiments.evaluate import EVALUATION_VERSION, Evaluator
     from musicgen_cfg.experiments.evaluate_options import EvaluateConfig
     from musicgen_cfg.model import load_model
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    reference_gamma = config.cfg_reference
-    if reference_gamma is None:
-        reference_gamma = load_model(config.base_model).default_guidance_scale
+    base = load_model(config.base_model)
+    reference_gamma = base.default_guidance_scale if config.cfg_reference is None else config.cfg_reference
+    world = config.world if config.world != "auto" else "default" if base.is_symbolic else "real"
+    del base
     if reference_gamma not in config.guidance_scales:
         raise UserError(f"the claims compare with CFG gamma = {reference_gamma:g}, which is not in guidance_scales "
                         f"{config.guidance_scales}; add it or set cfg_reference")
@@ -769,17 +827,32 @@ def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None
     evaluator.embedder(config.reward_embedder)  # a missing embedder fails now, not after all the generation
     prompts = select_prompts(config)
     (out / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    models = prepare_models(config, out, log)
+    identities = model_identities(config, out)
+    evaluation = {"version": EVALUATION_VERSION, "components": evaluator.components(world, config.base_model),
+                  "bootstrap": config.bootstrap, "seed": config.seed}
+    candidates = plan_points(config, dict.fromkeys(identities, ""))  # every point the config can produce
+    keys = {point.run_name: record_key(identities[point.model_tag], point_sampling(point, config), prompts, evaluation)
+            for point in candidates}
+    records = Records(out / RECORDS_DIR)
+    recorded = {name: result for name, key in keys.items() if (result := records.read(name, key)) is not None}
+    if recorded:
+        log(f"{len(recorded)} points recorded in {records.directory}: not generated or evaluated again")
+    models = prepare_models(config, out, log, recorded_models(candidates, set(recorded)))
     if not config.sweeps:
         log(f"trained models in {out / 'models'}; sweeps: false, so no sweeps")
         return {"models": models}
     points = plan_points(config, models)
-    generate_points(points, prompts, config, out / "runs", log)
-    if config.jobs > 1:
-        evaluate_in_parallel(config, sorted({p.run_name for p in points}), out / "runs", log)
+    todo = [point for point in points if point.run_name not in recorded]
+    generate_points(todo, prompts, config, out / "runs", log)
+    if config.jobs > 1 and todo:
+        evaluate_in_parallel(config, sorted({p.run_name for p in todo}), out / "runs", log)
     per_prompt = {}
     for point in points:
-        result = evaluator.evaluate(out / "runs" / point.run_name)  # read back when evaluated in parallel
+        result = recorded.get(point.run_name)
+        if result is None:
+            result = evaluator.evaluate(out / "runs" / point.run_name)  # read back when evaluated in parallel
+            records.write(point.run_name, keys[point.run_name], point.model, result)
+            recorded[point.run_name] = result
         point.metrics, per_prompt[point.run_name] = result["metrics"], result["per_prompt"]
         log(f"evaluated {point.family} {point.label} (seed {point.seed}): quality {_value(point, 'quality'):.4f}, "
             f"diversity {_value(point, 'diversity_reward'):.4f}")

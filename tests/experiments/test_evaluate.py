@@ -478,6 +478,23 @@ def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_di
     assert stamps == {name: (out / "runs" / name / "metrics.json").read_text() for name in stamps}
     assert any("done" in line for line in logs)
 
+    # A new session: only OUT/records survives (trained weights and runs are not committed). Nothing is
+    # trained, merged, generated or evaluated again, and the results are the same.
+    table, claims = (out / "table.md").read_text(), (out / "claims.md").read_text()
+    for name in ("models", "runs", "train"):
+        shutil.rmtree(out / name)
+    logs = []
+    reproduce(config, log=logs.append)
+    assert not (out / "runs").exists() and not (out / "train").exists()
+    assert any("recorded: beta = 5, seed 1" in line for line in logs)
+    assert (out / "table.md").read_text() == table and (out / "claims.md").read_text() == claims
+    # A changed recipe makes its records stale: those models are trained again.
+    train_config.write_text(train_config.read_text() + "lr: 0.0001\n")
+    logs = []
+    reproduce(config, log=logs.append)
+    assert sum("training beta = 5" in line for line in logs) == 2
+    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["beta_5_g1_t1", "beta_5_s1_g1_t1"]
+
 
 @pytest.mark.parametrize("top_k", [250, None])  # None: the processes get --top-k 0 (off)
 @pytest.mark.slow  # `musicgen-cfg generate` processes
