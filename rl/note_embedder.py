@@ -18,15 +18,18 @@ classes at 0.01). This embedder hears the notes first and summarises them after:
    its harmonics, trained supervised on rendered scores of every timbre (onset and sounding targets).
    It outputs note-onset probabilities [N, PITCHES, T].
 3. Note statistics of the detected onsets (local maxima over time above `onset_threshold`): a
-   pitch-class histogram (harmony, key), a melodic-interval histogram (each onset against the nearest
-   pitch of the previous onset time, -12..+12 semitones: contour, steps and leaps) and an inter-onset
-   histogram on a log-time axis (rhythm). Each block is a histogram with a "nothing to count" bin, turned
-   into a unit vector by its square root (so block cosines are Bhattacharyya affinities), and the
-   embedding is the concatenation of the three blocks over sqrt(3): cosine = the mean of the blocks'
-   affinities, each kind of difference weighted alike.
+   pitch-class histogram (harmony, key), a melodic-interval histogram (the steps of up to `max_voices`
+   voices followed through the onset times, `voice_intervals`, -12..+12 semitones: contour, steps and
+   leaps) and an inter-onset histogram on a log-time axis (rhythm). Each block is a histogram with a
+   "nothing to count" bin, turned into a unit vector by its square root (so block cosines are
+   Bhattacharyya affinities), scaled by the square root of its weight: cosine = the weighted mean of the
+   blocks' affinities (`block_weights`, sum 1).
 
 The statistics are not learned, the transcription is: what is compared is fixed by design (and the same
-for every audio source), how well the notes are heard is trained.
+for every audio source), how well the notes are heard is trained. The block weights are measured, not
+tuned: training sets them so that each block's distance has the same spread over pairs of train-split
+crops of one style (`equal_spread_weights`); with equal weights the interval block, whose distances vary
+half as much, would barely move the cosine.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from torch import nn
 from musicgen_cfg.errors import UserError
 
 NOTE_KIND = "note-transcription"  # the "embedder" field of its config.json
+BLOCKS = ("pitch_class", "interval", "ioi")  # the statistics, in embedding order
 
 
 @dataclass
@@ -58,13 +62,23 @@ class NoteEmbedderConfig:
     channels: int = field(default=16, metadata={"help": "conv channels of the transcriber"})
     onset_threshold: float = field(default=0.5, metadata={"help": "onset probability that counts as a note"})
     max_interval: int = field(default=12, metadata={"help": "melodic intervals clipped to +-this (semitones)"})
+    max_voices: int = field(default=4, metadata={"help": "voices the interval statistic follows"})
     ioi_bins: int = field(default=20, metadata={"help": "log-spaced inter-onset-interval bins"})
     ioi_range: tuple[float, float] = field(default=(0.05, 2.0), metadata={"help": "inter-onset range (s)"})
+    block_weights: tuple[float, float, float] = field(
+        default=(1 / 3, 1 / 3, 1 / 3),
+        metadata={"help": "weights of the pitch-class, interval and inter-onset affinities in the cosine "
+                          "(normalised to sum 1; training fits them, equal_spread_weights)"})
 
     def __post_init__(self):
         self.ioi_range = tuple(float(v) for v in self.ioi_range)
+        weights = np.asarray(self.block_weights, dtype=np.float64)
+        if weights.shape != (len(BLOCKS),) or not (np.isfinite(weights).all() and (weights > 0).all()):
+            raise UserError(f"note embedder config: block_weights must be {len(BLOCKS)} positive numbers, "
+                            f"got {self.block_weights}")
+        self.block_weights = tuple(float(w) for w in weights / weights.sum())
         for name in ("sample_rate", "hop_length", "pitch_n_fft", "time_n_fft", "num_pitches", "channels",
-                     "max_interval", "ioi_bins", "floor_db"):
+                     "max_interval", "max_voices", "ioi_bins", "floor_db"):
             if not getattr(self, name) > 0:
                 raise UserError(f"note embedder config: {name} must be positive, got {getattr(self, name)}")
         if not 0 < self.onset_threshold < 1:
@@ -174,12 +188,44 @@ def _histogram(values: np.ndarray, bins: int) -> np.ndarray:
     return counts / counts.sum()
 
 
+def voice_intervals(onset_times: list[np.ndarray], max_voices: int, max_interval: int) -> list[int]:
+    """Melodic steps of voices followed through onset times (the pitches of each, in time order), clipped to +-max_interval.
+
+    A voice holds its latest pitch. At each onset time the (onset, voice) pairs are matched closest first,
+    each onset and voice at most once, so a voice that holds is not matched and a chord's notes go to the
+    voices nearest them. A match further than max_interval is refused while fewer than max_voices voices
+    are followed: that onset starts a voice (an entry, not a leap), as does an unmatched onset while there
+    is room. Without tracking (each onset against the nearest pitch of the previous onset time), the
+    steps of 4-voice polyphony mix voices: held notes vanish from the comparison and a voice's step is
+    measured from another voice.
+    """
+    voices: list[int] = []
+    steps: list[int] = []
+    for pitches in onset_times:
+        pitches = [int(p) for p in pitches]
+        pairs = sorted((abs(p - v), i, j) for i, p in enumerate(pitches) for j, v in enumerate(voices))
+        matched: dict[int, int] = {}
+        for distance, onset, voice in pairs:
+            if onset in matched or voice in matched.values():
+                continue
+            if distance > max_interval and len(voices) < max_voices:
+                continue
+            matched[onset] = voice
+        for onset, pitch in enumerate(pitches):
+            if onset in matched:
+                voice = matched[onset]
+                steps.append(int(np.clip(pitch - voices[voice], -max_interval, max_interval)))
+                voices[voice] = pitch
+            elif len(voices) < max_voices:
+                voices.append(pitch)
+    return steps
+
+
 def note_statistics(frames: np.ndarray, midi: np.ndarray, config: NoteEmbedderConfig) -> dict:
     """Detected onsets (frame of hop_seconds, MIDI pitch; sorted by frame) -> {"pitch_class": [13], "interval": [2I + 2], "ioi": [B + 1]}.
 
-    Onsets within one frame of each other form one onset time (chords, slightly spread attacks). An
-    interval is counted for every onset against the nearest pitch sounding at the previous onset time
-    (within an octave): in a texture of voices, that is each voice's own melodic step.
+    Onsets within one frame of each other form one onset time (chords, slightly spread attacks); the
+    intervals are those of `voice_intervals`.
     """
     midi = np.asarray(midi, dtype=np.int64)
     frames = np.asarray(frames, dtype=np.int64)
@@ -189,14 +235,7 @@ def note_statistics(frames: np.ndarray, midi: np.ndarray, config: NoteEmbedderCo
         if i == len(frames) or frames[i] - frames[i - 1] > 1:
             groups.append(np.arange(start, i))
             start = i
-    intervals = []
-    for previous, current in zip(groups, groups[1:]):
-        before = midi[previous]
-        for pitch in midi[current]:
-            step = pitch - before
-            nearest = step[np.argmin(np.abs(step))]
-            if abs(nearest) <= config.max_interval:
-                intervals.append(nearest + config.max_interval)
+    intervals = voice_intervals([np.unique(midi[g]) for g in groups], config.max_voices, config.max_interval)
     times = np.array([frames[g].mean() for g in groups]) * config.hop_seconds
     low, high = map(math.log, config.ioi_range)
     iois = np.diff(times)
@@ -204,14 +243,36 @@ def note_statistics(frames: np.ndarray, midi: np.ndarray, config: NoteEmbedderCo
                        0, config.ioi_bins - 1).astype(np.int64)
     return {
         "pitch_class": _histogram(midi % 12, 12),
-        "interval": _histogram(np.asarray(intervals, dtype=np.int64), 2 * config.max_interval + 1),
+        "interval": _histogram(np.asarray(intervals, dtype=np.int64) + config.max_interval, 2 * config.max_interval + 1),
         "ioi": _histogram(ioi_bins, config.ioi_bins),
     }
 
 
-def statistics_vector(stats: dict) -> np.ndarray:
-    """The embedding of note statistics: each histogram's square root (a unit vector), concatenated / sqrt(3)."""
-    return np.concatenate([np.sqrt(stats[name]) for name in ("pitch_class", "interval", "ioi")]) / math.sqrt(3)
+def statistics_vector(stats: dict, weights: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)) -> np.ndarray:
+    """The embedding of note statistics: each histogram's square root (a unit vector) times sqrt(its weight), concatenated.
+
+    weights sum to 1, so the vector is a unit vector and the cosine of two is sum_k w_k * affinity_k.
+    """
+    return np.concatenate([math.sqrt(w) * np.sqrt(stats[name]) for name, w in zip(BLOCKS, weights)])
+
+
+def block_distances(stats: list[dict]) -> dict[str, np.ndarray]:
+    """Note statistics of G clips -> {block: [G, G] distances 1 - Bhattacharyya affinity}."""
+    roots = {name: np.sqrt(np.stack([s[name] for s in stats])) for name in BLOCKS}
+    return {name: 1.0 - r @ r.T for name, r in roots.items()}
+
+
+def equal_spread_weights(distances: dict[str, np.ndarray]) -> tuple[float, float, float]:
+    """Block weights (sum 1) inversely proportional to the standard deviation of each block's distances.
+
+    distances: {block: 1-D distances over the same pairs}. The weighted sum of the block distances then
+    varies alike with each block, whatever the blocks' own scales.
+    """
+    spread = np.array([np.std(distances[name]) for name in BLOCKS], dtype=np.float64)
+    if not (np.isfinite(spread).all() and (spread > 1e-12).all()):  # a constant block: rounding, not spread
+        raise UserError(f"cannot fit block weights: a block's distances do not vary ({dict(zip(BLOCKS, spread))})")
+    weights = 1.0 / spread
+    return tuple(float(w) for w in weights / weights.sum())
 
 
 class NoteEmbedder(nn.Module):
@@ -253,6 +314,6 @@ class NoteEmbedder(nn.Module):
         """waveforms float32 [N, S] at `sample_rate` -> unit vectors [N, embedding_dim]."""
         if waveforms.dim() != 2 or waveforms.shape[1] == 0:
             raise ValueError(f"expected waveforms [N, samples > 0], got {tuple(waveforms.shape)}")
-        vectors = [statistics_vector(note_statistics(frames, midi, self.config))
+        vectors = [statistics_vector(note_statistics(frames, midi, self.config), self.config.block_weights)
                    for frames, midi in self.notes(waveforms, sample_rate)]
         return torch.from_numpy(np.stack(vectors)).float()

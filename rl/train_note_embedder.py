@@ -9,6 +9,10 @@ seen, so the transcriber hears notes through vibrato, slow attacks and fast reel
 split): onset precision / recall / F1 (an onset found within one frame of a true one, same pitch), and the
 chunk-retrieval top-1 of the contrastive embedder's report (a clip's first chunk finds its own last chunk),
 both with random prompts and under one fixed prompt.
+
+After training, the statistics' block weights are fitted (`fit_block_weights`): crops of the train split
+grouped by style and rendered under one prompt per style, as a prompt's sibling generations sound, and
+each block weighted by the inverse spread of its distances over those pairs (note_embedder.equal_spread_weights).
 """
 
 from __future__ import annotations
@@ -24,10 +28,20 @@ import torch.nn.functional as F
 
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.optim import OptimConfig, build_optimizer, check_finite
-from rl.note_embedder import NoteEmbedder, NoteEmbedderConfig, detect_onsets
+from rl.note_embedder import (
+    BLOCKS,
+    NoteEmbedder,
+    NoteEmbedderConfig,
+    block_distances,
+    detect_onsets,
+    equal_spread_weights,
+    note_statistics,
+)
 
 TEMPO_RANGE_BPM = (60.0, 190.0)
 TRANSPOSE_SEMITONES = 5
+WEIGHT_FIT_SEGMENTS = 220  # train-split crops the block weights are fitted on (20 per style of 11)
+WEIGHT_FIT_CROP_SECONDS = 8.0  # the crop length of `musicgen-cfg embedder check`
 
 
 def note_targets(codes: np.ndarray, frame_seconds: float, num_frames: int, config: NoteEmbedderConfig):
@@ -152,11 +166,35 @@ def train_transcriber(model: NoteEmbedder, train_data, heldout: dict, optim: Opt
     return {"losses": losses, "heldout_onsets": scores, "train_seconds": round(time.perf_counter() - started, 1)}
 
 
+def fit_block_weights(model: NoteEmbedder, dataset, segments: int, seed: int) -> dict:
+    """Set model.config.block_weights to equal spread over the within-style pairs of `dataset`'s crops.
+
+    dataset: a corpus.SegmentDataset; crops chosen and rendered as `musicgen-cfg embedder check` does (one
+    prompt per style). Returns the fit's record for the manifest (pairs, spreads, weights).
+    """
+    from musicgen_cfg.world.codec import SymbolicCodec
+    from rl.embedder_check import select_style_groups
+
+    codec = SymbolicCodec()
+    pairs = {name: [] for name in BLOCKS}
+    for group in select_style_groups(dataset, segments, WEIGHT_FIT_CROP_SECONDS, seed):
+        waveforms = codec.decode(group.codes, [group.prompt] * len(group.codes))
+        stats = [note_statistics(frames, midi, model.config) for frames, midi in model.notes(waveforms, codec.sample_rate)]
+        upper = np.triu_indices(len(stats), k=1)
+        for name, distances in block_distances(stats).items():
+            pairs[name].append(distances[upper])
+    pairs = {name: np.concatenate(values) for name, values in pairs.items()}
+    model.config.block_weights = equal_spread_weights(pairs)
+    return {"segments": segments, "crop_seconds": WEIGHT_FIT_CROP_SECONDS, "pairs": len(pairs[BLOCKS[0]]),
+            "spread": {name: float(np.std(values)) for name, values in pairs.items()},
+            "weights": dict(zip(BLOCKS, model.config.block_weights))}
+
+
 def train_from_config(config) -> tuple[NoteEmbedder, dict]:
     """`musicgen-cfg embedder train --kind notes --model default`: render, train, score; (model, manifest fields)."""
     from musicgen_cfg.checkpoint import file_sha256
     from musicgen_cfg.world.captions import DEFAULT_BPM, DEFAULT_INSTRUMENT
-    from musicgen_cfg.world.corpus import DEFAULT_PATH
+    from musicgen_cfg.world.corpus import DEFAULT_PATH, load_dataset
 
     torch.manual_seed(config.seed)
     model = NoteEmbedder(NoteEmbedderConfig())
@@ -172,6 +210,8 @@ def train_from_config(config) -> tuple[NoteEmbedder, dict]:
     heldout = {"held-out": varied[:2], "same-prompt held-out": same[:2]}
     metrics = train_transcriber(model, (train_waves, train_onsets, train_soundings), heldout, config.optim(),
                                 config.batch_size, config.eval_every, config.seed, log=lambda m: print(m, flush=True))
+    weight_fit = {"split": "train", **fit_block_weights(model, load_dataset("train"), WEIGHT_FIT_SEGMENTS, config.seed)}
+    print(f"block weights {weight_fit['weights']} (spreads {weight_fit['spread']}, {weight_fit['pairs']} pairs)", flush=True)
     retrieval = {name: chunk_retrieval(model, waves, config.chunk_seconds) for name, (waves, _) in heldout.items()}
     print("chunk retrieval top-1: " + ", ".join(f"{k} {v:.3f}" for k, v in retrieval.items()), flush=True)
     recent = metrics["losses"][-config.eval_every:]
@@ -182,6 +222,7 @@ def train_from_config(config) -> tuple[NoteEmbedder, dict]:
                  "instruments": sorted({p.split(" at ")[0] for p in prompts}), "same_prompt_heldout_prompt": fixed_prompt,
                  "heldout_clips": {name: len(w) for name, (w, _) in heldout.items()}, "prepare_seconds": prepare_seconds},
         "embedder_config": asdict(model.config),
+        "block_weight_fit": weight_fit,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": metrics["train_seconds"],
         "final_loss": sum(recent) / len(recent),

@@ -11,11 +11,15 @@ import torch.nn.functional as F
 from musicgen_cfg.errors import UserError
 from rl.embedders import load_embedder, load_embedder_dir, save_embedder
 from rl.note_embedder import (
+    BLOCKS,
     NoteEmbedder,
     NoteEmbedderConfig,
+    block_distances,
     detect_onsets,
+    equal_spread_weights,
     note_statistics,
     statistics_vector,
+    voice_intervals,
 )
 from rl.train_note_embedder import note_targets, onset_scores, render_clips
 
@@ -49,14 +53,56 @@ def test_note_statistics_of_a_known_phrase():
     pitch_classes = stats["pitch_class"]
     assert pitch_classes[0] == pytest.approx(3 / 5) and pitch_classes[4] == pytest.approx(1 / 5)
     assert pitch_classes[7] == pytest.approx(1 / 5) and pitch_classes[-1] == 0
-    # E4 - C4 = +4; G4 - E4 = +3, C5 - E4 = +8; C4 - G4 = -7 (the nearest of G4 and C5)
+    # E4 - C4 = +4; G4 - E4 = +3 (the nearer note takes the voice), C5 enters as a second voice;
+    # C4 - G4 = -7 (the voice nearest it)
     interval = stats["interval"]
     offset = CONFIG.max_interval
-    assert {i - offset: round(v * 4) for i, v in enumerate(interval[:-1]) if v} == {4: 1, 3: 1, 8: 1, -7: 1}
+    assert {i - offset: round(v * 3) for i, v in enumerate(interval[:-1]) if v} == {4: 1, 3: 1, -7: 1}
     # onset times 0, 0.2, 0.41, 0.8 s -> three inter-onset intervals, all inside the histogram's range
     assert stats["ioi"][:-1].sum() == pytest.approx(1.0)
     for histogram in stats.values():
         assert histogram.sum() == pytest.approx(1.0)
+
+
+def test_voices_are_followed_through_held_notes_and_chords():
+    # soprano E5 D5 C5 over a bass C3 that holds, then moves to G2 while the soprano holds
+    onset_times = [[48, 76], [74], [72], [43]]
+    assert voice_intervals(onset_times, max_voices=4, max_interval=12) == [-2, -2, -5]
+    # the nearest pitch of the previous onset time would have measured C5 -> G2 (-29, clipped) instead
+    # a voice entering an octave and more away starts a voice rather than a leap ...
+    assert voice_intervals([[60], [62, 79], [64, 77]], max_voices=4, max_interval=12) == [2, 2, -2]
+    # ... unless every voice is taken: then it is the nearest voice's leap, clipped
+    assert voice_intervals([[60], [79]], max_voices=1, max_interval=12) == [12]
+
+
+def test_the_cosine_is_the_weighted_mean_of_block_affinities():
+    rng = np.random.default_rng(0)
+    stats = [{name: (h := rng.random(n)) / h.sum() for name, n in zip(BLOCKS, (13, 26, 21))} for _ in range(2)]
+    weights = (0.2, 0.5, 0.3)
+    a, b = (statistics_vector(s, weights) for s in stats)
+    assert np.linalg.norm(a) == pytest.approx(1.0)
+    distances = block_distances(stats)
+    expected = sum(w * (1 - distances[name][0, 1]) for name, w in zip(BLOCKS, weights))
+    assert a @ b == pytest.approx(expected)
+
+
+def test_equal_spread_weights_make_each_block_vary_alike():
+    rng = np.random.default_rng(1)
+    distances = {"pitch_class": 0.4 * rng.random(500), "interval": 0.1 * rng.random(500), "ioi": 0.2 * rng.random(500)}
+    weights = equal_spread_weights(distances)
+    assert sum(weights) == pytest.approx(1.0)
+    spreads = [w * np.std(distances[name]) for name, w in zip(BLOCKS, weights)]
+    assert max(spreads) == pytest.approx(min(spreads))
+    assert weights[1] > weights[2] > weights[0]  # the narrowest block weighs most
+    with pytest.raises(UserError, match="do not vary"):
+        equal_spread_weights({**distances, "interval": np.full(500, 0.3)})
+
+
+def test_block_weights_are_normalised_and_checked():
+    assert NoteEmbedderConfig(block_weights=(2, 1, 1)).block_weights == (0.5, 0.25, 0.25)
+    for bad in ((1, 1), (1, 0, 1), (1, float("nan"), 1)):
+        with pytest.raises(UserError, match="block_weights"):
+            NoteEmbedderConfig(block_weights=bad)
 
 
 def test_silence_puts_all_mass_in_the_nothing_bins():
