@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from musicgen_cfg.checkpoint import file_sha256, read_json, weight_file_hashes
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.experiments.embedder_check import write_json_atomic
 
 RECORDS_DIR = "records"
 RECORD_VERSION = 1
@@ -79,13 +79,5 @@ class Records:
         return record["result"] if record["key"] == key else None
 
     def write(self, run_name: str, key: str, model: str, result: dict):
-        """Atomically: a temporary file beside the record, renamed over it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.path(run_name)
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps({"key": key, "model": model, "result": result}, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        """Atomically (a temporary file beside the record, renamed over it)."""
+        write_json_atomic({"key": key, "model": model, "result": result}, self.path(run_name))
