@@ -43,9 +43,18 @@ def weights_identity(spec: str) -> dict:
     return {"config_sha256": file_sha256(path / "config.json"), **weight_file_hashes(path)}
 
 
+# Where a run writes is not what it trains: the same recipe under another OUT keeps its records.
+LOCATION_FLAGS = ("--out", "--export")
+
+
 def recipe_identity(train_config: str, overrides: list[str], base: dict) -> dict:
-    """A model this pipeline trains, by what trains it (so it is the same before and after its weights exist)."""
-    return {"train_config_sha256": file_sha256(train_config), "overrides": list(overrides), "base": base}
+    """A model this pipeline trains, by what trains it (so it is the same before and after its weights exist).
+
+    overrides: `--key value` pairs; those of LOCATION_FLAGS are left out.
+    """
+    pairs = [overrides[i : i + 2] for i in range(0, len(overrides), 2)]
+    kept = [item for flag, value in pairs if flag not in LOCATION_FLAGS for item in (flag, value)]
+    return {"train_config_sha256": file_sha256(train_config), "overrides": kept, "base": base}
 
 
 def lerp_identity(lam: float, quality: dict, diversity: dict) -> dict:

@@ -568,3 +568,20 @@ def test_reproduce_skips_missing_models_and_checks_its_config(tiny_dir, clap_dir
         load_config(ReproduceConfig, None, ["--num-samples", "1"])
     with pytest.raises(UserError, match="guidance_scales"):
         ReproduceConfig(guidance_scales="1,x")
+
+
+def test_recipe_identity_ignores_where_the_run_writes_but_not_what_it_trains(tmp_path):
+    """The same training recipe under another OUT keeps its records; a changed setting does not."""
+    from musicgen_cfg.experiments.reproduce_records import recipe_identity
+
+    train_config = tmp_path / "train.yaml"
+    train_config.write_text("steps: 2\n")
+    base = {"weights": "abc"}
+
+    def identity(out: str, threads: str = "1") -> dict:
+        return recipe_identity(str(train_config), ["--beta", "5", "--out", f"{out}/train/beta_5", "--export",
+                                                   f"{out}/models/beta_5", "--threads", threads], base)
+
+    assert identity("results") == identity("/elsewhere/results")
+    assert identity("results")["overrides"] == ["--beta", "5", "--threads", "1"]
+    assert identity("results") != identity("results", threads="2")
