@@ -167,7 +167,7 @@ def train_estimate(stage: str, preset: str) -> dict[str, float]:
     """train_memory.estimate for the train stage's run (its config and overrides), the preset's towers and the
     contrastive reward embedder the stage uses."""
     from musicgen_cfg.config import load_config
-    from musicgen_cfg.distillation import DistillConfig
+    from musicgen_cfg.training.distillation import DistillConfig
     from rl.embedders import ContrastiveMusicEmbedder
 
     config = load_config(DistillConfig, ROOT / "configs" / train_config(stage, preset), TRAIN_OVERRIDES)
@@ -229,7 +229,7 @@ def stage_generate(root: Path, preset: str) -> dict:
 
 def stage_train(root: Path, preset: str, stage: str) -> dict:
     from bench.train_memory import distiller_on
-    from musicgen_cfg.distillation import STEP_TIMES
+    from musicgen_cfg.training.distillation import STEP_TIMES
 
     name = train_config(stage, preset)
     (root / stage).mkdir(exist_ok=True)
@@ -334,7 +334,7 @@ def child(stage: str, preset: str, workdir: str, result: str, threads: str) -> N
 
     import app.engine  # noqa: F401
     import merging.merge  # noqa: F401
-    import musicgen_cfg.distillation  # noqa: F401
+    import musicgen_cfg.training.distillation  # noqa: F401
     import musicgen_cfg.export  # noqa: F401
 
     torch.set_num_threads(int(threads))

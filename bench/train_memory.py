@@ -1,4 +1,4 @@
-"""Memory of one distillation step (musicgen_cfg/distillation.py) for the MusicGen decoder shapes: a
+"""Memory of one distillation step (musicgen_cfg/training/distillation.py) for the MusicGen decoder shapes: a
 formula per shape and mode, checked against measured bytes.
 
     .venv/bin/python bench/train_memory.py                  # CPU (~1-2 min): accounting check + formula table
@@ -59,7 +59,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from musicgen_cfg.config import load_config  # noqa: E402
-from musicgen_cfg.distillation import DistillConfig, Distiller, split_rows  # noqa: E402
+from musicgen_cfg.training.distillation import DistillConfig, Distiller, split_rows  # noqa: E402
 
 GB = 1e9
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ def profile_step(distiller: Distiller, step: int) -> dict[str, float]:
 
 def rollout_arguments(distiller: Distiller, step: int):
     """(prompts, seeds, from_teacher) of the step's rollout on one process, without consuming the prompt draw."""
-    from musicgen_cfg.distillation import rollout_seeds
+    from musicgen_cfg.training.distillation import rollout_seeds
 
     config, state = distiller.config, distiller.data_rng.getstate()
     prompts = [p for p in distiller.prompts.draw(config.prompts_per_step, distiller.data_rng)

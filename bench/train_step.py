@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from musicgen_cfg.distillation import DistillConfig, Distiller  # noqa: E402
+from musicgen_cfg.training.distillation import DistillConfig, Distiller  # noqa: E402
 
 PHASES = ("time_rollout", "time_reward", "time_teacher", "time_student")
 

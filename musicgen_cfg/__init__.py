@@ -7,8 +7,9 @@ stay free of torch):
     model = load_model("default")   # or a checkpoint / run directory, or a hub id
     out = model.generate(["a joyful Irish jig"], seeds=[0], duration=8.0, sampling=SamplingConfig())
 
-The parts and their one-way dependencies: docs/architecture.md. Commands: `musicgen-cfg --help`
-(musicgen_cfg/cli.py).
+Layer 1, the model core (the modules of this folder): imports musicgen_cfg.codecs only. The subpackages above
+it (world, training, experiments, cli) say their layers in their own docstrings; docs/architecture.md draws them. Commands: `musicgen-cfg --help`
+(musicgen_cfg/cli/__init__.py).
 """
 
 import importlib

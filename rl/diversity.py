@@ -6,7 +6,7 @@ music embedder E (`rl/embedders.py`). Generation i of a prompt earns
     r_i = mean over its siblings j != i of (1 - cos(E(y_i), E(y_j)))          in [0, 2]
 
 and the student follows the REINFORCE (score-function) gradient of E[r]. The trainer in
-`musicgen_cfg/distillation.py` calls, per batch of P prompts x G generations:
+`musicgen_cfg/training/distillation.py` calls, per batch of P prompts x G generations:
 
     rewards, music = diversity_rewards(codes, prompts, G, ...)   # rl/reward.py: per prompt, decode -> gate
                                                           # -> embed -> pairwise_diversity [P, G, D] -> [P, G]

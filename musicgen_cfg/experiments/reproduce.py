@@ -331,7 +331,7 @@ def train_command(config: ReproduceConfig, beta: float, seed: int, out: Path, de
 def train_betas(config: ReproduceConfig, missing: list[tuple[float, int, Path]], out: Path, log):
     """Train each (beta, seed) -> destination, resuming interrupted runs; `jobs` processes at once when jobs > 1."""
     from musicgen_cfg.checkpoint import checkpoints
-    from musicgen_cfg.distillation import DistillConfig, train
+    from musicgen_cfg.training.distillation import DistillConfig, train
 
     commands = []
     for beta, seed, destination in missing:

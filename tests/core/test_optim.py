@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from musicgen_cfg.distillation import DistillConfig
+from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.optim import OptimConfig, build_optimizer, warmup_cosine
 from musicgen_cfg.training.pretrain import PretrainConfig
@@ -67,7 +67,7 @@ def test_the_bounds_are_declared_once_and_checked():
         OptimConfig(steps=1, lr=1e-3, clip=0.0)
 
 
-TRAINERS = ("musicgen_cfg/distillation.py", "musicgen_cfg/training/pretrain.py", "musicgen_cfg/world/text_judge.py",
+TRAINERS = ("musicgen_cfg/training/distillation.py", "musicgen_cfg/training/pretrain.py", "musicgen_cfg/world/text_judge.py",
             "rl/train_embedder.py", "rl/train_note_embedder.py")
 
 

@@ -86,7 +86,7 @@ def test_rows_of_one_group_must_share_their_prompt(segments, embedder):
 def test_trainer_rewards_are_the_per_prompt_pipeline(tmp_path):
     from accelerate import Accelerator
 
-    from musicgen_cfg.distillation import DistillConfig, Distiller
+    from musicgen_cfg.training.distillation import DistillConfig, Distiller
 
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     config = DistillConfig(model="default", prompts=str(tmp_path / "prompts.txt"), beta=15, generations=G,
@@ -167,7 +167,7 @@ def test_gate_specs():
     for bad in ("loud", "data:0.7", "data:x", "data:0"):
         with pytest.raises(UserError):
             parse_gate_spec(bad)
-    from musicgen_cfg.distillation import DistillConfig
+    from musicgen_cfg.training.distillation import DistillConfig
 
     with pytest.raises(UserError, match="reward gate"):
         DistillConfig(reward_gate="silence")

@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 
 from bench.train_memory import SHAPES, Run, Shape, decoder_parameters, estimate, lora_parameters
-from musicgen_cfg.distillation import DistillConfig, Distiller
+from musicgen_cfg.training.distillation import DistillConfig, Distiller
 
 
 def test_decoder_parameters_match_the_published_sizes():

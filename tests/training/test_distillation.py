@@ -7,7 +7,7 @@ import torch
 
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import load_config
-from musicgen_cfg.distillation import DistillConfig, distillation_loss, token_divergence
+from musicgen_cfg.training.distillation import DistillConfig, distillation_loss, token_divergence
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.scoring import score
 
@@ -147,7 +147,7 @@ def test_top_k_zero_is_off_as_everywhere():
 ])
 def test_settings_that_depend_on_the_process_split_or_perturb_the_scored_policy_are_refused(overrides, processes,
                                                                                            message):
-    from musicgen_cfg.distillation import split_rows
+    from musicgen_cfg.training.distillation import split_rows
 
     def build():
         config = load_config(DistillConfig, None, ["--beta", "15", "--prompts-per-step", "4", *overrides])

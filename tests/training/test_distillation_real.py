@@ -13,7 +13,7 @@ from accelerate import Accelerator
 
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import load_config
-from musicgen_cfg.distillation import DistillConfig, Distiller, split_rows
+from musicgen_cfg.training.distillation import DistillConfig, Distiller, split_rows
 from musicgen_cfg.errors import UserError
 
 MUSICGEN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("musicgen_*.yaml"))
@@ -103,7 +103,7 @@ def test_bf16_kl_agrees_with_fp32_on_the_same_rollouts(tiny_dir, local_files, co
 
 
 def rollout_args(d: Distiller):
-    from musicgen_cfg.distillation import rollout_seeds
+    from musicgen_cfg.training.distillation import rollout_seeds
 
     state = d.data_rng.getstate()
     prompts = [p for p in d.prompts.draw(d.config.prompts_per_step, d.data_rng) for _ in range(d.config.generations)]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import config_help, load_config
-from musicgen_cfg.distillation import DistillConfig
+from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.model import load_model
 from musicgen_cfg.sampler import SamplingConfig, sample
@@ -272,7 +272,7 @@ def test_merging_two_lora_exports_is_the_lerp_of_their_deltas_live_and_offline(r
 def test_bf16_base_is_one_shared_copy_and_the_export_merges_into_the_float32_weights(tiny_dir, lora_args, tmp_path):
     from accelerate import Accelerator
 
-    from musicgen_cfg.distillation import Distiller
+    from musicgen_cfg.training.distillation import Distiller
 
     config = load_config(DistillConfig, None, [*lora_args, "--teacher-dtype", "bfloat16", "--bf16", "true",
                                                "--steps", "1", "--out", str(tmp_path / "run")])

@@ -72,7 +72,7 @@ def distill_args(tiny_dir, tmp_path):
 @pytest.mark.parametrize("term", ["KL", "reward"])
 def test_distillation_stops_at_a_non_finite_term_and_keeps_the_last_good_checkpoint(term, distill_args, tmp_path,
                                                                                    monkeypatch, capsys):
-    from musicgen_cfg import distillation
+    from musicgen_cfg.training import distillation
 
     if term == "KL":  # the per-step KL (it is called twice a step: the loss, then the KL to the base)
         loss, calls = distillation.distillation_loss, []

@@ -12,7 +12,7 @@ import pytest
 
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import SHIPPED_ASSETS, load_config
-from musicgen_cfg.distillation import DistillConfig
+from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.training.pretrain import PretrainConfig
 

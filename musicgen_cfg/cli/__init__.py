@@ -7,8 +7,9 @@ A command is either driven by an options dataclass (`options`: its fields become
 through musicgen_cfg.config.add_arguments) or by a config dataclass (`config`: read from --config
 YAML with `--key value` overrides, listed by --help-config; `resumable` adds --resume). Its `run`
 gets the options, or the config and the command line. Descriptions are the modules' docstrings, read
-from source without importing them. This is the top layer of docs/architecture.md: it may name any
-module, and nothing imports it.
+from source without importing them.
+
+Layer 7, the top: it may name any module (by string, imported on dispatch), and nothing imports it.
 """
 
 import argparse
@@ -44,7 +45,7 @@ COMMANDS = {
                         "musicgen_cfg.training.pretrain:pretrain", config="musicgen_cfg.training.pretrain:PretrainConfig",
                         resumable=True),
     "train": Command("CFG distillation + diversity reward (YAML config + --key value overrides)",
-                     "musicgen_cfg.distillation:train", config="musicgen_cfg.distillation:DistillConfig", resumable=True),
+                     "musicgen_cfg.training.distillation:train", config="musicgen_cfg.training.distillation:DistillConfig", resumable=True),
     "corpus build": Command("build the default world's dataset (segments + captions) from music21's corpus",
                             "musicgen_cfg.world.corpus:run_build", options="musicgen_cfg.world.corpus:BuildConfig"),
     "embedder train": Command("train the reward's music embedder (contrastive, on audio clips)",
@@ -181,6 +182,3 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
