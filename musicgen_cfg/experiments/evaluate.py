@@ -57,6 +57,7 @@ from musicgen_cfg.experiments.audio_metrics import (
     reference_files,
 )
 from musicgen_cfg.experiments.audio_metrics import fad as frechet_audio_distance
+from musicgen_cfg.experiments.bootstrap import bootstrap_ci
 from musicgen_cfg.experiments.evaluate_options import (
     ENCODEC_EMBEDDING,
     JUDGES_SPEC,
@@ -98,16 +99,6 @@ def vendi_score(embeddings: np.ndarray) -> float:
     x = np.asarray(embeddings, dtype=np.float64)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return vendi_from_similarity(x @ x.T)
-
-
-def bootstrap_ci(values, resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of the mean of `values` [P] (one value per prompt), resampling prompts with replacement."""
-    values = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 def forward_passes(num_frames: int, num_codebooks: int, guidance_scale: float) -> int:

@@ -16,7 +16,7 @@ Families (each point = one `generate` run on held-out prompts + `evaluate`):
 Seeds: every trained model is trained once per training seed in `seeds` (`--seed S`; seed 0 keeps the
 single-seed names models/beta_5, later seeds add _s<S>), and LERP merges each seed's own (theta_q, theta_d)
 pair. A point of several seeds pools their runs on the same prompts: its mean is over seeds and prompts and
-its 95% CI comes from a two-level bootstrap that resamples seeds and prompts (`seed_prompt_ci`); claims.md
+its 95% CI comes from a two-level bootstrap that resamples seeds and prompts (bootstrap.py); claims.md
 also lists each seed's mean. With `jobs` > 1 the trainings, generations and evaluations run as that many parallel
 `musicgen-cfg train` / `generate` / `evaluate` processes (the commands the manifests record).
 Missing models (the shipped default-quality / default-diversity, untrained betas) skip their points
@@ -29,9 +29,9 @@ points.json + table.md (every point, 95% bootstrap CIs over prompts), pareto.png
 against the note-level diversity of rl/note_diversity.py, default world), hypervolume.json,
 claims.md + claims.json (automatic checks of the paper's claims) and provenance.json (git commit, config).
 
-Hypervolume: area of the (quality, diversity_reward) region dominated by a family's points and
-dominating the reference point r = nadir - 10% of the range on each axis, nadir = the worst quality and
-the worst diversity over ALL points of the run, so that every family is measured against the same r.
+Modules: this one plans the points and runs them (models, trainings, generations, evaluations);
+pareto.py holds Point, the front geometry (hypervolume's reference point explained there) and the pooling
+of seeds, claims.py the claim checks, reproduce_report.py the tables, plots and claims.md.
 """
 
 import dataclasses
@@ -39,15 +39,24 @@ import random
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
-
-import numpy as np
 
 from musicgen_cfg.checkpoint import write_json
 from musicgen_cfg.config import field, load_config
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.experiments.claims import check_claims
 from musicgen_cfg.experiments.generate import MAX_DURATION_S, MAX_NUM_SAMPLES, check_request_size
+from musicgen_cfg.experiments.pareto import (
+    DIVERSITY_BETA,
+    FAMILIES,
+    QUALITY_BETA,
+    Point,
+    family_points,
+    hypervolume,
+    point_mean,
+    pool_seeds,
+    reference_point,
+)
 from musicgen_cfg.experiments.reproduce_records import (
     RECORDS_DIR,
     Records,
@@ -56,21 +65,10 @@ from musicgen_cfg.experiments.reproduce_records import (
     record_key,
     weights_identity,
 )
+from musicgen_cfg.experiments.reproduce_report import plot_front, write_claims, write_tables
 from musicgen_cfg.prompts import MAX_SEED
 
 REPO = Path(__file__).resolve().parents[2]
-FAMILIES = {  # marker, legend label
-    "cfg": ("o", "base + CFG gamma (2x LM passes when gamma != 1)"),
-    "temperature": ("^", "base, temperature"),
-    "beta": ("s", "distilled, beta"),
-    "lerp": ("D", "LERP merge, lambda"),
-}
-QUALITY_BETA, DIVERSITY_BETA = 0.0, 15.0
-REFERENCE_MARGIN = 0.1  # the hypervolume reference sits this fraction of each axis' range below the nadir
-# Held-out diversity measures of claim 7 and their names in claims.md; the note-level ones
-# (rl/note_diversity.py) exist for default-world runs only.
-HELDOUT_MEASURES = {"diversity_heldout": "held-out embedder", "note_distance_pitch_class": "pitch classes",
-                    "note_distance_interval": "intervals", "note_distance_rhythm": "rhythm"}
 
 
 @dataclasses.dataclass
@@ -138,66 +136,7 @@ class ReproduceConfig:
             raise UserError(f"seeds must be distinct non-negative integers (at least one), got {self.seeds}")
 
 
-# -------------------------------------------------------------------------------------- geometry
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both axes (both maximised), by increasing first coordinate."""
-    front, best_y = [], -np.inf
-    for x, y in sorted(set(points), key=lambda p: (-p[0], -p[1])):
-        if y > best_y:
-            front.append((x, y))
-            best_y = y
-    return front[::-1]
-
-
-def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
-    """Area dominated by `points` (both coordinates maximised) and dominating `reference`."""
-    area, best_y = 0.0, reference[1]
-    for x, y in sorted(((x, y) for x, y in points if x > reference[0] and y > reference[1]), key=lambda p: -p[0]):
-        if y > best_y:  # sweeping from the best x down, each point adds the strip above the ones before
-            area += (x - reference[0]) * (y - best_y)
-            best_y = y
-    return area
-
-
-def reference_point(points: list[tuple[float, float]]) -> tuple[float, float]:
-    xs, ys = np.array(points).T
-    return (float(xs.min() - REFERENCE_MARGIN * (np.ptp(xs) or 1.0)),
-            float(ys.min() - REFERENCE_MARGIN * (np.ptp(ys) or 1.0)))
-
-
-def front_quality_at(points: list[tuple[float, float]], diversity: float) -> float | None:
-    """Quality of the piecewise-linear front through (quality, diversity) points at `diversity`; None outside it."""
-    front = sorted(pareto_front(points), key=lambda p: p[1])
-    ys = [p[1] for p in front]
-    if not front or diversity < ys[0] or diversity > ys[-1]:
-        return None
-    return float(np.interp(diversity, ys, [p[0] for p in front]))
-
-
-# --------------------------------------------------------------------------------------- planning
-
-@dataclasses.dataclass
-class Point:
-    family: str
-    param: float  # gamma, temperature, beta or lambda
-    label: str
-    model_tag: str  # names the model's run directories
-    model: str  # model spec
-    guidance_scale: float = 1.0
-    temperature: float = 1.0
-    metrics: dict | None = None
-    seed: int = 0  # training seed of the model
-    pooled_runs: tuple[str, ...] = ()  # a point pooled over seeds: its members' run names
-
-    @property
-    def run_name(self) -> str:  # shared by points that are the same run (cfg gamma 1 = temperature 1)
-        return f"{self.model_tag}_g{self.guidance_scale:g}_t{self.temperature:g}"
-
-    @property
-    def runs(self) -> tuple[str, ...]:
-        return self.pooled_runs or (self.run_name,)
-
+# ------------------------------------------------------------------------------- planning, running
 
 def seed_tag(tag: str, seed: int) -> str:
     """Name of a model trained with `seed`: seed 0 keeps the single-seed name (beta_5), others add _s<seed>."""
@@ -384,73 +323,10 @@ def plan_points(config: ReproduceConfig, models: dict[str, str]) -> list[Point]:
     return points
 
 
-def seed_prompt_ci(values, resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of the mean of `values` [S, P]: S seeds' runs on the same P prompts (NaN = undefined).
-
-    Two-level bootstrap: each resample draws S seeds and P prompts with replacement (the same prompts for
-    every drawn seed, as the runs share them), so the CI carries training-seed noise as well as prompt noise.
-    With S = 1 it is the prompt bootstrap of `evaluate`.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 2 or not values.size:
-        raise ValueError(f"values must be a non-empty [seeds, prompts] array, got shape {values.shape}")
-    rng = np.random.default_rng(seed)
-    num_seeds, num_prompts = values.shape
-    seeds = rng.integers(0, num_seeds, size=(resamples, num_seeds, 1))
-    prompts = rng.integers(0, num_prompts, size=(resamples, 1, num_prompts))
-    with warnings.catch_warnings():  # a resample of undefined values only is left out of the percentiles
-        warnings.simplefilter("ignore", RuntimeWarning)
-        means = np.nanmean(values[seeds, prompts].reshape(resamples, -1), axis=1)
-        tail = (1 - confidence) / 2 * 100
-        low, high = np.nanpercentile(means, [tail, 100 - tail])
-    return float(low), float(high)
-
-
 def point_sampling(point: Point, config: ReproduceConfig) -> dict:
     """The generation settings of a point's run (part of its record key)."""
     return {"guidance_scale": point.guidance_scale, "temperature": point.temperature, "num_samples": config.num_samples,
             "duration": config.duration, "seed": config.seed, "top_k": config.top_k, "batch_size": config.batch_size}
-
-
-def per_prompt_values(per_prompt: dict[str, dict[str, list]], runs, metric: str) -> np.ndarray:
-    """[len(runs), P] values of `metric` per run and prompt, NaN where undefined (None)."""
-    return np.array([[np.nan if v is None else v for v in per_prompt[run][metric]] for run in runs], dtype=np.float64)
-
-
-def pool_seeds(points: list[Point], per_prompt: dict[str, dict[str, list]], resamples: int, seed: int) -> list[Point]:
-    """One point per (family, param): a point with several seeds' runs gets pooled metrics.
-
-    per_prompt: run name -> metric -> per-prompt values (None = undefined), as `evaluate` writes them.
-    Pooled metric: mean over seeds and prompts, `seed_prompt_ci`, and seed_means (each run's own mean);
-    whole-set metrics (no per-prompt values) get the mean of the runs' values and no CI.
-    """
-    groups: dict[tuple[str, float], list[Point]] = {}
-    for point in points:
-        groups.setdefault((point.family, point.param), []).append(point)
-    pooled = []
-    for members in groups.values():
-        if len(members) == 1:
-            pooled.append(members[0])
-            continue
-        metrics = {}
-        for name in set.intersection(*(set(p.metrics) for p in members)):
-            seed_means = [p.metrics[name]["mean"] for p in members]
-            if all(name in per_prompt[p.run_name] for p in members):
-                values = per_prompt_values(per_prompt, [p.run_name for p in members], name)
-                if np.isnan(values).all():
-                    metrics[name] = {"mean": None, "ci_low": None, "ci_high": None, "num_prompts": 0}
-                    continue
-                low, high = seed_prompt_ci(values, resamples, seed)
-                metrics[name] = {"mean": float(np.nanmean(values)), "ci_low": low, "ci_high": high,
-                                 "num_prompts": int((~np.isnan(values)).any(axis=0).sum())}
-            else:
-                defined = [m for m in seed_means if m is not None]
-                metrics[name] = {"mean": float(np.mean(defined)) if defined else None, "ci_low": None,
-                                 "ci_high": None, "num_prompts": members[0].metrics[name]["num_prompts"]}
-            metrics[name]["seed_means"] = seed_means
-        first = members[0]
-        pooled.append(dataclasses.replace(first, metrics=metrics, pooled_runs=tuple(p.run_name for p in members)))
-    return pooled
 
 
 def generate_points(points: list[Point], prompts: list[str], config: ReproduceConfig, runs: Path, log):
@@ -492,291 +368,7 @@ def generate_points(points: list[Point], prompts: list[str], config: ReproduceCo
         del model  # release it before the next model loads
 
 
-# ------------------------------------------------------------------------------------------ claims
-
-def _value(point: Point, metric: str) -> float:
-    return point.metrics[metric]["mean"]
-
-
-def _ci(point: Point, metric: str) -> str:
-    stats = point.metrics[metric]
-    text = f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
-    if stats.get("seed_means"):
-        text += " (seeds " + ", ".join(f"{m:.4f}" for m in stats["seed_means"]) + ")"
-    return text
-
-
-def _family(points: list[Point], family: str) -> list[Point]:
-    return sorted((p for p in points if p.family == family), key=lambda p: p.param)
-
-
-def _result(number: int, claim: str, passed: bool | None, detail: str) -> dict:
-    status = "skipped" if passed is None else "pass" if passed else "fail"
-    return {"claim": number, "statement": claim, "status": status, "detail": detail}
-
-
-@dataclasses.dataclass(frozen=True)
-class ClaimInputs:
-    """What the claims are checked on: the points by family, the reference CFG scale, the hypervolumes."""
-
-    cfg: dict[float, Point]  # gamma -> point
-    betas: list[Point]  # by beta
-    beta_of: dict[float, Point]  # beta -> point
-    lerps: list[Point]  # by lambda
-    reference_gamma: float
-    hypervolumes: dict[str, float]
-    tolerance: float  # claim 4: largest step against the trend, as a fraction of the range
-    per_prompt: dict[str, dict[str, list]] = dataclasses.field(default_factory=dict)  # run -> metric -> values
-    resamples: int = 1000
-    seed: int = 0
-
-    def paired(self, high: Point, low: Point, metric: str) -> str:
-        """' (paired +d [lo, hi])': high - low over the same prompts, seed s with seed s (a one-seed point
-        with each seed of the other), two-level bootstrap CI; '' without per-prompt values."""
-        values = [[self.per_prompt.get(run, {}).get(metric) for run in p.runs] for p in (high, low)]
-        if any(v is None for side in values for v in side) or len({len(side) for side in values} - {1}) > 1:
-            return ""  # values missing, or two multi-seed points with different seed counts
-        if len({len(prompts) for side in values for prompts in side}) > 1:  # not the same prompts
-            return ""
-        a, b = (per_prompt_values(self.per_prompt, p.runs, metric) for p in (high, low))
-        difference = a - b  # [S, P], broadcast when one side has one seed
-        if np.isnan(difference).all():
-            return ""
-        low_ci, high_ci = seed_prompt_ci(difference, self.resamples, self.seed)
-        return f" (paired {np.nanmean(difference):+.4f} [{low_ci:+.4f}, {high_ci:+.4f}])"
-
-    @property
-    def plain(self) -> Point | None:
-        return self.cfg.get(1.0)
-
-    @property
-    def guided(self) -> Point | None:
-        """The CFG point at the reference gamma (None when that is gamma = 1, which is no guidance)."""
-        return self.cfg.get(self.reference_gamma) if self.reference_gamma != 1.0 else None
-
-
-# Each claim: (passed, detail), with passed None when the points it needs are missing (detail: which).
-Verdict = tuple[bool | None, str]
-
-
-def _cfg_trade_off(c: ClaimInputs) -> Verdict:
-    plain, guided = c.plain, c.guided
-    if not (plain and guided):
-        return None, f"needs CFG points at gamma = 1 and gamma = {c.reference_gamma:g}"
-    passed = _value(guided, "quality") > _value(plain, "quality") and \
-        _value(guided, "diversity_reward") < _value(plain, "diversity_reward")
-    return passed, (f"quality gamma=1 {_ci(plain, 'quality')} -> gamma={c.reference_gamma:g} {_ci(guided, 'quality')}; "
-                    f"diversity {_ci(plain, 'diversity_reward')} -> {_ci(guided, 'diversity_reward')}. All gammas "
-                    "(quality, diversity): " + ", ".join(f"{g:g}: ({_value(p, 'quality'):.4f}, "
-                                                         f"{_value(p, 'diversity_reward'):.4f})" for g, p in c.cfg.items()))
-
-
-def _distilled_cost(c: ClaimInputs) -> Verdict:
-    quality_model, guided = c.beta_of.get(QUALITY_BETA), c.guided
-    if not (quality_model and guided):
-        return None, f"needs the beta = 0 model and CFG gamma = {c.reference_gamma:g}"
-    cost = _value(quality_model, "lm_passes_per_second") / _value(guided, "lm_passes_per_second")
-    wall = _value(quality_model, "seconds_per_second") / _value(guided, "seconds_per_second")
-    passed = _value(quality_model, "quality") >= guided.metrics["quality"]["ci_low"] and cost <= 0.5 + 1e-9
-    return passed, (f"quality beta=0 {_ci(quality_model, 'quality')} vs CFG gamma={c.reference_gamma:g} "
-                    f"{_ci(guided, 'quality')} (pass: at least the CFG CI's lower end); LM passes ratio {cost:.3f}, "
-                    f"measured wall-time ratio {wall:.3f}")
-
-
-def _diversity_rises_with_beta(c: ClaimInputs) -> Verdict:
-    if len(c.betas) < 2:
-        return None, "needs at least two beta models"
-    values = [_value(p, "diversity_reward") for p in c.betas]
-    pairs = list(zip(c.betas, c.betas[1:])) + ([(c.betas[0], c.betas[-1])] if len(c.betas) > 2 else [])
-    steps = [f"beta={hi.param:g} - beta={lo.param:g}{c.paired(hi, lo, 'diversity_reward')}" for lo, hi in pairs]
-    return (all(b > a for a, b in zip(values, values[1:])),
-            "; ".join(f"beta={p.param:g}: {_ci(p, 'diversity_reward')}" for p in c.betas)
-            + (". Steps: " + "; ".join(steps) if any("paired" in s for s in steps) else ""))
-
-
-def _smooth_in_lambda(c: ClaimInputs) -> Verdict:
-    if len(c.lerps) < 3:
-        return None, "needs at least three LERP points"
-    worst = {metric: _against_trend([_value(p, metric) for p in c.lerps], sign)
-             for metric, sign in (("quality", -1), ("diversity_reward", 1))}
-    detail = "; ".join(f"lambda={p.param:g}: quality {_value(p, 'quality'):.4f}, diversity "
-                       f"{_value(p, 'diversity_reward'):.4f}" for p in c.lerps)
-    detail += (f". Largest step against the trend (fraction of the range): quality {worst['quality']:.3f}, "
-               f"diversity {worst['diversity_reward']:.3f}; tolerance {c.tolerance:g}")
-    return all(w <= c.tolerance for w in worst.values()), detail
-
-
-def _lerp_dominates_cfg(c: ClaimInputs) -> Verdict:
-    if not ("lerp" in c.hypervolumes and "cfg" in c.hypervolumes):
-        return None, "needs LERP and CFG points"
-    lerp, cfg = c.hypervolumes["lerp"], c.hypervolumes["cfg"]
-    return lerp >= cfg, f"hypervolume LERP {lerp:.5f} vs CFG {cfg:.5f}"
-
-
-def _merges_match_intermediate_betas(c: ClaimInputs) -> Verdict:
-    intermediate = [p for p in c.betas if p.param not in (QUALITY_BETA, DIVERSITY_BETA)]
-    if not (c.lerps and intermediate):
-        return None, "needs LERP points and at least one intermediate-beta model"
-    front = [(_value(p, "quality"), _value(p, "diversity_reward")) for p in c.lerps]
-    verdicts = []
-    for p in intermediate:
-        q, d = _value(p, "quality"), _value(p, "diversity_reward")
-        on_front = front_quality_at(front, d)
-        if on_front is None:  # more diverse (or less) than any merge: some merge must beat it on both axes
-            ok = any(fq >= q and fd >= d for fq, fd in front)
-            verdicts.append((ok, f"beta={p.param:g} ({q:.4f}, {d:.4f}) outside the LERP diversity range, "
-                                 f"{'dominated' if ok else 'not dominated'} by a merge"))
-        else:
-            ok = q <= on_front
-            verdicts.append((ok, f"beta={p.param:g} quality {q:.4f} vs LERP front {on_front:.4f} at diversity {d:.4f}"))
-    return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)
-
-
-def _heldout_agrees(c: ClaimInputs) -> Verdict:
-    comparisons = []
-    if c.plain and c.guided:
-        comparisons.append((f"CFG gamma=1 over gamma={c.reference_gamma:g}", c.plain, c.guided))
-    if QUALITY_BETA in c.beta_of and DIVERSITY_BETA in c.beta_of:
-        comparisons.append((f"beta={DIVERSITY_BETA:g} over beta={QUALITY_BETA:g}", c.beta_of[DIVERSITY_BETA],
-                            c.beta_of[QUALITY_BETA]))
-    if len(c.lerps) >= 2:
-        comparisons.append((f"lambda={c.lerps[-1].param:g} over lambda={c.lerps[0].param:g}", c.lerps[-1], c.lerps[0]))
-    if not comparisons:
-        return None, "no diversity comparison available"
-    # In every comparison each held-out measure must rise: the held-out embedder and each note-level
-    # distance (pitch classes, intervals, rhythm) on its own, not just their mean.
-    compared = [p for _, hi, lo in comparisons for p in (hi, lo)]
-    heldout = [m for m in HELDOUT_MEASURES if all(m in p.metrics for p in compared)]
-    verdicts, texts = [], []
-    for name, hi, lo in comparisons:
-        gains = {m: _value(hi, m) - _value(lo, m) for m in ("diversity_reward", *heldout)}
-        verdicts += [gains[m] > 0 for m in heldout]
-        texts.append(f"{name}: reward {gains['diversity_reward']:+.4f}{c.paired(hi, lo, 'diversity_reward')}, "
-                     + ", ".join(f"{HELDOUT_MEASURES[m]} {gains[m]:+.4f}{c.paired(hi, lo, m)}" for m in heldout))
-    detail = "; ".join(texts)
-    if len(heldout) > 1:
-        detail += ". Note-level: mean pairwise total variation of the histograms; pass = every measure rises"
-    return all(verdicts), detail
-
-
-CLAIMS = (
-    (1, "CFG raises quality and lowers diversity", _cfg_trade_off),
-    (2, "beta = 0 reaches CFG quality at half the cost", _distilled_cost),
-    (3, "diversity rises with beta", _diversity_rises_with_beta),
-    (4, "quality and diversity move smoothly (near-monotone) with lambda", _smooth_in_lambda),
-    (5, "the LERP front dominates the CFG front (hypervolume)", _lerp_dominates_cfg),
-    (6, "merged models are at least as good as intermediate-beta models", _merges_match_intermediate_betas),
-    (7, "the diversity changes hold under the held-out embedder (and, default world, the note-level measures)",
-     _heldout_agrees),
-)
-
-
-def check_claims(points: list[Point], reference_gamma: float, hypervolumes: dict[str, float], tolerance: float,
-                 per_prompt: dict[str, dict[str, list]] | None = None, resamples: int = 1000, seed: int = 0) -> list[dict]:
-    """The seven claims of CLAIMS, each pass / fail / skipped (with the reason) and the numbers behind it.
-
-    With per_prompt (run -> metric -> per-prompt values) the details of claims 3 and 7 add paired
-    differences with their CIs; the verdicts are the same with or without them (they compare means).
-    """
-    betas = _family(points, "beta")
-    inputs = ClaimInputs({p.param: p for p in _family(points, "cfg")}, betas, {p.param: p for p in betas},
-                         _family(points, "lerp"), reference_gamma, hypervolumes, tolerance, per_prompt or {},
-                         resamples, seed)
-    return [_result(number, claim, *verdict(inputs)) for number, claim, verdict in CLAIMS]
-
-
-def _against_trend(values: list[float], sign: int) -> float:
-    """Largest consecutive step in the direction opposite to `sign`, as a fraction of the values' range."""
-    span = max(values) - min(values)
-    worst = max((max(0.0, -sign * (b - a)) for a, b in zip(values, values[1:])), default=0.0)
-    return worst / span if span > 0 else 0.0
-
-
-# ------------------------------------------------------------------------------------------ output
-
-TABLE_METRICS = ("quality", "diversity_reward", "diversity_heldout", "vendi_reward", "vendi_heldout", "note_diversity",
-                 "degenerate_rate", "lm_passes_per_second", "seconds_per_second")
-
-
-def write_tables(points: list[Point], hypervolumes: dict, reference: tuple[float, float], out: Path):
-    """table.md: the main metrics with CIs, every other metric (e.g. the judges' parts) as means, the hypervolumes."""
-    names = {name for p in points for name in p.metrics}
-    main = [name for name in (*TABLE_METRICS, "clap_score", "distribution_distance") if name in names]
-    lines = ["# Points", "", "Mean [95% bootstrap CI over prompts, and over seeds for points of several training "
-             "seeds]; runs under runs/.", "",
-             *_markdown_table(points, main, with_ci=True)]
-    others = sorted(names - set(main))
-    if others:
-        lines += ["", "# Other metrics (means)", "", *_markdown_table(points, others, with_ci=False)]
-    lines += ["", f"# Hypervolume in (quality, diversity_reward), reference point ({reference[0]:.4f}, "
-              f"{reference[1]:.4f}) = nadir of all points - {REFERENCE_MARGIN:g} x range", "",
-              "| family | hypervolume |", "|---|---|", *(f"| {f} | {v:.5f} |" for f, v in hypervolumes.items())]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    write_json({"points": [dataclasses.asdict(p) | {"runs": [f"runs/{r}" for r in p.runs]} for p in points]},
-               out / "points.json")
-    write_json({"reference_point": list(reference), "axes": ["quality", "diversity_reward"], "hypervolume": hypervolumes},
-               out / "hypervolume.json")
-
-
-def _markdown_table(points: list[Point], columns: list[str], with_ci: bool) -> list[str]:
-    lines = ["| family | point | " + " | ".join(columns) + " | run |", "|" + "---|" * (len(columns) + 3)]
-    for p in points:
-        cells = []
-        for name in columns:
-            stats = p.metrics.get(name) or {"mean": None}
-            if stats["mean"] is None:
-                cells.append("n/a")
-            elif with_ci and stats.get("ci_low") is not None:
-                cells.append(f"{stats['mean']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]")
-            else:
-                cells.append(f"{stats['mean']:.4f}")
-        lines.append(f"| {p.family} | {p.label} | " + " | ".join(cells) + f" | {' + '.join(p.runs)} |")
-    return lines
-
-
-def plot_front(points: list[Point], hypervolumes: dict, path: Path, x_metric: str = "diversity_reward",
-               x_label: str = "diversity (mean pairwise 1 - cos, reward embedder)"):
-    """Quality against the diversity measure `x_metric`, one line per family (hypervolumes in the legend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 6))
-    for family, (marker, name) in FAMILIES.items():
-        members = _family(points, family)
-        if not members:
-            continue
-        xs = [_value(p, x_metric) for p in members]
-        ys = [_value(p, "quality") for p in members]
-        hv = f", HV {hypervolumes[family]:.4f}" if family in hypervolumes else ""
-        (line,) = ax.plot(xs, ys, marker=marker, linestyle="-", alpha=0.8, label=f"{name}{hv}")
-        for p, x, y in zip(members, xs, ys):
-            doubled = family == "cfg" and p.guidance_scale != 1.0
-            if doubled:  # 2x inference cost: a wide ring around the marker
-                ax.scatter([x], [y], s=220, facecolors="none", edgecolors=line.get_color(), linewidths=1.5)
-            ax.annotate(p.label + (" (2x)" if doubled else ""), (x, y), textcoords="offset points", xytext=(5, 4),
-                        fontsize=7)
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("quality")
-    ax.set_title("Quality-diversity: CFG vs distillation (beta) vs merging (lambda); rings = 2x cost")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-
-
-def write_claims(claims: list[dict], out: Path):
-    lines = ["# Claims of the paper, checked on this run", "",
-             "Numbers: mean [95% bootstrap CI over prompts, and over training seeds where a point has several: "
-             "(seeds ...) lists each seed's mean]; diversity = mean pairwise 1 - cos under the reward "
-             "embedder unless said otherwise. Generated by `musicgen-cfg reproduce` (see provenance.json).", ""]
-    for c in claims:
-        lines += [f"{c['claim']}. **{c['status'].upper()}**: {c['statement']}", f"   {c['detail']}", ""]
-    (out / "claims.md").write_text("\n".join(lines))
-    write_json({"claims": claims}, out / "claims.json")
-
+# -------------------------------------------------------------------------------------------- main
 
 def git_commit() -> str:
     """HEAD of this checkout, '+dirty' when tracked files differ from it."""
@@ -788,8 +380,6 @@ def git_commit() -> str:
         return "unknown (not a git checkout)"
     return head + ("+dirty" if dirty else "")
 
-
-# -------------------------------------------------------------------------------------------- main
 
 def evaluate_in_parallel(config: ReproduceConfig, run_names: list[str], runs: Path, log):
     """`musicgen-cfg evaluate` over the runs in `jobs` processes, with this pipeline's evaluation settings, so
@@ -854,13 +444,13 @@ def reproduce(config: ReproduceConfig, command: str = "", log=print, judges=None
             records.write(point.run_name, keys[point.run_name], point.model, result)
             recorded[point.run_name] = result
         point.metrics, per_prompt[point.run_name] = result["metrics"], result["per_prompt"]
-        log(f"evaluated {point.family} {point.label} (seed {point.seed}): quality {_value(point, 'quality'):.4f}, "
-            f"diversity {_value(point, 'diversity_reward'):.4f}")
+        log(f"evaluated {point.family} {point.label} (seed {point.seed}): quality {point_mean(point, 'quality'):.4f}, "
+            f"diversity {point_mean(point, 'diversity_reward'):.4f}")
     points = pool_seeds(points, per_prompt, config.bootstrap, config.seed)
-    coordinates = {id(p): (_value(p, "quality"), _value(p, "diversity_reward")) for p in points}
+    coordinates = {id(p): (point_mean(p, "quality"), point_mean(p, "diversity_reward")) for p in points}
     reference = reference_point(list(coordinates.values()))
-    hypervolumes = {family: hypervolume([coordinates[id(p)] for p in _family(points, family)], reference)
-                    for family in FAMILIES if _family(points, family)}
+    hypervolumes = {family: hypervolume([coordinates[id(p)] for p in family_points(points, family)], reference)
+                    for family in FAMILIES if family_points(points, family)}
     claims = check_claims(points, reference_gamma, hypervolumes, config.smooth_tolerance, per_prompt, config.bootstrap,
                           config.seed)
     write_tables(points, hypervolumes, reference, out)

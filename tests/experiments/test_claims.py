@@ -2,7 +2,9 @@
 
 import pytest
 
-from musicgen_cfg.experiments.reproduce import Point, check_claims, plot_front
+from musicgen_cfg.experiments.claims import check_claims
+from musicgen_cfg.experiments.pareto import Point
+from musicgen_cfg.experiments.reproduce_report import plot_front
 
 NOTE = ("note_distance_pitch_class", "note_distance_interval", "note_distance_rhythm")
 
@@ -48,29 +50,34 @@ def test_equal_note_level_measures_are_no_gain():
 
 # --------------------------------------------------------------------------------- seeds of a beta
 
-def test_seed_prompt_ci_contains_the_mean_and_widens_with_seed_disagreement():
+def test_bootstrap_ci_over_seeds_contains_the_mean_and_widens_with_seed_disagreement():
     import numpy as np
 
-    from musicgen_cfg.experiments.reproduce import seed_prompt_ci
+    from musicgen_cfg.experiments.bootstrap import bootstrap_ci
 
     prompts = np.random.default_rng(0).normal(0.3, 0.05, size=32)
     agree = np.stack([prompts, prompts])
     disagree = np.stack([prompts - 0.1, prompts + 0.1])  # same mean, the seeds differ by 0.2
-    low, high = seed_prompt_ci(agree, 500, 0)
+    low, high = bootstrap_ci(agree, 500, 0)
     assert low < prompts.mean() < high
-    wide_low, wide_high = seed_prompt_ci(disagree, 500, 0)
+    wide_low, wide_high = bootstrap_ci(disagree, 500, 0)
     assert wide_low < disagree.mean() < wide_high
     assert wide_high - wide_low > 2 * (high - low)
-    assert seed_prompt_ci(np.full((2, 5), 0.4), 100, 0) == pytest.approx((0.4, 0.4))
+    assert bootstrap_ci(np.full((2, 5), 0.4), 100, 0) == pytest.approx((0.4, 0.4))
     with_nan = agree.copy()
     with_nan[:, :4] = np.nan  # undefined prompts are left out, not counted as zero
-    assert seed_prompt_ci(with_nan, 200, 0)[0] > 0.2
+    assert bootstrap_ci(with_nan, 200, 0)[0] > 0.2
+    # One seed ([P] or [1, P]) is the plain prompt bootstrap, draw for draw: drawing that seed takes no random numbers
+    draws = prompts[np.random.default_rng(4).integers(0, 32, size=(300, 32))].mean(axis=1)
+    tail = (1 - 0.95) / 2 * 100  # 2.5 up to rounding, as bootstrap_ci computes it
+    plain = tuple(float(v) for v in np.percentile(draws, [tail, 100 - tail]))
+    assert bootstrap_ci(prompts, 300, 4) == bootstrap_ci(prompts[None], 300, 4) == plain
     with pytest.raises(ValueError):
-        seed_prompt_ci(prompts, 10, 0)
+        bootstrap_ci(agree[None], 10, 0)
 
 
 def test_pool_seeds_merges_one_betas_seed_runs_and_leaves_single_runs_alone():
-    from musicgen_cfg.experiments.reproduce import pool_seeds
+    from musicgen_cfg.experiments.pareto import pool_seeds
 
     base = point("cfg", 1.0, "base", 0.2, 0.3)
     seed0 = point("beta", 5.0, "beta_5", 0.2, 0.3, seed=0)

@@ -18,22 +18,17 @@ import torch
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import load_config
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.experiments.bootstrap import bootstrap_ci
 from musicgen_cfg.experiments.evaluate import (
     Evaluator,
-    bootstrap_ci,
     check_entry,
     forward_passes,
     mean_pairwise_distance,
     vendi_score,
 )
 from musicgen_cfg.experiments.evaluate_options import EvaluateConfig
-from musicgen_cfg.experiments.reproduce import (
-    ReproduceConfig,
-    front_quality_at,
-    hypervolume,
-    pareto_front,
-    reproduce,
-)
+from musicgen_cfg.experiments.pareto import front_quality_at, hypervolume, pareto_front
+from musicgen_cfg.experiments.reproduce import ReproduceConfig, reproduce
 
 PROMPTS = ["sad piano", "a joyful jig with drums"]
 
@@ -500,7 +495,8 @@ def test_reproduce_trains_each_seed_and_pools_them(tiny_dir, clap_dir, reward_di
 @pytest.mark.slow  # `musicgen-cfg generate` processes
 def test_parallel_generation_equals_in_process_generation(tiny_dir, tmp_path, top_k):
     """jobs > 1 runs `musicgen-cfg generate` processes: the same codes as the in-process runs."""
-    from musicgen_cfg.experiments.reproduce import Point, generate_points
+    from musicgen_cfg.experiments.pareto import Point
+    from musicgen_cfg.experiments.reproduce import generate_points
 
     points = [Point("cfg", 3.0, "gamma=3", "base", str(tiny_dir), guidance_scale=3.0)]
     codes = {}
