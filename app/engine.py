@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from app import plots
-from merging.merge import LiveMerge, check_compatible
+from merging.live import LiveMerge
+from merging.merge import check_compatible
 from musicgen_cfg.checkpoint import open_checkpoint, state_sha256
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.experiments.generate import (

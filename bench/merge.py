@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from merging.merge import LiveMerge  # noqa: E402
+from merging.live import LiveMerge  # noqa: E402
 from musicgen_cfg.checkpoint import MAX_SHARD_BYTES, TensorInfo, write_sharded  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "merge.json"

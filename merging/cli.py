@@ -7,7 +7,8 @@
 
 A model is a checkpoint directory, a `musicgen-cfg train` run directory (its final export, else its
 latest checkpoint, said on stderr) or a shipped default (default-quality, ...). The output is a
-hub-ready model directory (musicgen_cfg/export.py). The merging itself lives in merging/merge.py.
+hub-ready model directory (musicgen_cfg/export.py). The merging itself lives in merging/merge.py (files) and
+merging/methods.py (the rules).
 """
 
 import math
@@ -24,7 +25,7 @@ class MergeArgs:
     models: tuple[str, ...] = field(REQUIRED, "checkpoint or training run dirs (quality first)", metavar="DIR")
     lam: float | None = field(None, "0 = first model, 1 = second model")
     sweep: str | None = field(None, "comma-separated lams, one output dir each: OUT/lam_L", metavar="L1,L2,...")
-    method: str = field("lerp", "merge rule: lerp | slerp | task_arithmetic (checked by merging/merge.py)")
+    method: str = field("lerp", "merge rule: lerp | slerp | task_arithmetic (checked by merging/methods.py)")
     base: str | None = field(None, "shared base theta_0 (task_arithmetic only)", metavar="DIR")
     weights: tuple[float, ...] | None = field(None, "task_arithmetic: one weight per model")
     allow_extrapolation: bool = field(False, "allow lam outside [0, 1] (recorded in the manifest)")

@@ -1,31 +1,36 @@
-"""Weight merging, the paper's deployment-time knob: theta(lam) = (1 - lam) theta_q + lam theta_d.
+"""Weight merging of checkpoint directories: theta(lam) = (1 - lam) theta_q + lam theta_d, the paper's
+deployment-time knob.
 
 theta_q is the beta = 0 (quality) model, theta_d the beta = 15 (diversity) model, both finetuned from
-the same base theta_0, so their weights can be mixed tensor by tensor. This file holds the whole idea:
-
-- the per-tensor rules `lerp` (the paper), `slerp` and `task_arithmetic` (relative to theta_0);
-- `merge_state_dicts` for in-memory state dicts;
-- `merge_checkpoints` / `sweep_checkpoints` for checkpoint directories, streamed tensor by tensor
-  (memory stays at one output shard and a few input tensors, whatever the model size) and written
-  atomically; the file handling (safetensors reads, sharded writes) is musicgen_cfg/checkpoint.py's;
-- `LiveMerge`, which rewrites a live module's parameters in place when a serving slider moves lam.
+the same base theta_0, so their weights can be mixed tensor by tensor (the rules: merging/methods.py).
+`merge_checkpoints` / `sweep_checkpoints` merge checkpoint directories, streamed tensor by tensor
+(memory stays at one output shard and a few input tensors, whatever the model size) and written
+atomically; the file handling (safetensors reads, sharded writes) is musicgen_cfg/checkpoint.py's.
+A live module is merged in place by merging/live.py.
 
 Command line: `musicgen-cfg merge --models Q D --lam 0.5 --out DIR` (merging/cli.py).
 """
 
 import copy
 import json
-import math
 import os
 import shlex
 import shutil
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from merging.methods import (
+    Recipe,
+    check_equal_non_float,
+    check_same_tensors,
+    make_recipe,
+    merge_tensor,
+    model_labels,
+)
 from musicgen_cfg.checkpoint import (
     CONFIG_NAME,
     MAX_SHARD_BYTES,
@@ -37,8 +42,6 @@ from musicgen_cfg.checkpoint import (
 )
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import MODEL_CARD, TRAINING_STATE_FILES, write_hub_files
-
-METHODS = ("lerp", "slerp", "task_arithmetic")
 
 MANIFEST_FILE = "merge_manifest.json"
 # Files of a source that describe that source alone (the distillation export's manifest: its
@@ -53,222 +56,6 @@ NON_ARCHITECTURE_KEYS = frozenset({"_name_or_path", "transformers_version", "tor
 PROVENANCE_KEYS = frozenset(
     {"beta", "teacher_guidance_scale", "base_model", "base_sha256", "lambda", "merge", "training", "license"}
 )
-
-# SLERP falls back to LERP above this |cos| between the flattened tensors: the great circle is then
-# numerically undefined (sin(omega) ~ 0) and both rules agree anyway for parallel tensors.
-SLERP_PARALLEL_COS = 0.9995
-
-# ---------------------------------------------------------------------------------------------
-# The per-tensor rules. Inputs are float tensors of one shape; callers upcast (see `_merge_tensor`).
-
-
-def lerp(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
-    """(1 - lam) a + lam b; torch.lerp returns a exactly at lam = 0 and b exactly at lam = 1."""
-    return torch.lerp(a, b, lam)
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
-    """Spherical interpolation of the flattened tensors; LERP when they are (anti)parallel or zero.
-
-    For unit-norm a and b every point has unit norm. The coefficients are computed in Python floats
-    so that lam = 0 and lam = 1 give exactly (1, 0) and (0, 1): the endpoints come back bit-exact.
-    """
-    a_flat, b_flat = a.reshape(-1), b.reshape(-1)
-    norm_product = float(a_flat.norm() * b_flat.norm())
-    if norm_product == 0.0:
-        return lerp(a, b, lam)
-    cos = max(-1.0, min(1.0, float(torch.dot(a_flat, b_flat)) / norm_product))
-    if abs(cos) > SLERP_PARALLEL_COS:
-        return lerp(a, b, lam)
-    omega = math.acos(cos)
-    sin_omega = math.sin(omega)
-    return a * (math.sin((1.0 - lam) * omega) / sin_omega) + b * (math.sin(lam * omega) / sin_omega)
-
-
-def task_arithmetic(
-    base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float]
-) -> torch.Tensor:
-    """theta_0 + sum_i w_i (theta_i - theta_0): add weighted task vectors to the shared base.
-
-    Computed as the equal affine combination (1 - sum_i w_i) theta_0 + sum_i w_i theta_i, in place:
-    one output-sized buffer, and a single model with weight 1 comes back exactly (no rounding of
-    theta_i - theta_0).
-    """
-    merged = base * (1.0 - sum(weights))
-    for model, weight in zip(models, weights, strict=True):
-        merged.add_(model, alpha=weight)
-    return merged
-
-
-# ---------------------------------------------------------------------------------------------
-# What to compute: the method and its coefficients, checked once before any tensor is touched.
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A validated merge: `lam` for lerp/slerp, `weights` (one per model) for task_arithmetic."""
-
-    method: str
-    lam: float | None
-    weights: tuple[float, ...] | None
-    extrapolation: bool
-
-
-def make_recipe(
-    method: str,
-    num_models: int,
-    *,
-    lam: float | None = None,
-    weights: Sequence[float] | None = None,
-    has_base: bool = False,
-    allow_extrapolation: bool = False,
-) -> Recipe:
-    """Check the merge parameters; raise UserError on anything a user could get wrong.
-
-    A merge is an interpolation when the result lies in the convex hull of its inputs: lam in
-    [0, 1] for lerp/slerp; for task arithmetic all weights >= 0 with sum <= 1 (the base counts as
-    an input). Anything else is extrapolation and needs allow_extrapolation.
-    """
-    if method not in METHODS:
-        raise UserError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
-    for value in [lam, *(weights or [])]:
-        if value is not None and not math.isfinite(value):
-            raise UserError(f"merge coefficients must be finite numbers, got {value}")
-    if method == "task_arithmetic":
-        if not has_base:
-            raise UserError("task_arithmetic needs the shared base model theta_0 (--base DIR)")
-        if weights is not None and lam is not None:
-            raise UserError("give either --weights or --lam for task_arithmetic, not both")
-        if weights is None:
-            if lam is None or num_models != 2:
-                raise UserError(
-                    "task_arithmetic needs --weights (one per model), or --lam with exactly two models"
-                )
-            weights = (1.0 - lam, lam)  # equals lerp(theta_q, theta_d, lam)
-        if len(weights) != num_models:
-            raise UserError(f"got {len(weights)} weights for {num_models} models; give one weight per model")
-        # the tolerance keeps float rounding of weights that sum to 1 from counting as extrapolation
-        extrapolation = any(w < 0 for w in weights) or sum(weights) > 1.0 + 1e-9
-        if extrapolation and not allow_extrapolation:
-            raise UserError(
-                "task_arithmetic weights "
-                + ",".join(f"{w:g}" for w in weights)
-                + " extrapolate (a weight < 0 or "
-                "their sum > 1); pass allow_extrapolation=True / --allow-extrapolation to allow it"
-            )
-        return Recipe(method, lam, tuple(float(w) for w in weights), extrapolation)
-    if num_models != 2:
-        raise UserError(f"{method} merges exactly two models, got {num_models}")
-    if has_base:
-        raise UserError(f"--base is only used by task_arithmetic, not by {method}")
-    if weights is not None:
-        raise UserError(f"--weights is only used by task_arithmetic; {method} takes --lam")
-    if lam is None:
-        raise UserError(f"{method} needs lam (--lam)")
-    extrapolation = not 0.0 <= lam <= 1.0
-    if extrapolation and not allow_extrapolation:
-        raise UserError(
-            f"lam={lam:g} is outside [0, 1] (extrapolation); pass allow_extrapolation=True / --allow-extrapolation to allow it"
-        )
-    return Recipe(method, float(lam), None, extrapolation)
-
-
-def _merge_tensor(recipe: Recipe, tensors: Sequence[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
-    """Merge one tensor of every model; non-float tensors were checked equal and are copied.
-
-    Half-precision types are computed in float32 and rounded once; float32/64 are computed in their
-    own dtype, where `.to` is free, so memory stays at the inputs plus the output.
-    """
-    first = tensors[0]
-    if not first.is_floating_point():
-        return first.clone()
-    compute = first.dtype if first.dtype.itemsize >= 4 else torch.float32
-    wide = [t.to(compute) for t in tensors]
-    if recipe.method == "lerp":
-        merged = lerp(wide[0], wide[1], recipe.lam)
-    elif recipe.method == "slerp":
-        merged = slerp(wide[0], wide[1], recipe.lam)
-    else:
-        merged = task_arithmetic(base.to(compute), wide, recipe.weights)
-    return merged.to(first.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation shared by state dicts and checkpoints: everything is checked before any arithmetic.
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _check_same_tensors(specs: Mapping[str, Mapping[str, tuple[tuple[int, ...], torch.dtype]]]) -> None:
-    """specs: label -> tensor name -> (shape, dtype). Raise on the first difference from the first label."""
-    (ref_label, ref), *others = specs.items()
-    for label, spec in others:
-        for name in ref:
-            if name not in spec:
-                raise UserError(f"tensor {name} is in {ref_label} but not in {label}")
-        for name in spec:
-            if name not in ref:
-                raise UserError(f"tensor {name} is in {label} but not in {ref_label}")
-        for name, (shape, dtype) in ref.items():
-            other_shape, other_dtype = spec[name]
-            if tuple(shape) != tuple(other_shape):
-                raise UserError(
-                    f"tensor {name} has shape {list(shape)} in {ref_label} but {list(other_shape)} in {label}"
-                )
-            if dtype != other_dtype:
-                raise UserError(
-                    f"tensor {name} has dtype {_dtype_name(dtype)} in {ref_label} but {_dtype_name(other_dtype)} in {label}"
-                )
-
-
-def _check_equal_non_float(name: str, tensors: Mapping[str, torch.Tensor]) -> None:
-    (ref_label, ref), *others = tensors.items()
-    for label, tensor in others:
-        if not torch.equal(ref, tensor):
-            raise UserError(
-                f"non-float tensor {name} differs between {ref_label} and {label}; "
-                "integer/bool tensors cannot be interpolated and must be equal"
-            )
-
-
-def _labels(num_models: int) -> list[str]:
-    return [chr(ord("A") + i) for i in range(num_models)]
-
-
-def merge_state_dicts(
-    models: Sequence[Mapping[str, torch.Tensor]],
-    *,
-    method: str = "lerp",
-    lam: float | None = None,
-    weights: Sequence[float] | None = None,
-    base: Mapping[str, torch.Tensor] | None = None,
-    allow_extrapolation: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Merge in-memory state dicts (models[0] = theta_q, models[1] = theta_d for the paper's lerp)."""
-    recipe = make_recipe(
-        method,
-        len(models),
-        lam=lam,
-        weights=weights,
-        has_base=base is not None,
-        allow_extrapolation=allow_extrapolation,
-    )
-    by_label = dict(zip(_labels(len(models)), models))
-    if base is not None:
-        by_label["base"] = base
-    _check_same_tensors(
-        {label: {name: (tuple(t.shape), t.dtype) for name, t in sd.items()} for label, sd in by_label.items()}
-    )
-    for name, tensor in models[0].items():
-        if not tensor.is_floating_point():
-            _check_equal_non_float(name, {label: sd[name] for label, sd in by_label.items()})
-    return {
-        name: _merge_tensor(recipe, [sd[name] for sd in models], None if base is None else base[name])
-        for name in models[0]
-    }
-
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint directories (opened by musicgen_cfg.checkpoint): can they be merged?
@@ -316,12 +103,12 @@ def check_compatible(checkpoints: Sequence[Checkpoint]) -> None:
             raise UserError(
                 f"different architectures: config.json key {key} is {ref_value} in {ref.label} but {other_value} in {other.label}"
             )
-    _check_same_tensors(
+    check_same_tensors(
         {ckpt.label: {name: (r.shape, r.dtype) for name, r in ckpt.tensors.items()} for ckpt in checkpoints}
     )
     for name, info in ref.tensors.items():
         if not info.dtype.is_floating_point:
-            _check_equal_non_float(name, {c.label: c.read(name) for c in checkpoints})
+            check_equal_non_float(name, {c.label: c.read(name) for c in checkpoints})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +129,7 @@ class _Sources:
 
 def _open_sources(models: Sequence[str | os.PathLike], base: str | os.PathLike | None) -> _Sources:
     sources = _Sources(
-        [open_checkpoint(path, label) for path, label in zip(models, _labels(len(models)))],
+        [open_checkpoint(path, label) for path, label in zip(models, model_labels(len(models)))],
         open_checkpoint(base, "base") if base is not None else None,
     )
     check_compatible(sources.all)
@@ -366,7 +153,7 @@ def _write_merged(sources: _Sources, recipe: Recipe, out: Path, max_shard_bytes:
 
         def produce(name: str) -> torch.Tensor:
             base = sources.base.read(name) if sources.base else None
-            return _merge_tensor(recipe, [c.read(name) for c in sources.models], base)
+            return merge_tensor(recipe, [c.read(name) for c in sources.models], base)
 
         # The first model's tensor order and shard boundaries, with shards cut at max_shard_bytes.
         groups = [[i for i in first.tensors.values() if i.file.name == shard] for shard in first.shard_files]
@@ -507,90 +294,3 @@ def sweep_checkpoints(
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
-
-
-# ---------------------------------------------------------------------------------------------
-# Serving: move a live module along the lerp path without reloading anything.
-
-
-class LiveMerge:
-    """Holds theta_q and theta_d next to a live module and rewrites its weights to theta(lam) in place.
-
-    The endpoint tensors are held on each parameter's device and dtype: one already there is held as
-    it is (handed over, not copied: the caller must not modify it afterwards), one elsewhere is
-    converted once, and one that shares memory with the module's weights (e.g. the module's own
-    state_dict() as theta_q) is copied. So memory is 3x the merged weights, not 3x plus the caller's
-    endpoints. `set_lambda` then writes torch.lerp(q, d, lam) into the existing parameter
-    storage: no allocation, no reload, and anything holding the parameters (optimizers, compiled
-    graphs, the sampler) keeps seeing them. Entries of the state dicts may be parameters or float
-    buffers of the module; every parameter of the module must be covered. Not thread-safe: call
-    `set_lambda` between generations, never while a forward pass is reading the weights.
-    """
-
-    def __init__(
-        self,
-        module: torch.nn.Module,
-        quality: Mapping[str, torch.Tensor],
-        diversity: Mapping[str, torch.Tensor],
-        lam: float = 0.0,
-        allow_extrapolation: bool = False,
-    ):
-        _check_same_tensors(
-            {
-                "quality": {n: (tuple(t.shape), t.dtype) for n, t in quality.items()},
-                "diversity": {n: (tuple(t.shape), t.dtype) for n, t in diversity.items()},
-            }
-        )
-        targets = {name: t.detach() for name, t in module.state_dict(keep_vars=True).items()}  # share storage
-        for name, _ in module.named_parameters():
-            if name not in quality:
-                raise UserError(f"module parameter {name} is missing from the quality/diversity state dicts")
-        for name, q in quality.items():  # check everything before the module is touched
-            target = targets.get(name)
-            if target is None:
-                raise UserError(
-                    f"tensor {name} of the state dicts is not a parameter or buffer of the module"
-                )
-            if tuple(target.shape) != tuple(q.shape):
-                raise UserError(
-                    f"tensor {name} has shape {list(q.shape)} in the state dicts but {list(target.shape)} in the module"
-                )
-            if target.is_floating_point() != q.is_floating_point():
-                raise UserError(
-                    f"tensor {name} is {_dtype_name(q.dtype)} in the state dicts but {_dtype_name(target.dtype)} in the module"
-                )
-            if not q.is_floating_point():
-                _check_equal_non_float(name, {"quality": q, "diversity": diversity[name]})
-        live = {t.untyped_storage().data_ptr() for t in targets.values()}
-
-        def held(tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            # set_lambda writes the module's weights, so an endpoint must never share their memory
-            tensor = tensor.detach().to(device=target.device, dtype=target.dtype)
-            return tensor.clone() if tensor.untyped_storage().data_ptr() in live else tensor
-
-        self._triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for name, q in quality.items():
-            target = targets[name]
-            if not q.is_floating_point():  # integer/bool entries cannot move with lam: set once
-                target.copy_(q)
-                continue
-            self._triples.append((target, held(q, target), held(diversity[name], target)))
-        self.allow_extrapolation = allow_extrapolation
-        self._lam: float | None = None
-        self.set_lambda(lam)
-
-    @property
-    def lam(self) -> float:
-        """The lam the module's weights currently hold."""
-        return self._lam
-
-    @torch.no_grad()
-    def set_lambda(self, lam: float) -> None:
-        """Rewrite the module's weights to (1 - lam) theta_q + lam theta_d; a no-op if lam is unchanged."""
-        make_recipe("lerp", 2, lam=lam, allow_extrapolation=self.allow_extrapolation)
-        lam = float(lam)
-        if lam == self._lam:
-            return
-        for target, q, d in self._triples:
-            torch.lerp(q, d, lam, out=target)
-        self._lam = lam

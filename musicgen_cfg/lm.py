@@ -264,7 +264,7 @@ class KVCache:
     holds keys (`keys[i]`, a view) and values (`values[i]`). The fused weights (`embed_table`, `qkv`,
     `heads`) are copies derived from the module's parameters HERE, once per request: the parameters
     keep transformers' names and layout (checkpoints, LoRA, merging) and anything that rewrites them
-    in place between requests (merging.LiveMerge, an optimizer step) is seen by the next request. They
+    in place between requests (merging.live.LiveMerge, an optimizer step) is seen by the next request. They
     are cast to the compute dtype once (autocast would otherwise cast them at every step).
     """
 

@@ -47,7 +47,7 @@ COMMANDS = {
     "train": Command("CFG distillation + diversity reward (YAML config + --key value overrides)",
                      "musicgen_cfg.training.distillation:train", config="musicgen_cfg.training.distillation:DistillConfig", resumable=True),
     "corpus build": Command("build the default world's dataset (segments + captions) from music21's corpus",
-                            "musicgen_cfg.world.corpus:run_build", options="musicgen_cfg.world.corpus:BuildConfig"),
+                            "musicgen_cfg.world.corpus_build:run_build", options="musicgen_cfg.world.corpus_build:BuildConfig"),
     "embedder train": Command("train the reward's music embedder (contrastive, on audio clips)",
                               "rl.train_embedder:run_train", options="rl.train_embedder_options:EmbedderTrainArgs"),
     "embedder check": Command("measure what an embedder's distances follow (notes, edits) on real segments",

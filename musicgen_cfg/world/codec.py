@@ -24,7 +24,7 @@ def frame_seconds(tempo_bpm: float) -> float:
 
 
 class SymbolicCodec:
-    """Decode-only codec of the default model (its "tokenizer" is the score reduction in corpus.py)."""
+    """Decode-only codec of the default model (its "tokenizer" is the score reduction of corpus_build.py)."""
 
     sample_rate = 16000
     num_codebooks = symbolic.NUM_VOICES

@@ -92,7 +92,7 @@ def test_unknown_compile_backend_is_a_user_error():
 def test_live_merge_between_two_requests_is_seen(peaked):
     """The step's fused weights (QKV, heads, embedding table) are derived per request, so LiveMerge
     rewriting the parameters in place between two generate calls changes the second one."""
-    from merging.merge import LiveMerge
+    from merging.live import LiveMerge
 
     lm, cond, config = peaked.lm, peaked.condition(PROMPTS), SamplingConfig(**CONFIGS["cfg_top_k_temperature"])
     quality = {k: v.clone() for k, v in lm.state_dict().items()}

@@ -1,4 +1,4 @@
-"""Tests of weight merging (merging/merge.py, merging/cli.py) on tiny MusicGen-shaped checkpoints.
+"""Tests of weight merging (merging/methods.py, merge.py, live.py, cli.py) on tiny MusicGen-shaped checkpoints.
 
 .venv/bin/python -m pytest -q tests/merging/test_merge.py
 """
@@ -9,14 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from merging.merge import (
-    MANIFEST_FILE,
-    LiveMerge,
-    lerp,
-    merge_checkpoints,
-    merge_state_dicts,
-    slerp,
-)
+from merging.live import LiveMerge
+from merging.merge import MANIFEST_FILE, merge_checkpoints
+from merging.methods import lerp, merge_state_dicts, slerp
 from musicgen_cfg import cli
 from musicgen_cfg.checkpoint import state_sha256
 from musicgen_cfg.errors import UserError

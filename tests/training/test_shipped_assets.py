@@ -68,7 +68,7 @@ def test_the_scorer_trains_outside_the_shipped_assets_unless_rebuilding(tmp_path
 
 def test_corpus_build_writes_the_shipped_dataset_only_when_told():
     from musicgen_cfg import cli
-    from musicgen_cfg.world.corpus import rebuild_command
+    from musicgen_cfg.world.corpus_build import rebuild_command
 
     with pytest.raises(UserError, match="inside the shipped assets"):
         cli.parse(["corpus", "build"])  # its default --out is the shipped dataset

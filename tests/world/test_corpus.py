@@ -1,4 +1,7 @@
-"""Dataset builder and loader, and the committed dataset file. `pytest tests/world/test_corpus.py`"""
+"""Dataset builder (corpus_build.py), loader (corpus.py) and the committed dataset file.
+
+    pytest tests/world/test_corpus.py
+"""
 
 import hashlib
 import json
@@ -9,17 +12,17 @@ import pytest
 
 from musicgen_cfg import cli
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.world import corpus, symbolic
+from musicgen_cfg.world import corpus, corpus_build, symbolic
 
 
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory):
     """A tiny dataset (3 chorales + 4 Chinese folk songs) built twice: fresh, then from the cache."""
     root = tmp_path_factory.mktemp("corpus")
-    configs = [corpus.BuildConfig(out=root / name / "dataset.npz", collections=("bach_chorales", "essen_chinese"),
+    configs = [corpus_build.BuildConfig(out=root / name / "dataset.npz", collections=("bach_chorales", "essen_chinese"),
                                   limit_per_collection=4, cache_dir=root / "cache") for name in ("a", "b")]
     logs = [[], []]
-    manifests = [corpus.build(config, log=log.append) for config, log in zip(configs, logs)]
+    manifests = [corpus_build.build(config, log=log.append) for config, log in zip(configs, logs)]
     return configs, manifests, logs
 
 
@@ -37,10 +40,10 @@ def test_build_is_deterministic_and_resumes_from_cache(small_build):
 @pytest.mark.slow  # a corpus build in worker processes
 def test_parallel_parsing_writes_the_same_file(small_build, tmp_path):
     configs, manifests, _ = small_build
-    parallel = corpus.BuildConfig(out=tmp_path / "dataset.npz", collections=("bach_chorales", "essen_chinese"),
+    parallel = corpus_build.BuildConfig(out=tmp_path / "dataset.npz", collections=("bach_chorales", "essen_chinese"),
                                   limit_per_collection=4, cache_dir=tmp_path / "cache", workers=2)
     log = []
-    assert corpus.build(parallel, log=log.append)["sha256"] == manifests[0]["sha256"]
+    assert corpus_build.build(parallel, log=log.append)["sha256"] == manifests[0]["sha256"]
     assert parallel.out.read_bytes() == configs[0].out.read_bytes()
     assert "--workers" not in manifests[0]["command"]  # the rebuild command does not depend on it
     for workers, bounds in (("0", r"\[1, 128\], got 0"), ("100000", r"\[1, 128\], got 100000")):  # checked at parse
@@ -79,12 +82,12 @@ def test_augmented_items_are_transposed_with_their_key(small_build):
 
 
 def test_segments_cover_each_piece_with_hop():
-    assert corpus.segment_starts(128) == [0]
-    assert corpus.segment_starts(100) == [0]
-    assert corpus.segment_starts(300) == [0, 64, 128, 192]
+    assert corpus_build.segment_starts(128) == [0]
+    assert corpus_build.segment_starts(100) == [0]
+    assert corpus_build.segment_starts(300) == [0, 64, 128, 192]
     codes = np.zeros((4, 300), np.uint8)
     codes[0, 250] = symbolic.pitch_to_token(60)
-    segments, starts = corpus.segment_piece(codes)
+    segments, starts = corpus_build.segment_piece(codes)
     assert starts == [128, 192] and segments.shape == (2, 4, 128)  # all-rest segments dropped
     assert segments[1, 0, 250 - 192] == symbolic.pitch_to_token(60)
 
@@ -93,8 +96,8 @@ def test_splits_are_90_5_5_per_style_and_follow_split_keys():
     rng = np.random.default_rng(0)
     pieces = [_piece(f"p{i}", rng.integers(40, 80, size=20).tolist(), style=("a", "b")[i % 2]) for i in range(400)]
     pieces.append({**pieces[0], "piece_id": "copy-of-p0"})
-    splits = corpus.assign_splits(pieces)
-    assert splits == corpus.assign_splits(pieces)
+    splits = corpus_build.assign_splits(pieces)
+    assert splits == corpus_build.assign_splits(pieces)
     assert splits[-1] == splits[0]
     for style in ("a", "b"):
         style_splits = [s for s, p in zip(splits, pieces[:400]) if p["style"] == style]
@@ -112,10 +115,10 @@ def test_copies_and_transposed_variants_share_a_split_and_exact_copies_are_dropp
     original, copy = _piece("a.abc#1", tune), _piece("b.abc#7", tune)
     transposed_variant = _piece("c.abc#2", [p + 5 for p in tune[:17]] + [40])
     other = _piece("a.abc#2", tune[::-1])
-    keys = [corpus.split_key(p) for p in (original, copy, transposed_variant, other)]
+    keys = [corpus_build.split_key(p) for p in (original, copy, transposed_variant, other)]
     assert keys[0] == keys[1] == keys[2] != keys[3]
-    assert corpus.split_key(_piece("short#1", tune[:5])) == "short#1"
-    kept, dropped = corpus.drop_duplicates([original, copy, transposed_variant, other])
+    assert corpus_build.split_key(_piece("short#1", tune[:5])) == "short#1"
+    kept, dropped = corpus_build.drop_duplicates([original, copy, transposed_variant, other])
     assert [p["piece_id"] for p in kept] == ["a.abc#1", "c.abc#2", "a.abc#2"] and dropped == 1
 
 
@@ -129,7 +132,7 @@ def test_style_balanced_weights(small_build):
 
 def test_bad_options_raise_user_errors(tmp_path):
     with pytest.raises(UserError, match="unknown collection 'nope'"):
-        corpus.BuildConfig(out=tmp_path / "d.npz", collections=("nope",))
+        corpus_build.BuildConfig(out=tmp_path / "d.npz", collections=("nope",))
     with pytest.raises(UserError, match="--limit-per-collection must be >= 0"):
         cli.parse(["corpus", "build", "--out", str(tmp_path / "d.npz"), "--limit-per-collection", "-1"])
     with pytest.raises(UserError, match="split"):
@@ -141,7 +144,7 @@ def test_bad_options_raise_user_errors(tmp_path):
 def test_committed_dataset_loads_and_splits_are_disjoint_by_piece():
     manifest = json.loads(corpus.DEFAULT_PATH.with_suffix(".json").read_text())
     data = corpus.DEFAULT_PATH.read_bytes()
-    assert len(data) <= corpus.MAX_SIZE_BYTES
+    assert len(data) <= corpus_build.MAX_SIZE_BYTES
     assert hashlib.sha256(data).hexdigest() == manifest["sha256"]
     pieces = {}
     for split in corpus.SPLITS:
@@ -162,7 +165,7 @@ def test_old_note_values_are_modernised():
     codes = np.zeros((4, 64), np.uint8)
     codes[0, ::16] = symbolic.pitch_to_token(60)  # whole notes in 4/2
     for meter, new_meter, divisor in [("4/2", "4/4", 2), ("3/1", "3/4", 4), ("2/2", "2/2", 1), ("6/8", "6/8", 1)]:
-        shortened, got_meter, got_divisor = corpus.normalise_beat(codes, meter)
+        shortened, got_meter, got_divisor = corpus_build.normalise_beat(codes, meter)
         assert (got_meter, got_divisor) == (new_meter, divisor)
         assert shortened.shape == (4, 64 // divisor)
         assert (shortened[0] >= 2).sum() == 4
