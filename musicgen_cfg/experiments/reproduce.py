@@ -35,6 +35,7 @@ of seeds, claims.py the claim checks, reproduce_report.py the tables, plots and 
 """
 
 import dataclasses
+import json
 import random
 import subprocess
 import sys
@@ -225,6 +226,7 @@ def prepare_models(config: ReproduceConfig, out: Path, log, recorded: set[str] =
         train_betas(config, missing, out, log)
     for beta, seed, destination in wanted:
         if (destination / "config.json").is_file():
+            check_trained_recipe(config, beta, seed, out, destination)
             models[seed_tag(f"beta_{beta:g}", seed)] = str(destination)
         elif destination.name in recorded:
             models[destination.name] = str(destination)
@@ -242,8 +244,9 @@ def prepare_models(config: ReproduceConfig, out: Path, log, recorded: set[str] =
         from merging.merge import sweep_checkpoints, sweep_dir_name
 
         sweep = out / "models" / seed_tag("lerp", seed)
-        unmerged = [lam for lam in interior if not (sweep / sweep_dir_name(lam) / "config.json").is_file()
-                    and seed_tag(f"lerp_{lam:g}", seed) not in recorded]
+        # Merged again even when a merge is on disk: it may be of other endpoints (a retrained theta_d), and a
+        # merge costs seconds next to generating its point.
+        unmerged = [lam for lam in interior if seed_tag(f"lerp_{lam:g}", seed) not in recorded]
         if unmerged:
             log(f"merging lambda = {', '.join(f'{lam:g}' for lam in unmerged)} into {sweep}")
             sweep_checkpoints([resolve_spec(quality), resolve_spec(diversity)], sweep, unmerged, overwrite=True)
@@ -265,6 +268,22 @@ def train_command(config: ReproduceConfig, beta: float, seed: int, out: Path, de
     overrides += ["--out", str(run_dir), "--export", str(destination), "--threads", str(config.threads),
                   "--device", config.device]
     return train_config, overrides, run_dir
+
+
+def check_trained_recipe(config: ReproduceConfig, beta: float, seed: int, out: Path, destination: Path):
+    """Refuse a trained model on disk whose manifest records another training config than this pipeline's
+    recipe for (beta, seed): its points would be recorded under the recipe's identity."""
+    from musicgen_cfg.checkpoint import read_json
+    from musicgen_cfg.training.distillation import DistillConfig
+
+    train_config, overrides, run_dir = train_command(config, beta, seed, out, destination)
+    recipe = json.loads(json.dumps(dataclasses.asdict(load_config(DistillConfig, train_config, overrides))))
+    trained = read_json(destination / "manifest.json", label="trained model manifest").get("config")
+    if trained != recipe:
+        changed = sorted(key for key in {*recipe, *(trained or {})} if (trained or {}).get(key) != recipe.get(key))
+        raise UserError(f"{destination} was trained with another recipe than {train_config} {' '.join(overrides)} "
+                        f"(differs in: {', '.join(changed) or 'its manifest has no config'}); delete it and {run_dir} "
+                        f"to retrain it")
 
 
 def train_betas(config: ReproduceConfig, missing: list[tuple[float, int, Path]], out: Path, log):

@@ -6,6 +6,7 @@ the hypervolume, and the whole reproduce pipeline on a tiny setting.
 """
 
 import csv
+import dataclasses
 import json
 import shutil
 import sys
@@ -581,3 +582,21 @@ def test_recipe_identity_ignores_where_the_run_writes_but_not_what_it_trains(tmp
     assert identity("results") == identity("/elsewhere/results")
     assert identity("results")["overrides"] == ["--beta", "5", "--threads", "1"]
     assert identity("results") != identity("results", threads="2")
+
+
+def test_a_trained_model_of_another_recipe_is_refused_not_reused(tmp_path):
+    """A model on disk under OUT/models is reused only when its manifest records this pipeline's recipe:
+    its points would otherwise be recorded under an identity that is not theirs."""
+    from musicgen_cfg.experiments.reproduce import ReproduceConfig, check_trained_recipe, train_command
+    from musicgen_cfg.training.distillation import DistillConfig
+
+    config = load_config(ReproduceConfig, "configs/reproduce.yaml", ["--out", str(tmp_path)])
+    destination = tmp_path / "models" / "beta_0_s1"
+    destination.mkdir(parents=True)
+    train_config, overrides, _ = train_command(config, 0.0, 1, tmp_path, destination)
+    recipe = json.loads(json.dumps(dataclasses.asdict(load_config(DistillConfig, train_config, overrides))))
+    (destination / "manifest.json").write_text(json.dumps({"config": recipe}))
+    check_trained_recipe(config, 0.0, 1, tmp_path, destination)  # the same recipe: reused
+    (destination / "manifest.json").write_text(json.dumps({"config": {**recipe, "lr": 1e-3}}))
+    with pytest.raises(UserError, match=r"beta_0_s1 was trained with another recipe .*differs in: lr\); delete it"):
+        check_trained_recipe(config, 0.0, 1, tmp_path, destination)
