@@ -11,7 +11,7 @@ The reward's parts are timed inside real steps, around the calls the reward make
 the note transcriber's spectrogram and forward); "rest" is the remainder of time_reward (onset picking,
 histograms, gate, pairwise reward, advantages). --baseline runs the same steps (same seeds, so the same
 rollouts) on the code of a git revision and on the working tree, alternating processes `--repeats`
-times, so both see the same load; it reports medians over steps and their ratios.
+times (which side goes first alternates too), so both see the same load; it reports medians over steps and their ratios.
 
 Prints a table and saves bench/results/train_step_<device>.json.
 """
@@ -157,7 +157,8 @@ def compare(args, workdir: Path) -> dict:
                                                            "prompts_per_step") if (v := getattr(args, k)) is not None]
     forwarded += ["--generations", str((args.generations or [4])[0])] + ["--bf16"] * args.bf16
     for repeat in range(args.repeats):
-        for name, tree in trees.items():
+        order = list(trees.items())
+        for name, tree in order if repeat % 2 == 0 else order[::-1]:  # neither side always runs first
             out = workdir / f"{name}-{repeat}.json"
             subprocess.run([sys.executable, __file__, *forwarded, "--code", str(tree), "--rows-out", str(out)], check=True)
             child = json.loads(out.read_text())
