@@ -27,7 +27,7 @@ TARGET_RMS = 0.1  # -20 dBFS
 PEAK_LIMIT = 0.95
 FADE_SECONDS = 0.01
 VOICE_GAINS = (1.0, 0.75, 0.75, 0.85)  # melody a little in front, bass a little under it
-NOTE_CACHE_SIZE = 512  # rendered notes kept (a group of siblings has 100-200 distinct ones, ~30 kB each)
+NOTE_CACHE_SIZE = 512  # rendered notes kept (a group of siblings has 100-200 distinct ones, tens of kB each)
 
 
 @dataclass(frozen=True)
