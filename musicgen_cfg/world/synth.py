@@ -27,6 +27,7 @@ TARGET_RMS = 0.1  # -20 dBFS
 PEAK_LIMIT = 0.95
 FADE_SECONDS = 0.01
 VOICE_GAINS = (1.0, 0.75, 0.75, 0.85)  # melody a little in front, bass a little under it
+NOTE_CACHE_SIZE = 512  # rendered notes kept (a group of siblings has 100-200 distinct ones, tens of kB each)
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,14 @@ def _oscillator(table: np.ndarray, cycles: np.ndarray) -> np.ndarray:
     return table[(cycles * TABLE_SIZE).astype(np.int64) & (TABLE_SIZE - 1)]
 
 
+@lru_cache(maxsize=NOTE_CACHE_SIZE)
 def render_note(timbre: Timbre, pitch: int, seconds: float, sample_rate: int, gain: float = 1.0) -> np.ndarray:
-    """One note held for `seconds`, plus its release: float32 [ceil((seconds + release) * sample_rate)]."""
+    """One note held for `seconds`, plus its release: float32 [ceil((seconds + release) * sample_rate)], read-only.
+
+    Cached: a note's waveform does not depend on when it starts, and the siblings of a prompt (one timbre,
+    one tempo) repeat most of their (pitch, length, voice) notes: only 20-50 % of a training step's notes
+    are new, so the reward's synthesis renders a third of them.
+    """
     frequency = midi_to_hz(pitch)
     length = int(np.ceil((seconds + timbre.release) * sample_rate))
     t = np.arange(length) / sample_rate  # float64: phase stays exact over long notes
@@ -108,7 +115,9 @@ def render_note(timbre: Timbre, pitch: int, seconds: float, sample_rate: int, ga
     envelope = timbre.sustain + (1 - timbre.sustain) * np.exp(-t / decay)
     envelope *= np.minimum(t / timbre.attack, 1.0)
     envelope *= np.clip(1.0 - (t - seconds) / timbre.release, 0.0, 1.0)
-    return (wave * envelope * gain).astype(np.float32)
+    note = (wave * envelope * gain).astype(np.float32)
+    note.flags.writeable = False  # shared by every caller of the cache
+    return note
 
 
 def render(events: list[NoteEvent], num_samples: int, frame_seconds: float, instrument: str,

@@ -162,6 +162,40 @@ def test_the_shipped_embedder_is_the_note_embedder(shipped):
     assert isinstance(shipped, NoteEmbedder)
 
 
+def batched_definition(transcriber, waveforms):
+    """The front end and the transcriber as defined, on the whole batch at once: (spectrograms, onset probabilities)."""
+    cfg, layers = transcriber.config, []
+    for name, n_fft in (("pitch", cfg.pitch_n_fft), ("time", cfg.time_n_fft)):
+        spec = torch.stft(waveforms, n_fft, hop_length=cfg.hop_length, window=torch.hann_window(n_fft), center=True,
+                          pad_mode="constant", return_complex=True)
+        power = (spec.abs() ** 2).transpose(1, 2) @ getattr(transcriber, f"{name}_filters")
+        layers.append(torch.log(power + 1e-10).transpose(1, 2))
+    x = torch.stack(layers, dim=1)
+    x = torch.maximum(x, x.amax(dim=(2, 3), keepdim=True) - cfg.floor_db * math.log(10) / 10)
+    x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-5)
+    with torch.no_grad():
+        return x, torch.sigmoid(transcriber.eval()(x)[0])
+
+
+def test_the_reward_path_clip_by_clip_equals_the_batched_definition(shipped):
+    """The embedder works one clip at a time for speed; spectrograms, onset probabilities and embeddings stay
+    those of the batched definition within 1e-5 (max abs), on random codes at two tempos."""
+    rng = np.random.default_rng(0)
+    config = shipped.config
+    for prompt in ("piano at 70 bpm", "strings at 160 bpm"):
+        kind = rng.choice(3, size=(3, 4, 128), p=[0.1, 0.6, 0.3])  # rest, hold, onset
+        codes = np.where(kind == 2, rng.integers(14, 42, size=kind.shape), kind)  # onsets of MIDI 48..75
+        audio = render(codes, prompt)
+        spectrograms, probs = batched_definition(shipped.transcriber, audio)
+        assert (shipped.transcriber.spectrogram(audio) - spectrograms).abs().max() <= 1e-5
+        assert (shipped.onset_probabilities(audio) - probs).abs().max() <= 1e-5
+        onsets = [detect_onsets(p, config.onset_threshold) for p in probs.numpy()]
+        assert min(len(frames) for frames, _ in onsets) > 20  # notes were heard: the statistics are compared
+        vectors = np.stack([statistics_vector(note_statistics(frames, pitches + config.lowest_pitch, config),
+                                              config.block_weights) for frames, pitches in onsets])
+        assert (shipped.embed(audio, 16000) - torch.from_numpy(vectors).float()).abs().max() <= 1e-5
+
+
 def test_the_shipped_transcriber_finds_most_onsets_of_every_timbre(shipped):
     waves, onsets, _, prompts = render_clips("val", 24, 4.0, seed=1, config=shipped.config)
     scores = onset_scores(shipped, waves, onsets)

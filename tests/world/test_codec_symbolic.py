@@ -44,6 +44,15 @@ def test_single_note_envelope_starts_and_ends_at_zero(instrument):
     assert abs(note[0]) < 1e-6 and abs(note[-1]) < 0.01 * np.abs(note).max()
 
 
+def test_cached_notes_are_the_rendered_notes_and_cannot_be_changed():
+    timbre = synth.TIMBRES["strings"]
+    note = synth.render_note(timbre, 60, 0.5, 16000, 0.75)
+    assert synth.render_note(timbre, 60, 0.5, 16000, 0.75) is note  # the siblings' repeated notes: rendered once
+    assert np.array_equal(note, synth.render_note.__wrapped__(timbre, 60, 0.5, 16000, 0.75))
+    with pytest.raises(ValueError, match="read-only"):
+        note[0] = 1.0
+
+
 def test_length_follows_the_prompt_tempo():
     codes = np.stack([_chord_codes(64)] * 2)
     audio = CODEC.decode(codes, ["organ at 60 bpm", "organ at 120 bpm"])
