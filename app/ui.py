@@ -35,11 +35,13 @@ QUEUE_SIZE = 16
 DEFAULT_VARIATIONS = 4
 DEFAULT_DURATION_S = 8.0
 CONCURRENCY = {"concurrency_id": "model", "concurrency_limit": 1}
-# What one set of 4 showed across 20 seed blocks (one prompt, 8 s; the models and reward embedder shipped at 3bf8f10).
+# What one set of 4 showed across 20 seed blocks: bench/set_spread.py -> bench/results/set_spread.json (the shipped
+# theta_q / theta_d, the first example prompt, 8 s); rerun it and update these numbers when the shipped models change.
 NOISY_SAMPLE_NOTE = (
-    "**One set of variations is a noisy sample.** For one prompt and one model, the diversity of a set of 4 "
-    "swings widely across seeds (shipped quality model, the jig prompt, 8 s, 20 seed blocks: reward diversity "
-    "0.07–0.14, note level 0.19–0.34), more than the two shipped models' means differ. To see what λ changes, "
+    "**One set of variations is a noisy sample.** For one prompt and one λ, the diversity of a set of 4 swings "
+    "widely across seeds (the shipped models, the jig prompt, 8 s, 20 seed blocks at λ = 0.5: reward diversity "
+    "0.09–0.26, note level 0.19–0.48), more than the step from λ = 0 to λ = 0.5 moves its mean (+0.06 reward, "
+    "+0.09 note level). To see what λ changes, "
     "**Measure this λ**: {prompts} example prompts × {variations} variations of {duration:g} s at fixed seeds, "
     "mean and 95 % bootstrap CI over the prompts; measure two λ and compare.")
 MEASURE_COLUMNS = (("note_diversity", "note-level diversity"), ("diversity", "reward diversity"),
