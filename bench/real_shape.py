@@ -229,7 +229,7 @@ def stage_generate(root: Path, preset: str) -> dict:
 
 def stage_train(root: Path, preset: str, stage: str) -> dict:
     from bench.train_memory import distiller_on
-    from musicgen_cfg.training.distillation import STEP_TIMES
+    from musicgen_cfg.training.student_export import STEP_TIMES
 
     name = train_config(stage, preset)
     (root / stage).mkdir(exist_ok=True)

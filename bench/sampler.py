@@ -58,7 +58,7 @@ import transformers  # noqa: E402
 
 from musicgen_cfg.conditioning import TextEncoder  # noqa: E402
 from musicgen_cfg.lm import MusicgenLM  # noqa: E402
-from musicgen_cfg.model import _load_lm_state  # noqa: E402
+from musicgen_cfg.model import load_lm_state  # noqa: E402
 from musicgen_cfg.sampler import SamplingConfig, sample  # noqa: E402
 from musicgen_cfg.tiny import T5_BASE, tiny_musicgen  # noqa: E402
 
@@ -90,7 +90,7 @@ def build(preset: str, device: str, dtype: torch.dtype):
         lm = MusicgenLM(hf.decoder.config, text_width)
     lm = lm.to(dtype)
     state = {k: v for k, v in hf.state_dict().items() if k.startswith(("decoder.", "enc_to_dec_proj."))}
-    _load_lm_state(lm, state, f"{preset} preset")
+    load_lm_state(lm, state, f"{preset} preset")
     lm.eval().requires_grad_(False)
     hf.requires_grad_(False)
     return hf, lm, TextEncoder(hf.text_encoder, tokenizer, name=f"{preset}-t5"), tokenizer

@@ -399,7 +399,7 @@ def _check_lm_tensors(expected: dict[str, tuple], found: dict[str, tuple], label
             raise UserError(f"{label}: tensor {name} has shape {list(found[name])}, config expects {list(shape)}")
 
 
-def _load_lm_state(lm: MusicgenLM, state: dict[str, torch.Tensor], where) -> None:
+def load_lm_state(lm: MusicgenLM, state: dict[str, torch.Tensor], where) -> None:
     """Copy an in-memory state dict into an existing LM (a resumed run's weights), checked like a load."""
     expected = lm.state_dict()
     _check_lm_tensors({k: t.shape for k, t in expected.items()}, {k: t.shape for k, t in state.items()},

@@ -26,39 +26,38 @@ process's rows whose losses are weighted by the global sequence count. Memory: b
 LoRA students (a `lora` section: training/lora.py) and FSDP2 full finetunes (`fsdp: true`: training/fsdp.py).
 """
 
-import copy
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from musicgen_cfg.checkpoint import final_export_dir, load_state
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.optim import OptimConfig, build_optimizer, check_finite, optim_option
 from musicgen_cfg.prompts import MAX_SEED, FilePrompts
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score, sequence_logprob
-from musicgen_cfg.training import fsdp, lora
+from musicgen_cfg.training import fsdp
 from musicgen_cfg.training.lora import LoraSettings
 from musicgen_cfg.training.run import (
     MetricsLog,
+    TrainerState,
     load_checkpoint,
     resume_point,
     save_checkpoint,
     write_run_info,
 )
+from musicgen_cfg.training.student_export import STEP_TIMES, export
+from musicgen_cfg.training.student_weights import TEACHER_DTYPES, student_weights
 from rl.diversity import BASELINES, advantages, reinforce_surrogate
 from rl.reward import SiblingRewards, diversity_rewards, parse_gate_spec, reward_gate
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
 DATA_SOURCES = ("on_policy", "teacher", "mixed")
-TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-STEP_TIMES = ("time_rollout", "time_reward", "time_teacher", "time_student")  # metrics.csv: the parts of a step
 
 
 @dataclass
@@ -232,20 +231,9 @@ def rollout_seeds(seed: int, step: int, rows: range) -> list[int]:
 
 # ----------------------------------------------------------------------------------------- trainer
 
-def frozen_teacher(student, dtype: torch.dtype):
-    """The frozen CFG teacher: a copy of the student's (initial) LM in `dtype`, no grad, eval mode.
-
-    It shares the student's text encoder and codec (frozen in both roles): one copy of those towers.
-    Each weight is cast on its own, so no transient full-precision copy of the LM is made on the device.
-    """
-    cast = {id(p): torch.nn.Parameter(p.detach().to(dtype, copy=True), requires_grad=False)
-            for p in student.lm.parameters()}
-    lm = copy.deepcopy(student.lm, memo=cast).eval()
-    return replace(student, lm=lm, _sha=None)
-
-
 class Distiller:
-    """Holds the student (trainable), the frozen teacher, the reward embedder and the optimizer."""
+    """Holds the student (trainable: `weights`, training/student_weights.py), the frozen teacher, the reward
+    embedder and the optimizer."""
 
     def __init__(self, config: DistillConfig, accelerator):
         from musicgen_cfg.model import load_model
@@ -255,18 +243,14 @@ class Distiller:
         self.local_prompts, self.micro_rows = split_rows(config, accelerator.num_processes)
         self.student = load_model(config.model, device=accelerator.device)
         self.base_sha256 = self.student.weights_sha256()  # the teacher's identity, before any step
-        if config.lora is not None:  # the teacher is the frozen base under the adapters: one weight copy
-            torch.manual_seed(config.seed)  # adapter init and adapter dropout follow the run's seed
-            self.teacher = lora.add_adapters(self.student, config.lora, TEACHER_DTYPES[config.teacher_dtype])
-        else:
-            self.teacher = frozen_teacher(self.student, TEACHER_DTYPES[config.teacher_dtype])
+        self.weights = student_weights(config, self.student, accelerator.is_main_process)  # lora: adapters added
+        self.teacher = self.weights.frozen_teacher()
         self.student.lm.gradient_checkpointing = config.gradient_checkpointing
         self.gamma = config.guidance_scale if config.guidance_scale is not None else self.teacher.default_guidance_scale
         self.embedder = load_embedder(config.embedder) if config.generations >= 2 and config.embedder != "none" else None
         self.gate = reward_gate(config.reward_gate, self.student.is_symbolic)
         self.optim = config.optim()
-        self.optimizer, self.scheduler = build_optimizer(
-            [p for p in self.student.lm.parameters() if p.requires_grad], self.optim)
+        self.optimizer, self.scheduler = build_optimizer(self.weights.trainable_parameters(), self.optim)
         self.forward, self.optimizer = accelerator.prepare(self.student.lm, self.optimizer)
         self.generator = torch.Generator().manual_seed(config.seed)  # mixed-data coin flips
         self.data_rng = random.Random(config.seed)
@@ -333,9 +317,7 @@ class Distiller:
         totals = {"kl": 0.0, "pg": 0.0, "entropy": 0.0, "kl_to_base": 0.0}
         kl_codebooks = torch.zeros(self.student.lm.num_codebooks)
         times["time_teacher"] = times["time_student"] = 0.0
-        self.student.lm.eval()  # dropout off: score the policy we sample from
-        if config.lora is not None:  # adapter dropout (lora.dropout) is a regulariser of the scoring pass only
-            lora.set_dropout(self.student.lm, True)
+        self.weights.scoring_mode()  # dropout off (adapter dropout aside): score the policy we sample from
         cond_all = self.student.condition(prompts)
         micro_batches = [slice(start, start + self.micro_rows) for start in range(0, rows, self.micro_rows)]
         for index, sl in enumerate(micro_batches):
@@ -395,59 +377,24 @@ class Distiller:
         values = self.accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=self.accelerator.device), "mean")
         return dict(zip(keys, values.tolist()))
 
+    def trainer_state(self) -> TrainerState:
+        """What a checkpoint restores besides the weights (training/run.py)."""
+        return TrainerState(self.optimizer, self.scheduler, self.generator, self.data_rng)
+
     def save_checkpoint(self, run_dir: Path, step: int, provenance: dict) -> None:
         """checkpoint-<step>/: the student (its adapter only with LoRA), optimizer, scheduler and RNG states.
 
-        Collective under FSDP (the shards are gathered); the main process writes."""
-        config, lm = self.config, self.student.lm
-        write_weights, optimizer_state = None, None
-        if fsdp.is_sharded(lm):
-            optimizer_state, full = fsdp.full_optimizer_state(lm, self.optimizer), fsdp.gathered_model(self.student)
-            if full is not None:
-                def write_weights(directory):
-                    full.write_files(directory, provenance)
-        elif config.lora is not None:
-            def write_weights(directory):
-                lora.write_adapter(lm, directory)
-        if self.accelerator.is_main_process:
-            save_checkpoint(run_dir, step, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
-                            {"provenance": provenance}, config.keep_last, provenance, write_weights=write_weights,
-                            optimizer_state=optimizer_state)
+        Every process calls it (collective under FSDP: the shards are gathered); the main process writes."""
+        save_checkpoint(run_dir, step, self.weights, self.trainer_state(), {"provenance": provenance},
+                        self.config.keep_last, provenance)
 
     def load_checkpoint(self, path: Path, provenance: dict) -> dict:
         """Restore what `save_checkpoint` wrote (collective under FSDP); a checkpoint of another base is refused."""
-        lm, load_weights, load_optimizer = self.student.lm, None, None
-        if fsdp.is_sharded(lm):
-            def load_weights(directory):
-                fsdp.load_full_weights(lm, load_state(directory), directory)
-
-            def load_optimizer(flat):
-                fsdp.load_full_optimizer(lm, self.optimizer, flat)
-        elif self.config.lora is not None:
-            def load_weights(directory):
-                lora.load_adapter(lm, directory)
-        elif (path / lora.ADAPTER_CONFIG).is_file():
-            raise UserError(f"{path} holds a LoRA adapter only: resume it with the lora section it was trained with")
-        state = load_checkpoint(path, self.student, self.optimizer, self.scheduler, self.generator, self.data_rng,
-                                load_weights=load_weights, load_optimizer=load_optimizer)
+        state = load_checkpoint(path, self.weights, self.trainer_state())
         saved = state.get("provenance", {}).get("base_sha256")
         if saved is not None and saved != provenance["base_sha256"]:
             raise UserError(f"{path} was trained from another base model (sha256 {saved[:12]}), not {self.config.model}")
         return state
-
-    def export_model(self):
-        """The student as a plain MusicGen: itself, with LoRA the base with the adapters merged in, under
-        FSDP the gathered weights (collective; None off the main process)."""
-        from musicgen_cfg.model import load_model
-
-        config = self.config
-        if fsdp.is_sharded(self.student.lm):
-            return fsdp.gathered_model(self.student)
-        if config.lora is None:
-            return self.student
-        # a bf16 base is merged into the float32 weights as loaded, not into its own rounded copy
-        base = load_model(config.model) if config.teacher_dtype != "float32" else None
-        return lora.merged_model(self.student, base)
 
     @torch.no_grad()
     def heldout_metrics(self) -> dict[str, float]:
@@ -528,65 +475,7 @@ def train(config: DistillConfig, resume: bool = False, command: str = "") -> Pat
         if done % config.checkpoint_every == 0 or done == config.steps:
             distiller.save_checkpoint(run_dir, done, provenance)
         accelerator.wait_for_everyone()
-    model = distiller.export_model()  # collective under FSDP
+    model = distiller.weights.export_model()  # collective under FSDP
     if main_process:
         export(distiller, model, config, run_dir, command, provenance)
     return run_dir
-
-
-def export(distiller: Distiller, model, config: DistillConfig, run_dir: Path, command: str, provenance: dict) -> Path:
-    """`model` (Distiller.export_model: the full student, LoRA merged) as a hub-ready model directory
-    (musicgen_cfg/export.py) at the run's export place; with lora.export_adapter also the adapter."""
-    from musicgen_cfg.export import export_model, machine
-
-    logged = metric_rows(run_dir / "metrics.csv")
-    training = {key: getattr(config, key) for key in ("steps", "prompts", "prompts_per_step", "generations",
-                                                       "num_frames", "divergence", "lr", "embedder")}
-    manifest = {"artifact": f"distilled student, beta={config.beta:g}", "rebuild_command": command,
-                "config": asdict(config), "metrics_csv": str(run_dir / "metrics.csv"),
-                "trained_on": machine(distiller.accelerator.device.type, config.threads,
-                                      distiller.accelerator.num_processes),
-                "step_seconds": round(step_seconds(logged, config.steps), 1)}
-    out = export_model(model, final_export_dir(run_dir, config.export), {**provenance, "training": training},
-                       manifest=manifest, metrics=final_metrics(logged))
-    if config.lora is not None and config.lora.export_adapter:
-        lora.export_adapter(distiller.student.lm, config.lora.export_adapter, {
-            **manifest, "artifact": f"LoRA adapter of the distilled student, beta={config.beta:g} (merged: {out})",
-            **provenance})
-    return out
-
-
-CARD_METRICS = {  # metrics.csv column -> how the model card names its last logged value
-    "kl": "KL to the CFG teacher, last training step (nats per sequence)",
-    "heldout_kl": "KL to the CFG teacher on held-out prompts (nats per sequence)",
-    "reward_mean": "diversity reward, last training step",
-    "heldout_diversity": "diversity on held-out prompts (reward embedder)",
-    "heldout_music_rate": "fraction of held-out rollouts that pass the reward gate (not silent or degenerate)",
-}
-
-
-def metric_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a run's metrics.csv ([] when it has none)."""
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def step_seconds(rows: list[dict[str, str]], steps: int) -> float:
-    """Time of a run's optimizer steps: `steps` x the mean logged step time (rollout, reward, teacher, student;
-    resumed runs included, held-out evaluations and start-up not)."""
-    times = [sum(float(row[k]) for k in STEP_TIMES) for row in rows if all(row.get(k) for k in STEP_TIMES)]
-    return steps * sum(times) / len(times) if times else 0.0
-
-
-def final_metrics(rows: list[dict[str, str]]) -> dict[str, float]:
-    """The last logged value of each held-out metric and of the training KL / reward, for the model card."""
-    found = {}
-    for row in rows:
-        for column, label in CARD_METRICS.items():
-            if row.get(column) not in (None, ""):
-                found[label] = float(row[column])
-    return found

@@ -90,7 +90,7 @@ def _options(**kwargs):
 
 
 def full_optimizer_state(module: torch.nn.Module, optimizer) -> dict[str, torch.Tensor]:
-    """Collective: the AdamW state gathered from the shards, as training.optimizer_tensors names it
+    """Collective: the AdamW state gathered from the shards, as student_weights.optimizer_tensors names it
     (`<parameter>::<key>`); complete on the main process, empty elsewhere."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 

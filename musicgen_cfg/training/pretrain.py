@@ -40,11 +40,13 @@ from musicgen_cfg.prompts import MAX_SEED
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,
+    TrainerState,
     load_checkpoint,
     resume_point,
     save_checkpoint,
     write_run_info,
 )
+from musicgen_cfg.training.student_weights import StudentWeights
 
 
 @dataclass
@@ -206,9 +208,10 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     optimizer, scheduler = build_optimizer(model.lm.parameters(), optim)
     generator = torch.Generator().manual_seed(config.seed)
     data_rng = random.Random(config.seed)
+    weights, trainer = StudentWeights(model), TrainerState(optimizer, scheduler, generator, data_rng)
     start, state = 0, {}
     if checkpoint is not None:  # restored before run.json is written: a failed resume changes nothing
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, generator, data_rng)
+        state = load_checkpoint(checkpoint, weights, trainer)
         start = state["step"]
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_info(run_dir, config, command)
@@ -239,8 +242,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
             log.log(done, metrics)
             bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{metrics.get('val_loss', float('nan')):.3f}")
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(run_dir, done, model, optimizer, scheduler, generator, data_rng,
-                            {"elapsed_s": elapsed}, config.keep_last)
+            save_checkpoint(run_dir, done, weights, trainer, {"elapsed_s": elapsed}, config.keep_last)
     export(model, config, run_dir, command, elapsed, Path(config.dataset) if config.dataset else DEFAULT_PATH)
     return run_dir
 

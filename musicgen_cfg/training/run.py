@@ -22,7 +22,6 @@ from musicgen_cfg.checkpoint import (
     CHECKPOINT_PREFIX,
     atomic_directory,
     checkpoints,
-    load_state,
     load_tensors,
     open_checkpoint,
     read_json,
@@ -37,23 +36,14 @@ OPTIMIZER_NAME = "optimizer.safetensors"
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -> dict[str, torch.Tensor]:
-    """AdamW state as flat tensors named after the parameters (safetensors has no nesting)."""
-    flat = {}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                flat[f"{names[id(param)]}::{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return flat
-
-
-def restore_optimizer(optimizer: torch.optim.Optimizer, names: dict[int, str], flat: dict[str, torch.Tensor]):
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            prefix = f"{names[id(param)]}::"
-            state = {k[len(prefix):]: v.to(param.device) for k, v in flat.items() if k.startswith(prefix)}
-            if state:
-                optimizer.state[param] = state
+@dataclasses.dataclass
+class TrainerState:
+    """What a checkpoint restores besides the weights: the optimizer (its state through the run's
+    StudentWeights), the LR schedule and every RNG (torch's global one, `generator`, `data_rng`)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    data_rng: random.Random
 
 
 def resume_point(run_dir: str | Path, resume: bool, clean: bool = True, config=None) -> Path | None:
@@ -103,58 +93,48 @@ def check_checkpoint(path: Path) -> None:
         raise UserError(f"{path / TRAINER_STATE_NAME} lacks {missing[0]!r}: not a trainer checkpoint")
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, generator: torch.Generator,
-                    data_rng: random.Random, state: dict, keep_last: int, extra_config: dict | None = None,
-                    write_weights=None, optimizer_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Atomically write checkpoint-<step>/ and prune old ones (keeping `keep_last`).
+def save_checkpoint(run_dir: Path, step: int, weights, trainer: TrainerState, state: dict, keep_last: int,
+                    extra_config: dict | None = None) -> Path | None:
+    """Atomically write checkpoint-<step>/ and prune old ones (keeping `keep_last`); returns its path.
 
-    `write_weights(directory)` replaces the model files (a LoRA run writes its adapter only) and
-    `optimizer_state` the optimizer's flat tensors (gathered from shards under FSDP).
+    `weights` (training/student_weights.py) gives the weight files and the optimizer's flat state; every
+    process calls this (collective under FSDP, where the shards are gathered) and the one that writes
+    (weights.checkpoint_state) does, the others return None. `state` and the step, schedule and data RNG
+    go to trainer_state.json, `extra_config` to config.json's musicgen_cfg section.
     """
+    held = weights.checkpoint_state(trainer.optimizer)
+    if held is None:
+        return None
+    saved, optimizer_state = held
     path = Path(run_dir) / f"{CHECKPOINT_PREFIX}{step:06d}"
     remove_stale_temporaries(run_dir, f"{CHECKPOINT_PREFIX}*")  # of saves killed earlier, at any step
     with atomic_directory(path) as tmp:
-        if write_weights is None:
-            model.write_files(tmp, extra_config)
-        else:
-            write_weights(tmp)
-        if optimizer_state is None:
-            optimizer_state = optimizer_tensors(optimizer, {id(p): n for n, p in model.lm.named_parameters()})
+        saved.write(tmp, extra_config)
         tensors = dict(optimizer_state)
         tensors["rng::torch"] = torch.get_rng_state()
-        tensors["rng::generator"] = generator.get_state()
+        tensors["rng::generator"] = trainer.generator.get_state()
         save_tensors(tensors, tmp / OPTIMIZER_NAME)
-        write_json({**state, "step": step, "scheduler": scheduler.state_dict(),
-                    "data_rng": _jsonable_random_state(data_rng.getstate())}, tmp / TRAINER_STATE_NAME)
+        write_json({**state, "step": step, "scheduler": trainer.scheduler.state_dict(),
+                    "data_rng": _jsonable_random_state(trainer.data_rng.getstate())}, tmp / TRAINER_STATE_NAME)
     for old in checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, generator: torch.Generator, data_rng: random.Random,
-                    load_weights=None, load_optimizer=None) -> dict:
-    """Restore weights, optimizer, scheduler and every RNG from checkpoint `path`; returns trainer_state.
-
-    `load_weights(path)` and `load_optimizer(flat tensors)` replace the plain-model defaults (LoRA, FSDP).
-    """
-    from musicgen_cfg.model import _load_lm_state
-
-    if load_weights is None:
-        _load_lm_state(model.lm, load_state(path, device=str(model.device)), path)
-    else:
-        load_weights(path)
+def load_checkpoint(path: Path, weights, trainer: TrainerState) -> dict:
+    """Restore the weights (`weights.read`: collective under FSDP), optimizer, scheduler and every RNG from
+    checkpoint `path`; returns its trainer_state.json."""
+    weights.read(path)
     tensors = load_tensors(path / OPTIMIZER_NAME)
     torch.set_rng_state(tensors.pop("rng::torch"))
-    generator.set_state(tensors.pop("rng::generator"))
-    if load_optimizer is None:
-        restore_optimizer(optimizer, {id(p): n for n, p in model.lm.named_parameters()}, tensors)
-    else:
-        load_optimizer(tensors)
+    trainer.generator.set_state(tensors.pop("rng::generator"))
+    weights.load_optimizer_state(trainer.optimizer, tensors)
     state = read_json(path / TRAINER_STATE_NAME)
-    scheduler.load_state_dict(state["scheduler"])
-    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):  # the scheduler state alone does not set it
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    # the scheduler's state alone does not set the optimizer's LR
+    for group, lr in zip(trainer.optimizer.param_groups, trainer.scheduler.get_last_lr()):
         group["lr"] = lr
-    data_rng.setstate(_random_state_from_json(state["data_rng"]))
+    trainer.data_rng.setstate(_random_state_from_json(state["data_rng"]))
     return state
 
 

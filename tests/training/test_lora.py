@@ -284,7 +284,7 @@ def test_bf16_base_is_one_shared_copy_and_the_export_merges_into_the_float32_wei
     metrics = d.train_step(0)
     assert metrics["grad_norm"] > 0
     randomize_adapters(d.student.lm)  # one step moves B only a little: make the delta plain to see
-    merged = d.export_model().lm.state_dict()
+    merged = d.weights.export_model().lm.state_dict()
     base = load_model(str(tiny_dir)).lm.state_dict()  # float32, as loaded
     adapted = {name.removesuffix(".weight") for name in merged} & {n for n, _ in lora._lora_layers(d.student.lm)}
     assert adapted
