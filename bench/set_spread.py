@@ -14,7 +14,6 @@ prints a table (measured on this machine; the CPU kind is recorded).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -56,6 +55,7 @@ def measure(engine, prompt: str, lam: float, blocks: int, variations: int, durat
 def main() -> int:
     from app.cli import shipped_endpoint
     from app.engine import DEFAULT_EXAMPLES, Endpoint, Engine
+    from musicgen_cfg.experiments.embedder_check import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=DEFAULT_EXAMPLES[0])
@@ -92,11 +92,7 @@ def main() -> int:
                                                                     np.mean(readouts[low][name])) for name in MEASURES}
                                 for low, high in zip(lambdas, lambdas[1:])},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    temporary.replace(out)
+    write_json_atomic(result, Path(args.out))
     print(f"{args.blocks} sets of {args.variations} x {args.duration:g} s, prompt {args.prompt!r} ({seconds:.0f} s)")
     print("| lam | measure | mean | std | min | p10 | p90 | max |\n|---|---|---|---|---|---|---|---|")
     for lam, stats in result["lambda"].items():
