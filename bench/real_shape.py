@@ -334,8 +334,8 @@ def child(stage: str, preset: str, workdir: str, result: str, threads: str) -> N
 
     import app.engine  # noqa: F401
     import merging.merge  # noqa: F401
-    import musicgen_cfg.training.distillation  # noqa: F401
     import musicgen_cfg.export  # noqa: F401
+    import musicgen_cfg.training.distillation  # noqa: F401
 
     torch.set_num_threads(int(threads))
     baseline = rss_bytes()

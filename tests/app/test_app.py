@@ -18,7 +18,7 @@ from gradio_client import Client
 from safetensors.torch import load_file
 
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.experiments.evaluate import check_entry
+from musicgen_cfg.experiments.evaluate_runs import check_entry
 
 PROMPT = "a calm folk song on the piano"
 PARAMETER = "decoder.lm_heads.0.weight"
