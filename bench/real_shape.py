@@ -305,10 +305,12 @@ def stage_live_merge(root: Path, preset: str) -> dict:
 
 
 def stage_engine(root: Path, preset: str) -> dict:
+    from app.requests import parse_request
+
     began = time.perf_counter()
     engine = load_engine(root)
     loaded = time.perf_counter()
-    request = engine.parse(PROMPT, LAMBDAS[0], 1, DURATION_S, 0, 1.0, engine.default_top_k, False)
+    request = parse_request(engine.limits, PROMPT, LAMBDAS[0], 1, DURATION_S, 0, 1.0, engine.default_top_k, False)
     result = engine.generate(request, "real-shape")
     done = time.perf_counter()
     return {"load_s": loaded - began, "request_s": done - loaded, "files": [i.audio.name for i in result.items],
