@@ -352,7 +352,7 @@ def child(stage: str, preset: str, workdir: str, result: str, threads: str) -> N
 # ---------------------------------------------------------------------------------------------- the run
 
 def measured_where() -> str:
-    from bench.sampler import device_name
+    from bench.sampler_report import device_name
 
     return f"measured-cpu: {device_name('cpu')}, {os.cpu_count()} cores; child process (ru_maxrss)"
 
@@ -435,7 +435,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from bench.sampler import device_name
+    from bench.sampler_report import device_name
 
     began = time.perf_counter()
     ram_gb = args.ram_gb if args.ram_gb is not None else round(machine_ram_gb(), 1)
