@@ -69,7 +69,8 @@ TEMPERATURE = 1.0
 PROMPTS = ["a joyful jig with fiddle", "sad piano", "calm ambient organ", "fast rock with drums and bass",
            "a dark minor hymn", "lofi beat with piano", "bright pop song", "slow folk guitar melody"]
 # ours with the sampler's default (torch.compile on CUDA, eager on CPU) and, for comparison, without compile
-OURS_IMPLS = {"ours": None, "ours_nocompile": False}
+# (CUDA) and with it (CPU: Inductor's C++ code for the whole decode step, SamplingConfig(compile=True))
+OURS_IMPLS = {"ours": None, "ours_nocompile": False, "ours_compiled": True}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # CPU preset: musicgen_cfg.tiny (T5 of width 48, tiny EnCodec), decoder widened to 128 with MusicGen's
@@ -205,7 +206,7 @@ def weight_read_floor(lm) -> dict:
 
 
 def impl_call(impl: str, models: tuple, batch: int, cfg: bool, device: str, captured: dict, steps: int):
-    """The timed call of `impl` (ours / ours_nocompile / transformers) for `steps` decoder steps."""
+    """The timed call of `impl` (ours / ours_nocompile / ours_compiled / transformers) for `steps` decoder steps."""
     hf, lm, text_encoder, tokenizer = models
     if impl in OURS_IMPLS:
         return ours_call(lm, text_encoder, batch, steps, cfg, OURS_IMPLS[impl])
@@ -293,6 +294,9 @@ def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, 
                     steps[impl], repeats[impl] = (steps_here, reps) if ours else (hf_steps_here, hf_reps)
                     runs[impl] = impl_call(impl, (hf, lm, text_encoder, tokenizer), batch, cfg, device, captured, steps[impl])
                 measured = measure_pair(runs, steps, batch, repeats, device)
+                if "ours" in runs and "ours_compiled" in runs:  # the same seeds: the compiled step's tokens
+                    eager, compiled = runs["ours"](), runs["ours_compiled"]()
+                    measured["ours_compiled"]["tokens_equal_to_eager"] = float((eager == compiled).float().mean())
             except Exception as err:  # noqa: BLE001 - one configuration's failure must not kill the run
                 measured = {}
                 for impl in runs:  # retry each implementation alone, so one failing side keeps the other's numbers
@@ -399,7 +403,8 @@ def main() -> None:
     parser.add_argument("--hf-repeats", type=int, default=None, help="steady transformers calls (default = --repeats)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--impls", nargs="+", choices=[*OURS_IMPLS, "transformers"], default=None,
-                        help="default: ours and transformers; --all-gpu adds ours_nocompile (CUDA graph without torch.compile)")
+                        help="default: ours and transformers, on the CPU also ours_compiled (torch.compile, Inductor "
+                             "C++); --all-gpu adds ours_nocompile (CUDA graph without torch.compile)")
     parser.add_argument("--count-ops", type=int, default=16,
                         help="profile ops/kernels per step over this many steps per configuration (0 = off)")
     parser.add_argument("--throughput-batches", type=int, nargs="+", default=None,
@@ -415,7 +420,8 @@ def main() -> None:
     if args.all_gpu:
         args.device, args.preset = "cuda", "small"
     if args.impls is None:
-        args.impls = ["ours", "ours_nocompile", "transformers"] if args.all_gpu else ["ours", "transformers"]
+        args.impls = (["ours", "ours_nocompile", "transformers"] if args.all_gpu else
+                      ["ours", "transformers"] + (["ours_compiled"] if args.device == "cpu" else []))
     args.preset = args.preset or ("tiny" if args.device == "cpu" else "small")
     cuda = args.device.startswith("cuda")
     if args.repeats is None:
@@ -471,6 +477,9 @@ def main() -> None:
             "ops_per_step: torch profiler counts per decoder step (see ops_per_step in bench/sampler.py); on CPU every "
             "operator is a kernel, top_level_ops is what eager Python dispatches",
             "ours = the sampler's defaults (CUDA: torch.compile + CUDA graph; CPU: eager); ours_nocompile = compile=False",
+            "ours_compiled (CPU) = compile=True: Inductor's C++ for the whole fixed-shape decode step; its first_call_s "
+            "includes compiling (once per batch shape and CFG setting, cached on disk by Inductor); "
+            "tokens_equal_to_eager: share of its tokens equal to ours (eager) on the same seeds",
             "throughput: ours only, CFG off (guidance 1, the distilled model's cost) vs on (guidance 3), same weights; "
             "best = highest frames/s over the batch sweep",
         ],
