@@ -1,6 +1,7 @@
 """Serving core of the Gradio demo: the merged model theta(lam), the base model for the CFG comparison,
-the reward embedder, request limits, per-session output folders with provenance manifests, and the
-measures shown beside each set (reward and note-level diversity) or over many sets (`Engine.measure`).
+the reward embedder, per-session output folders with provenance manifests, and the measures shown beside
+each set (reward and note-level diversity) or over many sets (`Engine.measure`). Requests arrive validated by
+app/requests.py against `Engine.limits`.
 
 No Gradio here: app/ui.py builds the page and the API on top, app/cli.py starts it
 (`musicgen-cfg demo`, `musicgen-cfg app --quality DIR --diversity DIR`).
@@ -24,9 +25,7 @@ the served weights (sha256), prompts, seeds and settings, which is what repeatin
 import functools
 import hashlib
 import json
-import math
 import re
-import secrets
 import threading
 import time
 import uuid
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from app import plots
+from app.requests import MeasureRequest, Request, ServedLimits, parse_lambda
 from merging.live import LiveMerge
 from merging.merge import check_compatible
 from musicgen_cfg.checkpoint import open_checkpoint, state_sha256
@@ -51,15 +51,9 @@ from musicgen_cfg.experiments.generate import (
     record_generation,
 )
 from musicgen_cfg.model import MusicGen, load_model, resolve_spec
-from musicgen_cfg.prompts import MAX_SEED
 from musicgen_cfg.sampler import SamplingConfig
 from rl.note_diversity import FEATURES
 
-MAX_VARIATIONS = 8
-MAX_PROMPT_CHARS = 300
-MIN_DURATION_S = 0.5
-MAX_DURATION_S = 30.0
-MAX_TEMPERATURE = 2.0
 DEFAULT_LAMBDA = 0.5
 DEFAULT_TOP_K = 250  # MusicGen's default; vocabularies at or below it (the default model's 64) sample in full
 MEASURE_VARIATIONS = 8  # per example prompt
@@ -101,31 +95,6 @@ class Endpoint:
         return {"requested": self.requested, **self.provenance}
 
 
-@dataclass(frozen=True)
-class Request:
-    """A validated generation request; variation i uses seed + i."""
-
-    prompt: str
-    lam: float
-    variations: int
-    duration: float
-    seed: int
-    temperature: float
-    top_k: int | None
-    compare: bool
-
-
-@dataclass(frozen=True)
-class MeasureRequest:
-    """A validated "measure this lam" request: prompt i's variation j uses seed + i * variations + j."""
-
-    lam: float
-    prompts: tuple[str, ...]
-    variations: int
-    duration: float
-    seed: int
-
-
 @dataclass
 class Item:
     """One generated variation on disk."""
@@ -140,54 +109,6 @@ class Result:
     items: list[Item]
     base_items: list[Item]
     summary: dict  # JSON-able: settings, seeds, times, diversity, file names
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _as_number(value, what: str) -> float:
-    if isinstance(value, bool):
-        raise UserError(f"{what} must be a number, got {_show(value)}")
-    try:
-        number = float(value)
-    except OverflowError:  # an int beyond any float (10**400)
-        raise UserError(f"{what} must be a finite number, got {_show(value)}") from None
-    except (TypeError, ValueError):
-        raise UserError(f"{what} must be a number, got {_show(value)}") from None
-    if not math.isfinite(number):
-        raise UserError(f"{what} must be a finite number, got {_show(value)}")
-    return number
-
-
-def _as_int(value, what: str) -> int:
-    number = _as_number(value, what)
-    if number != int(number):
-        raise UserError(f"{what} must be a whole number, got {_show(value)}")
-    return int(number)
-
-
-def _lambda(value) -> float:
-    lam = _as_number(value, "lambda")
-    if not 0.0 <= lam <= 1.0:
-        raise UserError(f"lambda must be between 0 (quality) and 1 (diversity), got {lam:g}")
-    return lam
-
-
-def _in_range(value, what: str, low: int, high: int) -> int:
-    number = _as_int(value, what)
-    if not low <= number <= high:
-        raise UserError(f"{what} must be between {low} and {high}, got {number}")
-    return number
-
-
-def _seed(value, seeds_used: int) -> int:
-    """A request's first seed: -1 (random) or one that leaves room for the `seeds_used` seeds after it."""
-    seed = _as_int(value, "seed")
-    if not -1 <= seed <= MAX_SEED - seeds_used:
-        raise UserError(f"seed must be -1 (random) or between 0 and {MAX_SEED - seeds_used}, got {seed}")
-    return secrets.randbelow(MAX_SEED - seeds_used) if seed == -1 else seed
 
 
 def _slug(session: str | None) -> str:
@@ -265,50 +186,15 @@ class Engine:
         return DEFAULT_TOP_K if self.cardinality > DEFAULT_TOP_K else 0
 
     @property
+    def limits(self) -> ServedLimits:
+        """What requests may ask of the served models (app/requests.py validates against it)."""
+        return ServedLimits(self.cardinality, self.base is not None, self.examples,
+                            lambda duration, prompt: self.model.num_frames(duration, prompt) <= self.model.max_frames)
+
+    @property
     def guidance_scale(self) -> float | None:
         """gamma of the base model's CFG comparison, None without a base model."""
         return None if self.base is None else self.base.default_guidance_scale
-
-    def parse(self, prompt, lam, variations, duration, seed, temperature, top_k, compare) -> Request:
-        """Validate raw inputs (from the page or the API) into a Request; a bad value raises one UserError."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise UserError("the prompt is empty: describe the music to generate")
-        prompt = prompt.strip()
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise UserError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
-        lam = _lambda(lam)
-        variations = _in_range(variations, "the number of variations", 1, MAX_VARIATIONS)
-        duration = self._duration(duration, [prompt])
-        seed = _seed(seed, MAX_VARIATIONS)
-        temperature = _as_number(temperature, "temperature")
-        if not 0.0 < temperature <= MAX_TEMPERATURE:
-            raise UserError(f"temperature must be in (0, {MAX_TEMPERATURE:g}], got {temperature:g}")
-        top_k = _as_int(top_k, "top-k")
-        if not 0 <= top_k <= self.cardinality:
-            raise UserError(f"top-k must be between 0 (off) and {self.cardinality}, got {top_k}")
-        if not isinstance(compare, bool):
-            raise UserError(f"compare must be true or false, got {_show(compare)}")
-        if compare and self.base is None:
-            raise UserError("no base model to compare with: start the app with --base DIR")
-        return Request(prompt, lam, variations, duration, seed, temperature, top_k or None, compare)
-
-    def parse_measure(self, lam, prompts, variations, duration, seed) -> MeasureRequest:
-        """Validate a "measure this lam" request: the first `prompts` example prompts x `variations` (>= 2 each:
-        diversity is pairwise, the CI is over prompts) of `duration` seconds; a bad value raises one UserError."""
-        lam = _lambda(lam)
-        prompts = _in_range(prompts, "the number of prompts", 2, len(self.examples))
-        variations = _in_range(variations, "the number of variations", 2, MAX_VARIATIONS)
-        duration = self._duration(duration, self.examples[:prompts])
-        seed = _seed(seed, prompts * variations)
-        return MeasureRequest(lam, tuple(self.examples[:prompts]), variations, duration, seed)
-
-    def _duration(self, value, prompts) -> float:
-        duration = _as_number(value, "duration")
-        if not MIN_DURATION_S <= duration <= MAX_DURATION_S:
-            raise UserError(f"duration must be between {MIN_DURATION_S:g} and {MAX_DURATION_S:g} s, got {duration:g}")
-        if any(self.model.num_frames(duration, prompt) > self.model.max_frames for prompt in prompts):
-            raise UserError(f"duration {duration:g} s is too long for this model at this prompt's tempo")
-        return duration
 
     def served_provenance(self) -> dict:
         """model_provenance of the weights served now, theta(lam): the quality model's source (its config and
@@ -323,7 +209,7 @@ class Engine:
 
     def set_lambda(self, lam) -> float:
         """Move the served weights to theta(lam) in place; returns the milliseconds it took."""
-        lam = _lambda(lam)
+        lam = parse_lambda(lam)
         with self.lock:
             began = time.perf_counter()
             self.merge.set_lambda(lam)

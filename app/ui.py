@@ -18,16 +18,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 import gradio as gr  # noqa: E402
 
-from app.engine import (  # noqa: E402
+from app.engine import MEASURE_DURATION_S, MEASURE_SEED, MEASURE_VARIATIONS, Engine  # noqa: E402
+from app.requests import (  # noqa: E402
     MAX_DURATION_S,
     MAX_PROMPT_CHARS,
     MAX_TEMPERATURE,
     MAX_VARIATIONS,
-    MEASURE_DURATION_S,
-    MEASURE_SEED,
-    MEASURE_VARIATIONS,
     MIN_DURATION_S,
-    Engine,
+    parse_measure,
+    parse_request,
 )
 from musicgen_cfg.errors import UserError  # noqa: E402
 
@@ -260,8 +259,8 @@ def _wire_page(engine: Engine, run, measure, controls: dict, results: dict) -> N
 
     def ui_generate(prompt, lam, variations, duration, seed, random_seed, temperature, top_k, compare,
                     request: gr.Request, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
-        parsed = _user_errors(lambda: engine.parse(prompt, lam, variations, duration, -1 if random_seed else seed,
-                                                   temperature, top_k, compare))
+        parsed = _user_errors(lambda: parse_request(engine.limits, prompt, lam, variations, duration,
+                                                    -1 if random_seed else seed, temperature, top_k, compare))
         result = _user_errors(lambda: run(parsed, request, progress))
         shown = len(result.items)
         updates = [gr.Row(visible=i < shown) for i in range(MAX_VARIATIONS)]
@@ -281,8 +280,8 @@ def _wire_page(engine: Engine, run, measure, controls: dict, results: dict) -> N
         show_progress_on=[r["status"]], api_visibility="private", **CONCURRENCY)
 
     def ui_measure(lam, measured, progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
-        parsed = _user_errors(lambda: engine.parse_measure(lam, len(engine.examples), MEASURE_VARIATIONS,
-                                                           MEASURE_DURATION_S, MEASURE_SEED))
+        parsed = _user_errors(lambda: parse_measure(engine.limits, lam, len(engine.examples), MEASURE_VARIATIONS,
+                                                    MEASURE_DURATION_S, MEASURE_SEED))
         measured = [*(m for m in measured if m["lambda"] != parsed.lam), _user_errors(lambda: measure(parsed, progress))]
         return _measure_markdown(measured), measured
 
@@ -320,7 +319,8 @@ def _api(engine: Engine, run, measure) -> None:
         """Generate `variations` clips with theta(lam), one pass, no CFG (seed -1 = random; top_k 0 = off);
         with compare=True also with the base model under CFG. Returns (audio files, piano-roll or
         spectrogram images, base + CFG audio files, summary with seeds, times and diversity)."""
-        parsed = _user_errors(lambda: engine.parse(prompt, lam, variations, duration, seed, temperature, top_k, compare))
+        parsed = _user_errors(lambda: parse_request(engine.limits, prompt, lam, variations, duration, seed, temperature,
+                                                    top_k, compare))
         result = _user_errors(lambda: run(parsed, request, progress))
         return ([str(i.audio) for i in result.items], [str(i.image) for i in result.items],
                 [str(i.audio) for i in result.base_items], result.summary)
@@ -330,7 +330,7 @@ def _api(engine: Engine, run, measure) -> None:
         variation j uses seed + i * variations + j; no files written). Returns {lambda, prompts, ..., served,
         metrics: {name: {mean, ci_low, ci_high, num_prompts}} (95% bootstrap CI over prompts), per_prompt,
         not_measured: {name: why}, time_s}."""
-        parsed = _user_errors(lambda: engine.parse_measure(lam, prompts, variations, duration, seed))
+        parsed = _user_errors(lambda: parse_measure(engine.limits, lam, prompts, variations, duration, seed))
         return _user_errors(lambda: measure(parsed, progress))
 
     def set_lambda(lam):

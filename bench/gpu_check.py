@@ -101,7 +101,7 @@ def run_stage(stage: Stage, logs: Path | None = None) -> dict:
 def stage_results(name: str, report: dict):
     """What a stage's JSON holds for the check's own JSON: the sampler's targets, the memory and train-step rows."""
     if name == "sampler":
-        from bench.sampler import targets
+        from bench.sampler_report import targets
 
         return targets(report)
     return report["measured"] if name.startswith("memory_") else report["results"]
@@ -110,7 +110,7 @@ def stage_results(name: str, report: dict):
 def goals(reports: dict[str, dict | None]) -> list[dict]:
     """The goals from the stages' JSONs (`reports`: stage name -> its JSON, None or absent when it wrote none):
     [{"goal", "target", "measured", "verdict": "pass" | "fail" | "not measured", ...}]."""
-    from bench.sampler import targets
+    from bench.sampler_report import targets
 
     sampler = targets(reports["sampler"]) if reports.get("sampler") else {}
     rows = []

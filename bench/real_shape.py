@@ -305,10 +305,12 @@ def stage_live_merge(root: Path, preset: str) -> dict:
 
 
 def stage_engine(root: Path, preset: str) -> dict:
+    from app.requests import parse_request
+
     began = time.perf_counter()
     engine = load_engine(root)
     loaded = time.perf_counter()
-    request = engine.parse(PROMPT, LAMBDAS[0], 1, DURATION_S, 0, 1.0, engine.default_top_k, False)
+    request = parse_request(engine.limits, PROMPT, LAMBDAS[0], 1, DURATION_S, 0, 1.0, engine.default_top_k, False)
     result = engine.generate(request, "real-shape")
     done = time.perf_counter()
     return {"load_s": loaded - began, "request_s": done - loaded, "files": [i.audio.name for i in result.items],
@@ -334,8 +336,8 @@ def child(stage: str, preset: str, workdir: str, result: str, threads: str) -> N
 
     import app.engine  # noqa: F401
     import merging.merge  # noqa: F401
-    import musicgen_cfg.training.distillation  # noqa: F401
     import musicgen_cfg.export  # noqa: F401
+    import musicgen_cfg.training.distillation  # noqa: F401
 
     torch.set_num_threads(int(threads))
     baseline = rss_bytes()
@@ -350,7 +352,7 @@ def child(stage: str, preset: str, workdir: str, result: str, threads: str) -> N
 # ---------------------------------------------------------------------------------------------- the run
 
 def measured_where() -> str:
-    from bench.sampler import device_name
+    from bench.sampler_report import device_name
 
     return f"measured-cpu: {device_name('cpu')}, {os.cpu_count()} cores; child process (ru_maxrss)"
 
@@ -433,7 +435,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from bench.sampler import device_name
+    from bench.sampler_report import device_name
 
     began = time.perf_counter()
     ram_gb = args.ram_gb if args.ram_gb is not None else round(machine_ram_gb(), 1)

@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 
 import transformers  # noqa: E402
 
+from bench.sampler_report import device_name, pinned_versions, summarize, table, targets  # noqa: E402
 from musicgen_cfg.conditioning import TextEncoder  # noqa: E402
 from musicgen_cfg.lm import MusicgenLM  # noqa: E402
 from musicgen_cfg.model import load_lm_state  # noqa: E402
@@ -68,7 +69,8 @@ TEMPERATURE = 1.0
 PROMPTS = ["a joyful jig with fiddle", "sad piano", "calm ambient organ", "fast rock with drums and bass",
            "a dark minor hymn", "lofi beat with piano", "bright pop song", "slow folk guitar melody"]
 # ours with the sampler's default (torch.compile on CUDA, eager on CPU) and, for comparison, without compile
-OURS_IMPLS = {"ours": None, "ours_nocompile": False}
+# (CUDA) and with it (CPU: Inductor's C++ code for the whole decode step, SamplingConfig(compile=True))
+OURS_IMPLS = {"ours": None, "ours_nocompile": False, "ours_compiled": True}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # CPU preset: musicgen_cfg.tiny (T5 of width 48, tiny EnCodec), decoder widened to 128 with MusicGen's
@@ -204,7 +206,7 @@ def weight_read_floor(lm) -> dict:
 
 
 def impl_call(impl: str, models: tuple, batch: int, cfg: bool, device: str, captured: dict, steps: int):
-    """The timed call of `impl` (ours / ours_nocompile / transformers) for `steps` decoder steps."""
+    """The timed call of `impl` (ours / ours_nocompile / ours_compiled / transformers) for `steps` decoder steps."""
     hf, lm, text_encoder, tokenizer = models
     if impl in OURS_IMPLS:
         return ours_call(lm, text_encoder, batch, steps, cfg, OURS_IMPLS[impl])
@@ -292,6 +294,9 @@ def run_dtype(args, section: dict, device: str, hf_steps: int, hf_repeats: int, 
                     steps[impl], repeats[impl] = (steps_here, reps) if ours else (hf_steps_here, hf_reps)
                     runs[impl] = impl_call(impl, (hf, lm, text_encoder, tokenizer), batch, cfg, device, captured, steps[impl])
                 measured = measure_pair(runs, steps, batch, repeats, device)
+                if "ours" in runs and "ours_compiled" in runs:  # the same seeds: the compiled step's tokens
+                    eager, compiled = runs["ours"](), runs["ours_compiled"]()
+                    measured["ours_compiled"]["tokens_equal_to_eager"] = float((eager == compiled).float().mean())
             except Exception as err:  # noqa: BLE001 - one configuration's failure must not kill the run
                 measured = {}
                 for impl in runs:  # retry each implementation alone, so one failing side keeps the other's numbers
@@ -383,127 +388,6 @@ def throughput(lm, text_encoder, device: str, out: dict, repeats: int, log, save
     save()
 
 
-def targets(report: dict) -> dict:
-    """Issue 14's targets against what this run measured: {name: {"target", "measured", "met"}}; absent
-    when this run did not measure it. GPU: bf16, musicgen-small shapes; CPU: tiny preset, every batch."""
-    out = {}
-
-    def add(name, target, measured, met):
-        out[name] = {"target": target, "measured": measured, "met": bool(met)}
-
-    for section in report["sections"]:
-        summary = {(r["batch"], r["cfg"]): r for r in section.get("summary", [])}
-        ours = {(r["batch"], r["cfg"]): r for r in section["results"] if r["impl"] == "ours"}
-        speedups = {key: r["speedup_ours_over_transformers"] for key, r in summary.items() if "speedup_ours_over_transformers" in r}
-        if report["device"] == "cpu" and report["preset"] == "tiny" and speedups:
-            add(f"cpu_{section['dtype']}_ours_over_transformers_all_batches", ">= 3x", min(speedups.values()),
-                min(speedups.values()) >= 3)
-        if not (report["device"].startswith("cuda") and report["preset"] == "small" and section["dtype"] == "bfloat16"):
-            continue
-        one = [speedups[(1, cfg)] for cfg in (False, True) if (1, cfg) in speedups]
-        if one:
-            add("gpu_bf16_batch1_ours_over_transformers", ">= 10x", min(one), min(one) >= 10)
-        many = [speedups[(64, cfg)] for cfg in (False, True) if (64, cfg) in speedups]
-        if many:
-            add("gpu_bf16_batch64_ours_over_transformers", ">= 5x", min(many), min(many) >= 5)
-        if (1, False) in ours:
-            ms = ours[(1, False)]["ms_per_step"]
-            add("gpu_bf16_batch1_ms_per_step", "<= 1.3", ms, ms <= 1.3)
-            floor = section.get("weight_read_floor", {}).get("floor_ms_per_step")
-            if floor:
-                add("gpu_bf16_batch1_over_weight_read_floor", "<= 3x", ms / floor, ms / floor <= 3)
-        ratio = section.get("throughput", {}).get("best", {}).get("ratio_off_over_on")
-        if ratio is not None:
-            add("gpu_bf16_throughput_cfg_off_over_on", ">= 1.8x", ratio, ratio >= 1.8)
-    return out
-
-
-def summarize(results: list[dict]) -> list[dict]:
-    """Per (batch, cfg): ours/transformers speed ratio; per (impl, batch): CFG-on / CFG-off cost."""
-    by = {(r["impl"], r["batch"], r["cfg"]): r for r in results}
-    rows = []
-    for batch in sorted({r["batch"] for r in results}):
-        for cfg in (False, True):
-            ours, theirs = by.get(("ours", batch, cfg)), by.get(("transformers", batch, cfg))
-            row = {"batch": batch, "cfg": cfg}
-            if ours and theirs:
-                row["speedup_ours_over_transformers"] = theirs["ms_per_step"] / ours["ms_per_step"]
-            for name, r in (("ours", ours), ("transformers", theirs)):
-                off = by.get((name, batch, False))
-                if r and cfg and off:
-                    row[f"cfg_cost_ratio_{name}"] = r["ms_per_step"] / off["ms_per_step"]
-            rows.append(row)
-    return rows
-
-
-def table(section: dict) -> str:
-    by = {(r["impl"], r["batch"], r["cfg"]): r for r in section["results"]}
-    summary = {(s["batch"], s["cfg"]): s for s in section.get("summary", [])}
-    cuda = any(isinstance(r.get("ops_per_step"), dict) and "cuda_kernels" in r["ops_per_step"] for r in section["results"])
-    unit = "kernels/step" if cuda else "ops/step"
-    lines = [f"dtype {section['dtype']}  (steps: ours {section['steps_ours']}, transformers {section['steps_transformers']})",
-             f"| batch | CFG | ours frames/s | ours ms/step | ours {unit} | transformers frames/s | transformers ms/step "
-             f"| transformers {unit} | ours/transformers | CFG cost ours | CFG cost transformers | ours_nocompile ms/step |",
-             "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-
-    def fmt(value, spec):
-        return format(value, spec) if value is not None else "n/a"
-
-    def ops(r):
-        counts = r and r.get("ops_per_step")
-        return counts.get("cuda_kernels" if cuda else "aten_ops") if isinstance(counts, dict) else None
-
-    for batch in sorted({r["batch"] for r in section["results"]}):
-        for cfg in (False, True):
-            o, t, s = by.get(("ours", batch, cfg)), by.get(("transformers", batch, cfg)), summary.get((batch, cfg), {})
-            n = by.get(("ours_nocompile", batch, cfg))
-            lines.append(
-                f"| {batch} | {'on' if cfg else 'off'} | {fmt(o and o['frames_per_s'], '.0f')} | {fmt(o and o['ms_per_step'], '.3f')} "
-                f"| {fmt(ops(o), '.0f')} | {fmt(t and t['frames_per_s'], '.0f')} | {fmt(t and t['ms_per_step'], '.3f')} "
-                f"| {fmt(ops(t), '.0f')} | {fmt(s.get('speedup_ours_over_transformers'), '.2f')}x "
-                f"| {fmt(s.get('cfg_cost_ratio_ours'), '.2f') if cfg else '-'} "
-                f"| {fmt(s.get('cfg_cost_ratio_transformers'), '.2f') if cfg else '-'} "
-                f"| {fmt(n and n['ms_per_step'], '.3f')} |")
-    for e in section["errors"]:
-        lines.append(f"ERROR {e.get('impl', e.get('where'))} batch {e.get('batch')} cfg {e.get('cfg')}: {e['error']}")
-    sweep = section.get("throughput")
-    if sweep:
-        lines += ["", f"throughput ({sweep['steps']} steps per request; ours, same weights)",
-                  "| batch | CFG off frames/s | CFG on frames/s | off / on |", "|---:|---:|---:|---:|"]
-        rows = {(r["batch"], r["cfg"]): r for r in sweep["results"]}
-        for batch in sweep["batches"]:
-            off, on = rows.get((batch, False), {}), rows.get((batch, True), {})
-            ratio = off["frames_per_s"] / on["frames_per_s"] if "frames_per_s" in off and "frames_per_s" in on else None
-            lines.append(f"| {batch} | {fmt(off.get('frames_per_s'), '.0f') if 'error' not in off else off['error']} "
-                         f"| {fmt(on.get('frames_per_s'), '.0f') if 'error' not in on else on['error']} | {fmt(ratio, '.2f')} |")
-        best = sweep.get("best", {})
-        if "ratio_off_over_on" in best:
-            lines.append(f"best: CFG off {best['cfg_off']['frames_per_s']:.0f} frames/s (batch {best['cfg_off']['batch']}), "
-                         f"CFG on {best['cfg_on']['frames_per_s']:.0f} (batch {best['cfg_on']['batch']}): "
-                         f"{best['ratio_off_over_on']:.2f}x")
-    return "\n".join(lines)
-
-
-def pinned_versions() -> dict:
-    """The versions this repository pins (Makefile TORCH_PIN, pyproject's transformers range), to set beside `versions`."""
-    makefile = (REPO / "Makefile").read_text()
-    pyproject = (REPO / "pyproject.toml").read_text()
-    torch_pin = next((line.split("?=", 1)[1].strip() for line in makefile.splitlines() if line.startswith("TORCH_PIN")), None)
-    tf_pin = next((line.strip().strip('",') for line in pyproject.splitlines() if line.strip().startswith('"transformers')), None)
-    return {"torch": torch_pin, "transformers": tf_pin,
-            "torch_matches": torch_pin is not None and torch.__version__.split("+")[0] == torch_pin.split("==")[-1]}
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "cpu")
-    except OSError:
-        return platform.processor() or "cpu"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=["tiny", "small"], default=None, help="tiny (CPU default) or small (GPU)")
@@ -519,7 +403,8 @@ def main() -> None:
     parser.add_argument("--hf-repeats", type=int, default=None, help="steady transformers calls (default = --repeats)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--impls", nargs="+", choices=[*OURS_IMPLS, "transformers"], default=None,
-                        help="default: ours and transformers; --all-gpu adds ours_nocompile (CUDA graph without torch.compile)")
+                        help="default: ours and transformers, on the CPU also ours_compiled (torch.compile, Inductor "
+                             "C++); --all-gpu adds ours_nocompile (CUDA graph without torch.compile)")
     parser.add_argument("--count-ops", type=int, default=16,
                         help="profile ops/kernels per step over this many steps per configuration (0 = off)")
     parser.add_argument("--throughput-batches", type=int, nargs="+", default=None,
@@ -535,7 +420,8 @@ def main() -> None:
     if args.all_gpu:
         args.device, args.preset = "cuda", "small"
     if args.impls is None:
-        args.impls = ["ours", "ours_nocompile", "transformers"] if args.all_gpu else ["ours", "transformers"]
+        args.impls = (["ours", "ours_nocompile", "transformers"] if args.all_gpu else
+                      ["ours", "transformers"] + (["ours_compiled"] if args.device == "cpu" else []))
     args.preset = args.preset or ("tiny" if args.device == "cpu" else "small")
     cuda = args.device.startswith("cuda")
     if args.repeats is None:
@@ -591,6 +477,9 @@ def main() -> None:
             "ops_per_step: torch profiler counts per decoder step (see ops_per_step in bench/sampler.py); on CPU every "
             "operator is a kernel, top_level_ops is what eager Python dispatches",
             "ours = the sampler's defaults (CUDA: torch.compile + CUDA graph; CPU: eager); ours_nocompile = compile=False",
+            "ours_compiled (CPU) = compile=True: Inductor's C++ for the whole fixed-shape decode step; its first_call_s "
+            "includes compiling (once per batch shape and CFG setting, cached on disk by Inductor); "
+            "tokens_equal_to_eager: share of its tokens equal to ours (eager) on the same seeds",
             "throughput: ours only, CFG off (guidance 1, the distilled model's cost) vs on (guidance 3), same weights; "
             "best = highest frames/s over the batch sweep",
         ],

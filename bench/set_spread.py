@@ -38,7 +38,7 @@ def spread(values: list[float]) -> dict:
 
 def measure(engine, prompt: str, lam: float, blocks: int, variations: int, duration: float) -> dict[str, list[float]]:
     """Each measure's readout for `blocks` sets, through the demo's own generate path (Engine.generate)."""
-    from app.engine import Request
+    from app.requests import Request
 
     readouts = {name: [] for name in MEASURES}
     for block in range(blocks):

@@ -22,7 +22,7 @@ import torch
 
 from musicgen_cfg.checkpoint import file_sha256
 from musicgen_cfg.experiments.embedder_check_options import EmbedderCheckArgs
-from musicgen_cfg.experiments.evaluate import embed_clips, embedder_identity, load_spec_embedder
+from musicgen_cfg.experiments.embedder_specs import embed_clips, embedder_identity, load_spec_embedder
 from rl.embedder_check import EDITS, PAIR_MEASURES, check_embedder, select_style_groups
 
 RESULTS_DIR = Path("bench") / "results"

@@ -5,10 +5,10 @@
 musicgen_cfg/experiments/evaluate.py runs the evaluation (and imports torch, the judges and rl/).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-from musicgen_cfg.config import REQUIRED, field
+from musicgen_cfg.config import REQUIRED, check_bounds, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.prompts import MAX_SEED
 
@@ -29,7 +29,7 @@ class EvaluateConfig:
               f"statistics, never trained) or {ENCODEC_EMBEDDING} (real MusicGen: its own codec, no download)")
     clap: str | None = field(None, "CLAP model (dir or hub id): text-audio score and CLAP diversity of real runs")
     judges_scorer: str | None = field(None, "default world: the judges' scorer directory; None = the shipped one")
-    world: str = field("auto", "auto (from the run's model config) | default (symbolic codec) | real")
+    world: str = field("auto", "auto (from the run's model config) | default (symbolic codec) | real", choices=WORLDS)
     bootstrap: int = field(1000, "bootstrap resamples over prompts for the 95% CIs", min=1, max=100_000)
     seed: int = field(0, "bootstrap seed", min=0, max=MAX_SEED)
     reward_gate: str = field("data", "degenerate-clip gate of the diversity measures (rl/reward.py): data | data:Q | none")
@@ -38,9 +38,9 @@ class EvaluateConfig:
     def __post_init__(self):
         from rl.reward import parse_gate_spec  # here, not at the top: rl/ imports torch, --help must not
 
+        # Built in code too (reproduce, tests), not only from options already checked: the declared bounds again.
+        check_bounds(EvaluateConfig, {f.name: getattr(self, f.name) for f in fields(EvaluateConfig)})
         parse_gate_spec(self.reward_gate)
-        if self.world not in WORLDS:
-            raise UserError(f"--world must be one of {', '.join(WORLDS)}, got {self.world!r}")
         if self.clap is not None:
             from musicgen_cfg.model import looks_like_hub_id  # torch, like rl/ above
 

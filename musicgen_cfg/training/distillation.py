@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
+from musicgen_cfg.config import check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.optim import OptimConfig, build_optimizer, check_finite, optim_option
 from musicgen_cfg.prompts import MAX_SEED, FilePrompts
@@ -48,6 +48,7 @@ from musicgen_cfg.training.run import (
     TrainerState,
     load_checkpoint,
     resume_point,
+    run_option,
     save_checkpoint,
     write_run_info,
 )
@@ -105,16 +106,16 @@ class DistillConfig:
     rollout_batch_size: int | None = field(None, "rows sampled (and held-out rows scored) per batch; None = all local rows at once",
                                            min=1)
     seed: int = field(0, "seed of prompts and rollouts", min=0, max=MAX_SEED, fixed=True)
-    log_every: int = field(1, "steps between metric rows", min=1)
+    log_every: int = run_option("log_every", 1)
     eval_every: int = field(50, "steps between held-out metrics (KL to teacher and diversity on unseen prompts)", min=1)
     heldout_prompts: int = field(16, "number of held-out prompts", min=1)
-    checkpoint_every: int = field(50, "steps between checkpoints", min=1)
-    keep_last: int = field(2, "checkpoints kept", min=1)
-    threads: int = field(2, "torch CPU threads", min=1)
-    device: str = field("auto", "auto | cpu | cuda")
+    checkpoint_every: int = run_option("checkpoint_every", 50)
+    keep_last: int = run_option("keep_last", 2)
+    threads: int = run_option("threads", 2)
+    device: str = run_option("device", "auto")
     tensorboard: bool = field(True, "also write TensorBoard events")
     export: str | None = field(None, "where the finished student is exported (hub-ready model dir); None = OUT/final")
-    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
+    rebuild_shipped: bool = run_option("rebuild_shipped", False)
     fsdp: bool = field(False, "shard the student's weights, grads and AdamW state over the processes (FSDP2 via "
                               "accelerate; for musicgen-large full finetunes on >= 2 GPUs); see musicgen_cfg/training/fsdp.py")
     lora: LoraSettings | None = field(None, "train LoRA adapters (peft) instead of all weights: a section of the "

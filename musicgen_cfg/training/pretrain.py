@@ -32,7 +32,7 @@ from musicgen_cfg.checkpoint import (
     weight_file_hashes,
     write_json,
 )
-from musicgen_cfg.config import REBUILD_SHIPPED_HELP, check_output_path, field
+from musicgen_cfg.config import check_output_path, field
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import machine
 from musicgen_cfg.optim import OptimConfig, build_optimizer, check_finite, optim_option
@@ -43,6 +43,7 @@ from musicgen_cfg.training.run import (
     TrainerState,
     load_checkpoint,
     resume_point,
+    run_option,
     save_checkpoint,
     write_run_info,
 )
@@ -77,15 +78,15 @@ class PretrainConfig:
                                  min=0.0, max=1.0)
     guidance_scale: float = field(3.0, "teacher CFG gamma recorded in the model config (set from the gamma sweep)", min=0.0, fixed=True)
     seed: int = field(0, "seed for init, data order, dropout", min=0, max=MAX_SEED, fixed=True)
-    log_every: int = field(10, "steps between metric rows", min=1)
+    log_every: int = run_option("log_every", 10)
     eval_every: int = field(250, "steps between validation losses", min=1)
     eval_segments: int = field(256, "validation segments per evaluation", min=1)
-    checkpoint_every: int = field(250, "steps between checkpoints", min=1)
-    keep_last: int = field(2, "checkpoints kept", min=1)
-    threads: int = field(2, "torch CPU threads", min=1)
-    device: str = field("auto", "auto | cpu | cuda")
+    checkpoint_every: int = run_option("checkpoint_every", 250)
+    keep_last: int = run_option("keep_last", 2)
+    threads: int = run_option("threads", 2)
+    device: str = run_option("device", "auto")
     export: str | None = field(None, "where the final model is written as a checkpoint with manifest.json; None = OUT/final")
-    rebuild_shipped: bool = field(False, REBUILD_SHIPPED_HELP)
+    rebuild_shipped: bool = run_option("rebuild_shipped", False)
 
     def __post_init__(self):
         for key in ("out", "export"):

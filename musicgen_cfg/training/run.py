@@ -30,10 +30,27 @@ from musicgen_cfg.checkpoint import (
     save_tensors,
     write_json,
 )
+from musicgen_cfg.config import REBUILD_SHIPPED_HELP, field
 from musicgen_cfg.errors import UserError
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 TRAINER_STATE_NAME = "trainer_state.json"
+
+# The run settings every trainer here has (help and bounds, declared once); a trainer gives its own default.
+RUN_OPTIONS = {
+    "log_every": ("steps between metric rows", {"min": 1}),
+    "checkpoint_every": ("steps between checkpoints", {"min": 1}),
+    "keep_last": ("checkpoints kept", {"min": 1}),
+    "threads": ("torch CPU threads", {"min": 1}),
+    "device": ("auto | cpu | cuda", {}),
+    "rebuild_shipped": (REBUILD_SHIPPED_HELP, {}),
+}
+
+
+def run_option(name: str, default):
+    """A trainer's config field for the run setting `name` (RUN_OPTIONS), with the trainer's default."""
+    help, bounds = RUN_OPTIONS[name]
+    return field(default, help, **bounds)
 
 
 @dataclasses.dataclass

@@ -17,8 +17,9 @@ from conftest import free_port
 from gradio_client import Client
 from safetensors.torch import load_file
 
+from app.requests import parse_request
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.experiments.evaluate import check_entry
+from musicgen_cfg.experiments.evaluate_runs import check_entry
 
 PROMPT = "a calm folk song on the piano"
 PARAMETER = "decoder.lm_heads.0.weight"
@@ -292,7 +293,7 @@ def test_an_unknown_endpoint_is_a_404_in_one_line(served, route):
 @pytest.mark.slow  # the Gradio server on tiny models (`served`)
 def test_top_k_zero_is_off_in_the_app_as_in_generate(served):
     engine, _ = served
-    request = engine.parse(PROMPT, 0.5, 1, 1.0, 0, 1.0, 0, False)
+    request = parse_request(engine.limits, PROMPT, 0.5, 1, 1.0, 0, 1.0, 0, False)
     assert request.top_k is None  # SamplingConfig(top_k=0) means the same (tests/test_generate_cli.py)
 
 
@@ -395,7 +396,7 @@ def test_demo_command_serves_the_shipped_models_or_stand_ins(monkeypatch, tmp_pa
         assert endpoint.requested == f"default-{role}" and endpoint.spec == (f"default-{role}" if built else "default")
         assert built or any(f"shipped {role} model is not built yet" in note for note in engine.notes)
     assert engine.guidance_scale == json.loads((ASSETS / "base" / "config.json").read_text())["musicgen_cfg"]["guidance_scale"]
-    request = engine.parse("a lively American fiddle tune", 0.5, 2, 1.0, 0, 1.0, 0, True)
+    request = parse_request(engine.limits, "a lively American fiddle tune", 0.5, 2, 1.0, 0, 1.0, 0, True)
     result = engine.generate(request, "session")
     assert len(result.items) == 2 and len(result.base_items) == 2
     assert all(item.image.read_bytes().startswith(b"\x89PNG") for item in result.items)

@@ -12,9 +12,9 @@ import pytest
 
 from musicgen_cfg import cli
 from musicgen_cfg.config import load_config
-from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.model import load_model
+from musicgen_cfg.training.distillation import DistillConfig
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.optim import OptimConfig, build_optimizer, warmup_cosine
+from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.training.pretrain import PretrainConfig
 from musicgen_cfg.world.text_judge_options import ScorerTrainConfig
 from rl.train_embedder_options import EmbedderTrainConfig

@@ -7,9 +7,9 @@ import torch
 
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import load_config
-from musicgen_cfg.training.distillation import DistillConfig, distillation_loss, token_divergence
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.scoring import score
+from musicgen_cfg.training.distillation import DistillConfig, distillation_loss, token_divergence
 
 
 @pytest.mark.parametrize("kind", ["reverse_kl", "forward_kl", "jsd"])

@@ -13,8 +13,8 @@ from accelerate import Accelerator
 
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import load_config
-from musicgen_cfg.training.distillation import DistillConfig, Distiller, split_rows
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.training.distillation import DistillConfig, Distiller, split_rows
 
 MUSICGEN_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("musicgen_*.yaml"))
 

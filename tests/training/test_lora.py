@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import config_help, load_config
-from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.model import load_model
 from musicgen_cfg.sampler import SamplingConfig, sample
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training import lora
+from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.training.lora import LoraSettings
 
 PROMPTS = ["sad piano", "a joyful jig"]

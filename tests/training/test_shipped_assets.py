@@ -12,8 +12,8 @@ import pytest
 
 from musicgen_cfg.cli import main
 from musicgen_cfg.config import SHIPPED_ASSETS, load_config
-from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.training.distillation import DistillConfig
 from musicgen_cfg.training.pretrain import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
