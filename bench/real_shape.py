@@ -8,19 +8,21 @@ each stage's peak RSS and wall time next to the memory formula's prediction.
 
 Presets: tiny (train_memory's CPU-check decoder, the tiny towers of musicgen_cfg/tiny.py) and small / medium /
 large (facebook/musicgen-*: train_memory.SHAPES decoders, T5-base text encoder, 32 kHz EnCodec: tiny.T5_BASE,
-tiny.ENCODEC_32KHZ). Each preset has two checkpoints, seeds 0 and 1, the quality and diversity endpoints, in
---workdir/<preset>/ (deleted after the preset's last stage unless --keep).
+tiny.ENCODEC_32KHZ). A preset has up to two checkpoints, seeds 0 and 1, the quality and diversity endpoints, in
+--workdir/<preset>/: only those that the stages run there read (ENDPOINTS_READ; a build of a large one takes
+~1.5 min), deleted after the preset's last stage unless --keep.
 
-Stages (STAGES, in this order; each builds its preset's checkpoints first when they are missing):
-  build       tiny.save_tiny_musicgen of both endpoints (EnCodec codebooks randomised: transformers zeroes them)
+Stages (STAGES, in this order; each builds the checkpoints it reads first when they are missing). A stage runs at
+the preset, except where STAGE_SIZE caps it (the merge: of two small exports, at --preset medium or large):
+  build       tiny.save_tiny_musicgen of the endpoints (EnCodec codebooks randomised: transformers zeroes them)
   generate    model.load_model + MusicGen.generate: 2 s at the checkpoint's CFG (gamma 3: cond + null rows), top-k 250
   train_full  one Distiller.train_step, configs/SHAPE_CONFIGS[preset] (bf16 autocast, gradient checkpointing, bf16
               teacher), P = 2 x G = 3, 50 frames, grad_accum 2; a random contrastive embedder stands in for CLAP
   train_lora  the same with configs/musicgen_large_lora.yaml (rank-16 LoRA on a bf16 base)
   export      export.export_model of the loaded quality endpoint; records whether it is sharded
   merge       merging.merge.merge_checkpoints of the two endpoints at lam 0.5 (streamed)
-  live_merge  app.engine.Engine.load (both endpoints, LiveMerge), then LiveMerge.set_lambda timed
-  engine      Engine.load and one request (1 variation, 2 s, lam 0.5)
+  app         app.engine.Engine.load (both endpoints, LiveMerge), LiveMerge.set_lambda timed, then one request
+              (1 variation, 2 s, lam 0.5)
 
 The prediction of a stage is the largest of its terms (bytes; N decoder parameters, W = 4 N, Tw = 4 x the T5
 encoder and EnCodec parameters; KV cache and fused copies: train_memory.kv_cache and fused_copies, fp32):
@@ -30,9 +32,9 @@ encoder and EnCodec parameters; KV cache and fused copies: train_memory.kv_cache
   train_*     load; step: train_memory.estimate's peak for the same shapes and run
   export      load; write W + Tw         save_file writes every shard from the model's own tensors
   merge       MAX_SHARD_BYTES + 3 x the largest tensor (one output shard, two inputs and their merge)
-  live_merge  endpoints 3 W + 2 Tw       Engine.load: both endpoints loaded, LiveMerge's copy of the served weights
+  app         endpoints 3 W + 2 Tw       Engine.load: both endpoints loaded, LiveMerge's copy of the served weights
                                          (theta_d is the diversity model's own LM)
-  engine      endpoints; serve 3 W + Tw + KV cache (1 row) + fused copies
+              serve 3 W + Tw + KV cache (1 row) + fused copies
 Loaded weights are views of the checkpoint files (safetensors maps them): file-backed pages, which RSS counts.
 A stage fits when its prediction (and its preset's build) plus the runtime (this process's RSS and a probe child's
 peak RSS after the imports) stays within --ram-gb (default this machine's RAM). One that does not is recorded as
@@ -74,10 +76,12 @@ from bench.train_memory import (  # noqa: E402
     tower_parameters,
 )
 
-STAGES = ("build", "generate", "train_full", "train_lora", "export", "merge", "live_merge", "engine")
+STAGES = ("build", "generate", "train_full", "train_lora", "export", "merge", "app")
 SIZES = ("small", "medium", "large")  # the published ones, smallest first: where a stage that does not fit goes
 PRESETS = {"tiny": CHECK_SHAPE, **{name: SHAPES[name] for name in SIZES}}
 ENDPOINTS = ("quality", "diversity")  # the checkpoints of seed 0 and 1
+STAGE_SIZE = {"merge": "small"}  # the largest published size a stage is asked for (issue 22: two small exports)
+ENDPOINTS_READ = {"merge": ENDPOINTS, "app": ENDPOINTS}  # the other stages read the quality endpoint only
 PROMPT = "a calm jazz song with piano and bass"
 DURATION_S = 2.0
 TOP_K = 250
@@ -145,7 +149,6 @@ def predicted(stage: str, preset: str) -> dict[str, float]:
         return fused_copies(shape, 4, 4) + kv_cache(shape, rows, steps, Run.text_tokens, 4)
 
     load = W + Tw
-    endpoints = 3 * W + 2 * Tw
     if stage == "build":
         return {"model": W + Tw}
     if stage == "generate":
@@ -158,9 +161,7 @@ def predicted(stage: str, preset: str) -> dict[str, float]:
         from musicgen_cfg.checkpoint import MAX_SHARD_BYTES
 
         return {"stream": MAX_SHARD_BYTES + 3 * lay.largest_tensor_bytes}
-    if stage == "live_merge":
-        return {"endpoints": endpoints}
-    return {"endpoints": endpoints, "serve": 3 * W + Tw + request(1)}
+    return {"endpoints": 3 * W + 2 * Tw, "serve": 3 * W + Tw + request(1)}  # app
 
 
 def train_estimate(stage: str, preset: str) -> dict[str, float]:
@@ -174,6 +175,24 @@ def train_estimate(stage: str, preset: str) -> dict[str, float]:
     embedder = sum(p.numel() for p in ContrastiveMusicEmbedder().parameters())
     lay = layout(preset)
     return estimate(PRESETS[preset], Run.of(config, lora=config.lora is not None), lay.decoder, lay.towers, embedder)
+
+
+def asked_size(stage: str, preset: str) -> str:
+    """The preset a stage is asked to run at: `preset`, capped by STAGE_SIZE (tiny stays tiny)."""
+    cap = STAGE_SIZE.get(stage)
+    if preset == "tiny" or cap is None:
+        return preset
+    return SIZES[min(SIZES.index(preset), SIZES.index(cap))]
+
+
+def checkpoints_needed(plan: list[tuple[str, str | None]]) -> dict[str, tuple[str, ...]]:
+    """preset -> the endpoints that the plan's (stage, where) pairs read there; a plan of builds alone builds both."""
+    needed = {}
+    for stage, where in plan:
+        if where is not None and stage != "build":
+            needed[where] = tuple(n for n in ENDPOINTS
+                                  if n in needed.get(where, ()) or n in ENDPOINTS_READ.get(stage, ENDPOINTS[:1]))
+    return {where: needed.get(where, ENDPOINTS) for _, where in plan if where is not None}
 
 
 def placement(stage: str, preset: str, ram_bytes: float, runtime_bytes: float) -> str | None:
@@ -192,23 +211,24 @@ def preset_dir(workdir: Path, preset: str) -> Path:
     return workdir / preset
 
 
-def built(workdir: Path, preset: str) -> bool:
-    return all((preset_dir(workdir, preset) / name / "config.json").is_file() for name in ENDPOINTS)
+def missing(workdir: Path, preset: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name for name in names if not (preset_dir(workdir, preset) / name / "config.json").is_file())
 
 
-def stage_build(root: Path, preset: str) -> dict:
+def stage_build(root: Path, preset: str, names: list[str]) -> dict:
     from musicgen_cfg.checkpoint import atomic_directory
     from musicgen_cfg.tiny import save_tiny_musicgen
 
     seconds = {}
-    for seed, name in enumerate(ENDPOINTS):
+    for name in names:
         began = time.perf_counter()
         with atomic_directory(root / name) as tmp:  # a killed build leaves no checkpoint that looks whole
-            save_tiny_musicgen(tmp, seed=seed, **checkpoint_sizes(preset))
+            save_tiny_musicgen(tmp, seed=ENDPOINTS.index(name), **checkpoint_sizes(preset))
         seconds[name] = round(time.perf_counter() - began, 1)
-    size = sum(f.stat().st_size for f in (root / ENDPOINTS[0]).iterdir()) / GB
+    size = sum(f.stat().st_size for f in (root / names[0]).iterdir()) / GB
     return {"build_s": seconds, "checkpoint_gb": size,
-            "note": f"2 checkpoints of {size:.2f} GB in {' + '.join(f'{s:g}' for s in seconds.values())} s"}
+            "note": f"{' + '.join(names)}: {len(names)} checkpoint{'s' * (len(names) > 1)} of {size:.2f} GB in "
+                    f"{' + '.join(f'{s:g}' for s in seconds.values())} s"}
 
 
 def stage_generate(root: Path, preset: str) -> dict:
@@ -282,7 +302,8 @@ def stage_merge(root: Path, preset: str) -> dict:
     done = time.perf_counter()
     files = weight_files(out)
     shutil.rmtree(out)
-    return {"merge_s": done - began, **files, "note": f"output {files['what']} in {done - began:.1f} s"}
+    return {"merge_s": done - began, **files,
+            "note": f"two {preset} checkpoints; output {files['what']} in {done - began:.1f} s"}
 
 
 def load_engine(root: Path):
@@ -295,31 +316,25 @@ def load_engine(root: Path):
                        log=lambda message: None)
 
 
-def stage_live_merge(root: Path, preset: str) -> dict:
-    began = time.perf_counter()
-    engine = load_engine(root)
-    loaded = time.perf_counter()
-    times = [engine.set_lambda(lam) for lam in LAMBDAS[1:]]  # ms of LiveMerge.set_lambda, under the engine's lock
-    return {"load_s": loaded - began, "set_lambda_ms": times,
-            "note": f"set_lambda {' / '.join(f'{t:.0f}' for t in times)} ms; Engine.load {loaded - began:.1f} s"}
-
-
-def stage_engine(root: Path, preset: str) -> dict:
+def stage_app(root: Path, preset: str) -> dict:
     from app.requests import parse_request
 
     began = time.perf_counter()
     engine = load_engine(root)
     loaded = time.perf_counter()
+    times = [engine.set_lambda(lam) for lam in LAMBDAS[1:]]  # ms of LiveMerge.set_lambda, under the engine's lock
+    moved = time.perf_counter()
     request = parse_request(engine.limits, PROMPT, LAMBDAS[0], 1, DURATION_S, 0, 1.0, engine.default_top_k, False)
-    result = engine.generate(request, "real-shape")
+    result = engine.generate(request, "real-shape")  # back to lam 0.5: one more set_lambda inside the request
     done = time.perf_counter()
-    return {"load_s": loaded - began, "request_s": done - loaded, "files": [i.audio.name for i in result.items],
-            "note": f"one request ({DURATION_S:g} s, lam {LAMBDAS[0]:g}) in {done - loaded:.1f} s; "
-                    f"Engine.load {loaded - began:.1f} s"}
+    return {"load_s": loaded - began, "set_lambda_ms": times, "request_s": done - moved,
+            "files": [i.audio.name for i in result.items],
+            "note": f"Engine.load {loaded - began:.1f} s; set_lambda {' / '.join(f'{t:.0f}' for t in times)} ms; "
+                    f"one request ({DURATION_S:g} s, lam {LAMBDAS[0]:g}) in {done - moved:.1f} s"}
 
 
 STAGE_WORK = {"build": stage_build, "generate": stage_generate, "export": stage_export, "merge": stage_merge,
-              "live_merge": stage_live_merge, "engine": stage_engine, "probe": lambda root, preset: {"note": "imports"},
+              "app": stage_app, "probe": lambda root, preset: {"note": "imports"},
               **{stage: functools.partial(stage_train, stage=stage) for stage in TRAIN_CONFIGS}}
 
 
@@ -328,9 +343,10 @@ def rss_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
 
-def child(stage: str, preset: str, workdir: str, result: str, threads: str) -> None:
+def child(stage: str, preset: str, workdir: str, result: str, threads: str, names: str = "") -> None:
     """A stage in this (child) process: every module any stage needs is imported first, so the RSS after the imports
-    is the same for all; the result JSON holds that RSS, the peak RSS, the wall time of the work and its details."""
+    is the same for all; the result JSON holds that RSS, the peak RSS, the wall time of the work and its details.
+    `names`: the endpoints a build writes (comma-separated)."""
     import peft  # noqa: F401 - imported by train_lora's LoRA; here so that every stage has the same baseline
     import torch
 
@@ -342,7 +358,8 @@ def child(stage: str, preset: str, workdir: str, result: str, threads: str) -> N
     torch.set_num_threads(int(threads))
     baseline = rss_bytes()
     began = time.perf_counter()
-    details = STAGE_WORK[stage](preset_dir(Path(workdir), preset), preset)
+    work, root = STAGE_WORK[stage], preset_dir(Path(workdir), preset)
+    details = work(root, preset, names.split(",")) if stage == "build" else work(root, preset)
     wall = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     Path(result).write_text(json.dumps({"baseline_rss": baseline, "peak_rss": peak, "wall_s": wall,
@@ -357,13 +374,14 @@ def measured_where() -> str:
     return f"measured-cpu: {device_name('cpu')}, {os.cpu_count()} cores; child process (ru_maxrss)"
 
 
-def run(stage: str, preset: str, workdir: Path, threads: int, timeout_s: int) -> dict:
-    """Run a stage (or 'probe') in a child process; its row (measured figures, or the failure and its log's tail)."""
+def run(stage: str, preset: str, workdir: Path, threads: int, timeout_s: int, names: tuple[str, ...] = ()) -> dict:
+    """Run a stage (or 'probe') in a child process; its row (measured figures, or the failure and its log's tail).
+    `names`: the endpoints a build writes."""
     result = workdir / "results" / f"{stage}-{preset}.json"
     result.parent.mkdir(parents=True, exist_ok=True)
     result.unlink(missing_ok=True)
-    record = run_stage(Stage(f"{stage}-{preset}", ("-c", CHILD, stage, preset, str(workdir), str(result), str(threads)),
-                             timeout_s, str(result)), workdir / "logs")
+    argv = ("-c", CHILD, stage, preset, str(workdir), str(result), str(threads), ",".join(names))
+    record = run_stage(Stage(f"{stage}-{preset}", argv, timeout_s, str(result)), workdir / "logs")
     row = {"stage": stage, "preset": preset, "status": record["status"], "process_s": record["seconds"],
            "log": record["log"]}
     if record["status"] != "ok" or not result.is_file():
@@ -461,24 +479,29 @@ def main() -> None:
     runtime = rss_bytes() + probe["peak_rss_gb"] * GB
     report.update({"runtime_gb": runtime / GB, "runtime": "this process's RSS + a child's peak RSS after the imports",
                    "probe": probe})
-    plan = [(stage, placement(stage, args.preset, ram_gb * GB, runtime)) for stage in stages]
+    asked = {stage: asked_size(stage, args.preset) for stage in stages}
+    plan = [(stage, placement(stage, asked[stage], ram_gb * GB, runtime)) for stage in stages]
+    needed = checkpoints_needed(plan)
     for index, (stage, where) in enumerate(plan):
-        if where != args.preset:
-            report["rows"].append(with_prediction({"stage": stage, "preset": args.preset,
+        if where != asked[stage]:
+            report["rows"].append(with_prediction({"stage": stage, "preset": asked[stage],
                                                    "status": f"does not fit in {ram_gb:g} GB",
-                                                   "largest_fitting_preset": where}, stage, args.preset))
+                                                   "largest_fitting_preset": where}, stage, asked[stage]))
             save()
-            print(f"{stage} at {args.preset}: does not fit in {ram_gb:g} GB"
+            print(f"{stage} at {asked[stage]}: does not fit in {ram_gb:g} GB"
                   + (f"; runs at {where}" if where else ""), flush=True)
             if where is None:
                 continue
-        if stage != "build" and not built(args.workdir, where):
+        absent = missing(args.workdir, where, needed[where])
+        if stage != "build" and absent:
             report["rows"].append(with_prediction({**run("build", where, args.workdir, args.threads,
-                                                         args.stage_timeout), "prerequisite_of": stage}, "build", where))
+                                                         args.stage_timeout, absent), "prerequisite_of": stage},
+                                                  "build", where))
             save()
-        row = with_prediction(run(stage, where, args.workdir, args.threads, args.stage_timeout), stage, where)
-        if where != args.preset:
-            row["instead_of"] = args.preset
+        row = with_prediction(run(stage, where, args.workdir, args.threads, args.stage_timeout, needed[where]),
+                              stage, where)
+        if where != asked[stage]:
+            row["instead_of"] = asked[stage]
         report["rows"].append(row)
         save()
         print(f"{stage} at {where}: {row['status']}" + (f", peak RSS {row['peak_rss_gb']:.2f} GB (predicted "

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bench.real_shape import ROOT, SIZES, STAGES, placement, predicted
+from bench.real_shape import ROOT, SIZES, STAGES, asked_size, checkpoints_needed, placement, predicted
 from bench.train_memory import GB
 
 
@@ -25,25 +25,27 @@ def rehearse(tmp_path, *args, timeout=600):
 
 @pytest.mark.slow  # a bench process per stage (each imports torch)
 def test_the_tiny_preset_measures_each_stage_in_its_own_process_next_to_its_prediction(tmp_path):
-    done, out = rehearse(tmp_path, "--stages", "export", "merge", "live_merge")
+    done, out = rehearse(tmp_path, "--stages", "export", "merge", "app")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["preset"] == "tiny" and report["versions"]["torch"] and report["machine"]["cores"] >= 1
     rows = report["rows"]
     assert [(r["stage"], r["preset"], r["status"]) for r in rows] == [
-        ("build", "tiny", "ok"), ("export", "tiny", "ok"), ("merge", "tiny", "ok"), ("live_merge", "tiny", "ok")]
+        ("build", "tiny", "ok"), ("export", "tiny", "ok"), ("merge", "tiny", "ok"), ("app", "tiny", "ok")]
     assert rows[0]["prerequisite_of"] == "export"  # the checkpoints were missing: built first, and recorded
+    assert list(rows[0]["details"]["build_s"]) == ["quality", "diversity"]  # merge and app read both
     for row in rows:
         assert row["peak_rss_gb"] >= row["baseline_rss_gb"] > 0.1  # torch and transformers are imported
         assert row["predicted_gb"] > 0 and row["predicted"].startswith("estimated")
         assert row["measured"].startswith("measured-cpu") and row["wall_s"] > 0
-    export, merge, live = rows[1:]
+    export, merge, app = rows[1:]
     assert export["details"]["sharded"] is False and export["details"]["weight_files"] == 1
     assert set(export["predicted_terms_gb"]) == {"load", "write"}
     assert merge["predicted_term"] == "stream"
-    assert len(live["details"]["set_lambda_ms"]) == 2
+    assert len(app["details"]["set_lambda_ms"]) == 2 and len(app["details"]["files"]) == 1
+    assert set(app["predicted_terms_gb"]) == {"endpoints", "serve"}
     table = (tmp_path / "results" / "real_shape.md").read_text()
-    for stage in ("build", "export", "merge", "live_merge"):
+    for stage in ("build", "export", "merge", "app"):
         assert f"| {stage} | tiny | ok | " in table
     assert not (tmp_path / "work" / "tiny").exists()  # the checkpoints go after their last stage (no --keep)
 
@@ -69,7 +71,18 @@ def test_on_24_gb_a_stage_goes_to_the_largest_published_size_that_fits():
     assert placement("train_full", "large", ram, runtime) == "small"  # 16 bytes per parameter + the teacher
     for stage in ("generate", "train_lora", "export"):  # a load holds one fp32 decoder; an export copies none
         assert placement(stage, "large", ram, runtime) == "large"
-    assert placement("engine", "large", ram, runtime) == "small"  # serving a live lam: three fp32 decoders
+    assert placement("app", "large", ram, runtime) == "small"  # serving a live lam: three fp32 decoders
+
+
+def test_the_merge_is_asked_of_small_exports_and_each_size_builds_only_the_checkpoints_its_stages_read():
+    assert [asked_size("merge", p) for p in ("tiny", "small", "medium", "large")] == ["tiny", "small", "small", "small"]
+    assert asked_size("app", "large") == "large" and asked_size("generate", "medium") == "medium"
+    plan = [("build", "large"), ("generate", "large"), ("train_full", "small"), ("export", "large"),
+            ("merge", "small"), ("app", "medium")]
+    assert checkpoints_needed(plan) == {"large": ("quality",), "small": ("quality", "diversity"),
+                                        "medium": ("quality", "diversity")}
+    assert checkpoints_needed([("build", "tiny")]) == {"tiny": ("quality", "diversity")}  # a build alone: both
+    assert checkpoints_needed([("generate", None)]) == {}  # fits nowhere: nothing to build
 
 
 @pytest.mark.parametrize("args, message", [
