@@ -55,7 +55,7 @@ def measure(engine, prompt: str, lam: float, blocks: int, variations: int, durat
 def main() -> int:
     from app.cli import shipped_endpoint
     from app.engine import DEFAULT_EXAMPLES, Endpoint, Engine
-    from musicgen_cfg.experiments.embedder_check import write_json_atomic
+    from musicgen_cfg.checkpoint import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=DEFAULT_EXAMPLES[0])
@@ -92,7 +92,7 @@ def main() -> int:
                                                                     np.mean(readouts[low][name])) for name in MEASURES}
                                 for low, high in zip(lambdas, lambdas[1:])},
     }
-    write_json_atomic(result, Path(args.out))
+    write_json(result, Path(args.out))
     print(f"{args.blocks} sets of {args.variations} x {args.duration:g} s, prompt {args.prompt!r} ({seconds:.0f} s)")
     print("| lam | measure | mean | std | min | p10 | p90 | max |\n|---|---|---|---|---|---|---|---|")
     for lam, stats in result["lambda"].items():

@@ -444,7 +444,17 @@ def read_json(path: str | Path, label: str | None = None) -> dict:
 
 
 def write_json(data: dict, path: str | Path):
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """`data` as sorted, indented JSON at `path`, atomically: written to a temporary file beside it, then renamed
+    over it, so a crash leaves the old file or the new one, never half of one (and no temporary file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:

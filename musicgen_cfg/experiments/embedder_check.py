@@ -11,8 +11,6 @@ embedder's identity (weights sha256), the dataset's sha256, the settings, the ra
 edit distances and the seconds taken; prints a markdown table row (columns: bench/README.md).
 """
 
-import json
-import os
 import re
 import time
 from dataclasses import asdict
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from musicgen_cfg.checkpoint import file_sha256
+from musicgen_cfg.checkpoint import file_sha256, write_json
 from musicgen_cfg.experiments.embedder_check_options import EmbedderCheckArgs
 from musicgen_cfg.experiments.embedder_specs import embed_clips, embedder_identity, load_spec_embedder
 from rl.embedder_check import EDITS, PAIR_MEASURES, check_embedder, select_style_groups
@@ -32,18 +30,6 @@ TABLE_COLUMNS = ("spec", *(f"rho {name}" for name in PAIR_MEASURES), "same_style
 def label_of(spec: str) -> str:
     """A file-name-safe label of a spec: "clap:laion/clap-htsat-unfused" -> "clap_laion_clap-htsat-unfused"."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_.") or "embedder"
-
-
-def write_json_atomic(data: dict, path: Path):
-    """Write `data` as JSON to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -90,7 +76,7 @@ def run(args: EmbedderCheckArgs) -> int:
     torch.set_num_threads(args.threads)
     result = run_check(args)
     out = Path(args.out) if args.out else RESULTS_DIR / f"embedder_check_{label_of(args.spec)}.json"
-    write_json_atomic(result, out)
+    write_json(result, out)
     print(markdown_table([result]))
     print(f"{result['num_pairs']['pooled']} within-style pairs, {result['seconds']} s -> {out}")
     return 0

@@ -23,9 +23,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from musicgen_cfg.checkpoint import file_sha256, read_json, weight_file_hashes
+from musicgen_cfg.checkpoint import file_sha256, read_json, weight_file_hashes, write_json
 from musicgen_cfg.errors import UserError
-from musicgen_cfg.experiments.embedder_check import write_json_atomic
 
 RECORDS_DIR = "records"
 RECORD_VERSION = 1
@@ -89,4 +88,4 @@ class Records:
 
     def write(self, run_name: str, key: str, model: str, result: dict):
         """Atomically (a temporary file beside the record, renamed over it)."""
-        write_json_atomic({"key": key, "model": model, "result": result}, self.path(run_name))
+        write_json({"key": key, "model": model, "result": result}, self.path(run_name))

@@ -7,6 +7,7 @@ refuses OUT before any work, on one line with exit 2, and leaves no temporary be
 """
 
 import errno
+import pathlib
 
 import pytest
 
@@ -89,3 +90,21 @@ def test_a_plain_write_error_reaching_the_cli_is_one_line(code, reason, tmp_path
     monkeypatch.setattr(generate, "main", failing)
     assert main(["generate", "--prompt", "x", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: cannot write {tmp_path / 'manifest.jsonl'}: {reason}"]
+
+
+def test_write_json_is_atomic_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    checkpoint.write_json({"b": 1, "a": [2]}, path)
+    assert path.read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'  # sorted, indented: the format files keep
+    write_text = pathlib.Path.write_text
+
+    def disk_full_halfway(self, text, *args, **kwargs):
+        write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full_halfway)
+    with pytest.raises(OSError, match="No space"):
+        checkpoint.write_json({"a": [3], "b": 4}, path)
+    monkeypatch.undo()
+    assert checkpoint.read_json(path) == {"a": [2], "b": 1}  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
