@@ -16,6 +16,7 @@ by launches, not by reading the weights. On CPU it runs eagerly; speed: bench/sa
 import functools
 import math
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -107,7 +108,8 @@ def uniform_from_bits(bits: torch.Tensor) -> torch.Tensor:
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
     """Set logits outside the top-k / top-p set to -inf. logits [..., V]."""
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        # the k-th largest as the smallest of the k largest: the same value, without topk's sort (1.2-1.5x on CPU)
+        kth = torch.topk(logits, top_k, dim=-1, sorted=False).values.min(-1, keepdim=True).values
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
@@ -253,10 +255,15 @@ def sample(
     if not fixed_shape:  # eager: the per-(seed, step) noise hashes once per request
         rows = row_hashes(seeds, positions[:, None])  # [steps, B]
     delayed = torch.empty((len(cond), num_codebooks, steps), dtype=torch.long, device=device)
-    for s in range(steps):
-        position = positions[s : s + 1]
-        tokens = one_step(tokens, position) if fixed_shape else one_step(tokens, position, s + 1, rows[s])
-        delayed[:, :, s] = tokens
+    # Every step calls the compiled step with the objects and shapes its first call (above) was checked on, so
+    # Dynamo's guards would pass: checking only those that tell its compiled versions apart saved ~0.09 ms a step
+    # (batch 1, tiny preset, CPU).
+    same_inputs = torch.compiler.set_stance(skip_guard_eval_unsafe=True) if step_fn is not decode_step else nullcontext()
+    with same_inputs:
+        for s in range(steps):
+            position = positions[s : s + 1]
+            tokens = one_step(tokens, position) if fixed_shape else one_step(tokens, position, s + 1, rows[s])
+            delayed[:, :, s] = tokens
     return revert_delay_pattern(delayed)
 
 

@@ -6,6 +6,7 @@ CPU: any change to the decode step must reproduce these tokens exactly.
 """
 
 import copy
+import dataclasses
 import math
 import warnings
 
@@ -64,6 +65,12 @@ def test_compiled_fixed_shape_step_gives_the_same_tokens(peaked, recwarn):
     codes = sample(peaked.lm, peaked.condition(PROMPTS), FRAMES, config, SEEDS)
     assert not [w for w in recwarn if "torch.compile" in str(w.message)]  # compiled, not the fallback
     assert codes.flatten().tolist() == EXPECTED["cfg_top_k_temperature"]
+    # a request of another shape after it: the loop checks only the guards that tell compiled versions apart,
+    # which must still pick this shape's version
+    eager = dataclasses.replace(config, compile=False)
+    one = sample(peaked.lm, peaked.condition(PROMPTS[:1]), FRAMES, config, SEEDS[:1])
+    assert torch.equal(one, sample(peaked.lm, peaked.condition(PROMPTS[:1]), FRAMES, eager, SEEDS[:1]))
+    assert torch.equal(sample(peaked.lm, peaked.condition(PROMPTS), FRAMES, config, SEEDS), codes)
 
 
 def test_a_failing_compile_falls_back_to_the_eager_step(peaked, monkeypatch):
