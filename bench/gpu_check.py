@@ -154,6 +154,8 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from musicgen_cfg.checkpoint import atomic_write_text
+
     if not torch.cuda.is_available():
         print(NO_CUDA, file=sys.stderr)
         sys.exit(2)
@@ -165,8 +167,7 @@ def main() -> None:
 
     def save():  # after every stage: a check stopped from outside keeps the stages it ran
         report["seconds"] = round(time.perf_counter() - began, 1)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
 
     for stage in STAGES:
         if args.stages and stage.name not in args.stages:

@@ -426,13 +426,6 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def machine_ram_gb() -> float:
     with open("/proc/meminfo") as meminfo:
         return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal:")) / GB
@@ -454,6 +447,7 @@ def main() -> None:
     import transformers
 
     from bench.sampler_report import device_name
+    from musicgen_cfg.checkpoint import atomic_write_text
 
     began = time.perf_counter()
     ram_gb = args.ram_gb if args.ram_gb is not None else round(machine_ram_gb(), 1)
@@ -469,8 +463,8 @@ def main() -> None:
     def save():
         report["seconds"] = round(time.perf_counter() - began, 1)
         report["machine"]["load_average_at_end"] = os.getloadavg()  # other jobs' share of the cores
-        write_atomically(args.out, json.dumps(report, indent=1) + "\n")
-        write_atomically(args.out.with_suffix(".md"), table(report))
+        atomic_write_text(args.out, json.dumps(report, indent=1) + "\n")
+        atomic_write_text(args.out.with_suffix(".md"), table(report))
 
     probe = run("probe", args.preset, args.workdir, args.threads, args.stage_timeout)
     if probe["status"] != "ok":

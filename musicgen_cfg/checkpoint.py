@@ -443,18 +443,23 @@ def read_json(path: str | Path, label: str | None = None) -> dict:
     return data
 
 
-def write_json(data: dict, path: str | Path):
-    """`data` as sorted, indented JSON at `path`, atomically: written to a temporary file beside it, then renamed
-    over it, so a crash leaves the old file or the new one, never half of one (and no temporary file)."""
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`text` at `path`, atomically: written to a temporary file beside it, then renamed over it, so a crash leaves
+    the old file or the new one, never half of one (and no temporary file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(data: dict, path: str | Path):
+    """`data` as sorted, indented JSON at `path`, atomically (atomic_write_text)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
