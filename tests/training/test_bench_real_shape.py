@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from bench.real_shape import ROOT, SIZES, STAGES, asked_size, checkpoints_needed, placement, predicted
+from bench.real_shape import ROOT
+from bench.real_shape_plan import SIZES, STAGES, asked_size, checkpoints_needed, placement, predicted
 from bench.train_memory import GB
 
 
