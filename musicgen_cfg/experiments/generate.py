@@ -212,7 +212,7 @@ class GenerateArgs(GenerateConfig):
     dtype: str = field("auto", DTYPE_HELP)
     compile: bool = field(False, "torch.compile the decoding step on the CPU too (CUDA always does): Inductor's C++, "
                                  "a minute or two per batch shape the first time, then faster at small batches "
-                                 "(3.3x transformers at batch 1 on the tiny benchmark preset, tokens equal there)")
+                                 "(2.8-3.1x transformers at batch 1 on the tiny benchmark preset, tokens equal there)")
     out: str = field(REQUIRED, "output directory (created; a file or unwritable place is refused)")
 
     def __post_init__(self):
