@@ -487,18 +487,3 @@ def _no_safetensors_weights(directory: Path, label: str) -> UserError:
         return UserError(f"{label} has only pickled weights ({pickled[0]}), which are never loaded: convert them "
                          f"to {WEIGHTS_NAME} (transformers: model.save_pretrained(DIR, safe_serialization=True))")
     return UserError(f"{label} is not a model checkpoint: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in {directory}")
-
-
-# A training run directory (`musicgen-cfg train` / `pretrain` --out RUN): RUN/checkpoint-<step>/ ... and
-# the finished export. The layout lives here because a run directory is also a model spec (model.resolve_spec).
-CHECKPOINT_PREFIX = "checkpoint-"
-FINAL_EXPORT = "final"  # RUN/final: where `train` exports the finished model unless `export` says otherwise
-
-
-def final_export_dir(run_dir: str | Path, export: str | None) -> Path:
-    """Where a run's finished model goes: `export` when set, else RUN/final."""
-    return Path(export) if export else Path(run_dir) / FINAL_EXPORT
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(run_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit())

@@ -25,12 +25,9 @@ from transformers import MusicgenDecoderConfig
 
 from musicgen_cfg.cfg import Condition
 from musicgen_cfg.checkpoint import (
-    CHECKPOINT_PREFIX,
     EXPORT_SHARD_BYTES,
     Checkpoint,
     atomic_directory,
-    checkpoints,
-    final_export_dir,
     open_checkpoint,
     read_json,
     save_sharded,
@@ -39,6 +36,7 @@ from musicgen_cfg.checkpoint import (
 )
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.lm import MusicgenLM
+from musicgen_cfg.run_layout import CHECKPOINT_PREFIX, checkpoints, final_export_dir
 from musicgen_cfg.sampler import SamplingConfig, max_frames, sample
 
 ASSETS = Path(__file__).resolve().parent / "assets" / "default"

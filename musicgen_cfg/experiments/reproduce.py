@@ -288,7 +288,7 @@ def check_trained_recipe(config: ReproduceConfig, beta: float, seed: int, out: P
 
 def train_betas(config: ReproduceConfig, missing: list[tuple[float, int, Path]], out: Path, log):
     """Train each (beta, seed) -> destination, resuming interrupted runs; `jobs` processes at once when jobs > 1."""
-    from musicgen_cfg.checkpoint import checkpoints
+    from musicgen_cfg.run_layout import checkpoints
     from musicgen_cfg.training.distillation import DistillConfig, train
 
     commands = []

@@ -28,7 +28,6 @@ from musicgen_cfg.cfg import drop_condition
 from musicgen_cfg.checkpoint import (
     atomic_directory,
     file_sha256,
-    final_export_dir,
     weight_file_hashes,
     write_json,
 )
@@ -37,6 +36,7 @@ from musicgen_cfg.errors import UserError
 from musicgen_cfg.export import machine
 from musicgen_cfg.optim import OptimConfig, build_optimizer, check_finite, optim_option
 from musicgen_cfg.prompts import MAX_SEED
+from musicgen_cfg.run_layout import final_export_dir
 from musicgen_cfg.scoring import score
 from musicgen_cfg.training.run import (
     MetricsLog,

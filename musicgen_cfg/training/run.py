@@ -19,9 +19,7 @@ from pathlib import Path
 import torch
 
 from musicgen_cfg.checkpoint import (
-    CHECKPOINT_PREFIX,
     atomic_directory,
-    checkpoints,
     load_tensors,
     open_checkpoint,
     read_json,
@@ -32,6 +30,7 @@ from musicgen_cfg.checkpoint import (
 )
 from musicgen_cfg.config import REBUILD_SHIPPED_HELP, field
 from musicgen_cfg.errors import UserError
+from musicgen_cfg.run_layout import CHECKPOINT_PREFIX, checkpoints
 
 OPTIMIZER_NAME = "optimizer.safetensors"
 TRAINER_STATE_NAME = "trainer_state.json"

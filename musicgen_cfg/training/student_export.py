@@ -5,7 +5,7 @@ card's metrics read from the run's metrics.csv; the last step of `musicgen-cfg t
 from dataclasses import asdict
 from pathlib import Path
 
-from musicgen_cfg.checkpoint import final_export_dir
+from musicgen_cfg.run_layout import final_export_dir
 from musicgen_cfg.training import lora
 
 STEP_TIMES = ("time_rollout", "time_reward", "time_teacher", "time_student")  # metrics.csv: the parts of a step

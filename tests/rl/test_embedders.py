@@ -193,6 +193,7 @@ def test_same_group_batches_draw_only_from_the_group():
     assert sorted(a[:, 0, 0].tolist()) == [1.0, 4.0] and torch.equal(a[:, 0, 0], b[:, 0, 0])
 
 
+@pytest.mark.slow  # the default world: loads the shipped model, synthesizes and embeds clips (~9 s)
 def test_cli_trains_on_the_default_world(tmp_path):
     out = tmp_path / "embedder"
     argv = [

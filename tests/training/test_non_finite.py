@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from musicgen_cfg.checkpoint import checkpoints
 from musicgen_cfg.cli import main
 from musicgen_cfg.errors import UserError
 from musicgen_cfg.model import load_model
 from musicgen_cfg.optim import check_finite
+from musicgen_cfg.run_layout import checkpoints
 
 NAN = float("nan")
 
